@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what building trainerd needs and is missing, and reuses what an earlier run installed:
+# torch==2.11.0 (the libtorch that tch 0.24 requires exactly) into the project-local venv .venv, and
+# the link .venv/libtorch that .cargo/config.toml points LIBTORCH at. protoc needs nothing: the build
+# takes it from the protoc-bin-vendored crate.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TORCH_VERSION=2.11.0
+PYTHON=${PYTHON:-python3}
+
+have_torch() {
+  .venv/bin/python - <<PY 2>/dev/null
+import importlib.metadata, sys
+sys.exit(0 if importlib.metadata.version("torch").split("+")[0] == "$TORCH_VERSION" else 1)
+PY
+}
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo not found; install Rust from https://rustup.rs and run this again" >&2
+  exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating the venv .venv with $($PYTHON --version 2>&1)"
+  "$PYTHON" -m venv .venv
+fi
+if ! have_torch; then
+  echo "setup: installing torch==$TORCH_VERSION into .venv (about a minute, 4.6 GB; once)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+fi
+torch_dir=$(.venv/bin/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torch").origin))')
+ln -sfn "$torch_dir" .venv/libtorch

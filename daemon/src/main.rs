@@ -1,5 +1,5 @@
-//! trainerd: supervises ML training jobs. The supervisor arrives with issue #3; until then this
-//! binary only reports its version, so the workspace builds end to end.
+//! trainerd: supervises ML training jobs. The supervisor (issue #3) is being built on [`trainerd::store`];
+//! until it lands this binary only reports its version.
 
 fn main() {
     println!("trainerd {}", env!("CARGO_PKG_VERSION"));

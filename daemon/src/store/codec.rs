@@ -1,0 +1,39 @@
+//! The versioned envelope around every stored value: one format byte, then bincode 2 (serde, standard
+//! configuration). A reader refuses a format it does not know rather than misreading it.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// The format this build writes.
+pub const FORMAT: u8 = 1;
+
+/// Why a stored value could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    #[error("stored value is empty")]
+    Empty,
+    #[error("stored value has format {0}; this trainerd reads format {FORMAT} (was the state dir written by a newer trainerd?)")]
+    UnknownFormat(u8),
+    #[error("stored value does not decode: {0}")]
+    Decode(#[from] bincode::error::DecodeError),
+    #[error("value does not encode: {0}")]
+    Encode(#[from] bincode::error::EncodeError),
+}
+
+/// Encodes `value` in the current format.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut bytes = vec![FORMAT];
+    bytes.extend(bincode::serde::encode_to_vec(value, bincode::config::standard())?);
+    Ok(bytes)
+}
+
+/// Decodes a value written by [`encode`].
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    match bytes.split_first() {
+        None => Err(CodecError::Empty),
+        Some((&FORMAT, payload)) => {
+            let (value, _) = bincode::serde::decode_from_slice(payload, bincode::config::standard())?;
+            Ok(value)
+        }
+        Some((&other, _)) => Err(CodecError::UnknownFormat(other)),
+    }
+}

@@ -1,0 +1,230 @@
+//! The durable job store on sled. **Only this module touches sled.**
+//!
+//! Every change is one sled transaction across the trees it touches, flushed to disk before the call
+//! returns: a caller that acts on a transition, or acknowledges it, knows it survives a crash. The
+//! legality of a state change is checked here, against `trainerd_proto::state`, so a terminal job can
+//! never be started again whatever path a request takes.
+//!
+//! Trees: `jobs` (JobId → JobRecord), `events` (JobId ++ sequence → Event), `idempotency`
+//! (key → JobId). Values go through [`codec`]'s versioned envelope.
+
+pub mod codec;
+pub mod records;
+
+use codec::CodecError;
+use records::{Event, JobId, JobRecord, JobSpec};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::{Path, PathBuf};
+use trainerd_proto::state::{can_transition, state_word};
+use trainerd_proto::v1::{JobState, Reason};
+
+/// What went wrong in the store, with what to do where there is something to do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the state store in {path}: {source} (is another trainerd using this state dir?)")]
+    Open { path: PathBuf, source: sled::Error },
+    #[error("state store: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("stored record {what}: {source}")]
+    Codec { what: String, source: CodecError },
+    #[error("no job {0}")]
+    NotFound(JobId),
+    #[error("job {id} is {from}; it cannot become {to}")]
+    IllegalTransition { id: JobId, from: &'static str, to: &'static str },
+    #[error("job {0}: an update may not change the state; use a transition")]
+    StateChangedByUpdate(JobId),
+}
+
+/// The open store.
+pub struct Store {
+    db: sled::Db,
+    jobs: sled::Tree,
+    events: sled::Tree,
+    idempotency: sled::Tree,
+}
+
+fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn flatten(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
+
+fn decode_job(bytes: &[u8]) -> Result<JobRecord, StoreError> {
+    codec::decode(bytes).map_err(|source| StoreError::Codec { what: "job".into(), source })
+}
+
+fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
+    codec::encode(value).map_err(|source| StoreError::Codec { what: what.into(), source })
+}
+
+fn event_key(id: JobId, seq: u64) -> [u8; 16] {
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&id.0.to_be_bytes());
+    key[8..].copy_from_slice(&seq.to_be_bytes());
+    key
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`. A second process cannot open the same store.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .open()
+            .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
+        Ok(Store {
+            jobs: db.open_tree("jobs")?,
+            events: db.open_tree("events")?,
+            idempotency: db.open_tree("idempotency")?,
+            db,
+        })
+    }
+
+    /// Creates a QUEUED job, or, when `spec.idempotency_key` names an existing job, returns that one.
+    /// The boolean says whether a job was created.
+    pub fn create(&self, spec: JobSpec, now: f64) -> Result<(JobRecord, bool), StoreError> {
+        let result = (&self.jobs, &self.events, &self.idempotency)
+            .transaction(|(jobs, events, idempotency)| {
+                if let Some(key) = &spec.idempotency_key {
+                    if let Some(existing) = idempotency.get(key.as_bytes())? {
+                        let id = u64::from_be_bytes(existing.as_ref().try_into().unwrap_or_default());
+                        return match jobs.get(id.to_be_bytes())? {
+                            Some(bytes) => Ok((decode_job(&bytes).or_else(abort)?, false)),
+                            None => abort(StoreError::NotFound(JobId(id))),
+                        };
+                    }
+                }
+                let id = JobId(jobs.generate_id()? + 1);
+                let record = JobRecord {
+                    id,
+                    spec: spec.clone(),
+                    state: JobState::Queued as i32,
+                    reason: Reason::Unspecified as i32,
+                    created_at: now,
+                    updated_at: now,
+                    attempts: Vec::new(),
+                    restart_times: Vec::new(),
+                    consecutive_failures: 0,
+                    next_restart_at: None,
+                    latest_checkpoint: None,
+                    step: 0,
+                    total_steps: 0,
+                    epoch: 0,
+                    exit_code: None,
+                    weights_sha256: None,
+                    cancelled_by: None,
+                };
+                jobs.insert(&id.0.to_be_bytes(), encode("job", &record).or_else(abort)?)?;
+                if let Some(key) = &spec.idempotency_key {
+                    idempotency.insert(key.as_bytes(), &id.0.to_be_bytes())?;
+                }
+                let event = Event { at: now, kind: "submitted".into(), message: format!("queued as {}", spec.name) };
+                events.insert(&event_key(id, events.generate_id()?), encode("event", &event).or_else(abort)?)?;
+                Ok((record, true))
+            })
+            .map_err(flatten)?;
+        self.flush()?;
+        Ok(result)
+    }
+
+    /// The job's record, if it exists.
+    pub fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
+        self.jobs.get(id.0.to_be_bytes())?.map(|bytes| decode_job(&bytes)).transpose()
+    }
+
+    /// Every job, oldest first.
+    pub fn list(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.jobs.iter().values().map(|v| decode_job(&v?)).collect()
+    }
+
+    /// Moves a job to `to` if the state table allows it, applying `edit` and appending a
+    /// `transition` event in the same transaction; flushed before it returns.
+    pub fn transition(
+        &self,
+        id: JobId,
+        to: JobState,
+        reason: Reason,
+        now: f64,
+        message: &str,
+        edit: impl Fn(&mut JobRecord),
+    ) -> Result<JobRecord, StoreError> {
+        let record = (&self.jobs, &self.events)
+            .transaction(|(jobs, events)| {
+                let Some(bytes) = jobs.get(id.0.to_be_bytes())? else {
+                    return abort(StoreError::NotFound(id));
+                };
+                let mut record = decode_job(&bytes).or_else(abort)?;
+                let from = record.state();
+                if !can_transition(from, to) {
+                    return abort(StoreError::IllegalTransition { id, from: state_word(from), to: state_word(to) });
+                }
+                edit(&mut record);
+                record.state = to as i32;
+                record.reason = reason as i32;
+                record.updated_at = now;
+                jobs.insert(&id.0.to_be_bytes(), encode("job", &record).or_else(abort)?)?;
+                let text = if message.is_empty() {
+                    format!("{} -> {}", state_word(from), state_word(to))
+                } else {
+                    format!("{} -> {}: {message}", state_word(from), state_word(to))
+                };
+                let event = Event { at: now, kind: "transition".into(), message: text };
+                events.insert(&event_key(id, events.generate_id()?), encode("event", &event).or_else(abort)?)?;
+                Ok(record)
+            })
+            .map_err(flatten)?;
+        self.flush()?;
+        Ok(record)
+    }
+
+    /// Changes a job's record without changing its state (progress, an attempt's pid); flushed
+    /// before it returns.
+    pub fn update(&self, id: JobId, edit: impl Fn(&mut JobRecord)) -> Result<JobRecord, StoreError> {
+        let record = self
+            .jobs
+            .transaction(|jobs| {
+                let Some(bytes) = jobs.get(id.0.to_be_bytes())? else {
+                    return abort(StoreError::NotFound(id));
+                };
+                let mut record = decode_job(&bytes).or_else(abort)?;
+                let state = record.state;
+                edit(&mut record);
+                if record.state != state {
+                    return abort(StoreError::StateChangedByUpdate(id));
+                }
+                jobs.insert(&id.0.to_be_bytes(), encode("job", &record).or_else(abort)?)?;
+                Ok(record)
+            })
+            .map_err(flatten)?;
+        self.flush()?;
+        Ok(record)
+    }
+
+    /// Appends an event to a job's log.
+    pub fn append_event(&self, id: JobId, event: &Event) -> Result<(), StoreError> {
+        self.events.insert(event_key(id, self.db.generate_id()?), encode("event", event)?)?;
+        Ok(())
+    }
+
+    /// A job's events, oldest first.
+    pub fn events(&self, id: JobId) -> Result<Vec<Event>, StoreError> {
+        self.events
+            .scan_prefix(id.0.to_be_bytes())
+            .values()
+            .map(|v| codec::decode(&v?).map_err(|source| StoreError::Codec { what: "event".into(), source }))
+            .collect()
+    }
+
+    /// Writes everything to disk; returns the bytes flushed.
+    pub fn flush(&self) -> Result<usize, StoreError> {
+        Ok(self.db.flush()?)
+    }
+}
+
+#[cfg(test)]
+mod tests;

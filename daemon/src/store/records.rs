@@ -1,0 +1,145 @@
+//! The persisted records. These are what survives a restart; runtime handles (pids being waited on,
+//! watchers, channels) live in the actors and never here.
+//!
+//! Changing a field changes the encoding: bump [`super::codec::FORMAT`] and teach the decoder the old
+//! format (the committed fixture test fails until you do).
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use trainerd_proto::trainer::CheckpointRef;
+use trainerd_proto::v1::{JobState, Reason};
+
+/// A job's identity: its creation sequence number. Displayed as 12 hex digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JobId(pub u64);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:012x}", self.0)
+    }
+}
+
+/// What a failed attempt leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OnFailure {
+    /// Restart from the latest checkpoint, within the budget.
+    Restart,
+    /// Fail the job at once.
+    Fail,
+}
+
+/// How a job is restarted after a failure, in the manner of Erlang's intensity and period.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    pub on_failure: OnFailure,
+    /// Restarts allowed within `window_ms`.
+    pub max_restarts: u32,
+    pub window_ms: u64,
+    /// The first backoff; it doubles per consecutive failure, with jitter, up to `backoff_max_ms`.
+    pub backoff_base_ms: u64,
+    pub backoff_max_ms: u64,
+    /// An attempt that stays healthy this long resets the consecutive-failure count.
+    pub healthy_after_ms: u64,
+}
+
+/// The deadlines of the stall ladder and of stopping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timeouts {
+    /// Deadline for the first heartbeat after a start.
+    pub startup_grace_ms: u64,
+    /// Silence after which the trainer is stopped as stalled.
+    pub heartbeat_timeout_ms: u64,
+    /// SIGTERM to SIGKILL.
+    pub stop_grace_ms: u64,
+    /// How long a pause may take before the documented pause-timeout rule applies.
+    pub pause_timeout_ms: u64,
+}
+
+/// What the user asked for. Never changes after submission.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub name: String,
+    /// The program and its arguments; never empty.
+    pub command: Vec<String>,
+    pub workdir: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub gpus: u32,
+    /// Higher runs first; FIFO within a priority.
+    pub priority: i32,
+    pub idempotency_key: Option<String>,
+    pub restart: RestartPolicy,
+    pub timeouts: Timeouts,
+}
+
+/// How a trainer process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+/// One start of the trainer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1 for the first start.
+    pub number: u32,
+    pub pid: Option<u32>,
+    /// Field 22 of /proc/PID/stat: with the pid, identifies the process across pid reuse.
+    pub pid_start_ticks: Option<u64>,
+    pub started_at: f64,
+    pub ended_at: Option<f64>,
+    pub exit: Option<ExitStatus>,
+    /// `Reason` as its proto number.
+    pub reason: i32,
+    pub resumed_from: Option<PathBuf>,
+}
+
+/// The durable state of one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: JobId,
+    pub spec: JobSpec,
+    /// `JobState` as its proto number; read it with [`JobRecord::state`].
+    pub state: i32,
+    /// `Reason` of the latest transition, as its proto number.
+    pub reason: i32,
+    pub created_at: f64,
+    pub updated_at: f64,
+    /// Every attempt, oldest first.
+    pub attempts: Vec<Attempt>,
+    /// Failures counted against the restart budget: their times, within the window.
+    pub restart_times: Vec<f64>,
+    /// Consecutive failures since the last healthy stretch: the backoff exponent.
+    pub consecutive_failures: u32,
+    /// When BACKOFF ends.
+    pub next_restart_at: Option<f64>,
+    pub latest_checkpoint: Option<CheckpointRef>,
+    pub step: u64,
+    pub total_steps: u64,
+    pub epoch: u64,
+    pub exit_code: Option<i32>,
+    pub weights_sha256: Option<String>,
+    /// Who cancelled the job (a user name or uid), when it was cancelled.
+    pub cancelled_by: Option<String>,
+}
+
+impl JobRecord {
+    /// The job's state; an unknown number (a newer daemon's record) reads as `Unspecified`.
+    pub fn state(&self) -> JobState {
+        JobState::try_from(self.state).unwrap_or(JobState::Unspecified)
+    }
+
+    /// The latest transition's reason.
+    pub fn reason(&self) -> Reason {
+        Reason::try_from(self.reason).unwrap_or(Reason::Unspecified)
+    }
+}
+
+/// One entry of a job's append-only event log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at: f64,
+    /// A short stable word: `transition`, `heartbeat_late`, `progress_invalid`, ...
+    pub kind: String,
+    pub message: String,
+}

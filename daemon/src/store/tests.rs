@@ -1,0 +1,156 @@
+use super::records::*;
+use super::*;
+use trainerd_proto::trainer::CheckpointRef;
+
+fn spec(name: &str, key: Option<&str>) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        command: vec!["trainer-proc".into(), "--epochs".into(), "3".into()],
+        workdir: "/tmp".into(),
+        env: vec![("A".into(), "1".into())],
+        gpus: 1,
+        priority: 0,
+        idempotency_key: key.map(Into::into),
+        restart: RestartPolicy {
+            on_failure: OnFailure::Restart,
+            max_restarts: 5,
+            window_ms: 600_000,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            healthy_after_ms: 600_000,
+        },
+        timeouts: Timeouts {
+            startup_grace_ms: 300_000,
+            heartbeat_timeout_ms: 600_000,
+            stop_grace_ms: 30_000,
+            pause_timeout_ms: 3_600_000,
+        },
+    }
+}
+
+#[test]
+fn records_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let store = Store::open(dir.path()).unwrap();
+        let (job, created) = store.create(spec("a", None), 1.0).unwrap();
+        assert!(created);
+        store.transition(job.id, JobState::Starting, Reason::Unspecified, 2.0, "", |_| {}).unwrap();
+        job.id
+    };
+    let store = Store::open(dir.path()).unwrap();
+    let job = store.get(id).unwrap().unwrap();
+    assert_eq!((job.state(), job.spec.name.as_str(), job.updated_at), (JobState::Starting, "a", 2.0));
+    let kinds: Vec<_> = store.events(id).unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["submitted", "transition"]);
+}
+
+#[test]
+fn the_same_idempotency_key_returns_the_same_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (first, created) = store.create(spec("a", Some("k1")), 1.0).unwrap();
+    assert!(created);
+    let (again, created) = store.create(spec("b", Some("k1")), 2.0).unwrap();
+    assert!(!created);
+    assert_eq!(again.id, first.id);
+    let (other, created) = store.create(spec("c", Some("k2")), 3.0).unwrap();
+    assert!(created && other.id != first.id);
+    assert_eq!(store.list().unwrap().len(), 2);
+}
+
+#[test]
+fn illegal_transitions_are_refused_and_terminal_jobs_never_move() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (job, _) = store.create(spec("a", None), 1.0).unwrap();
+    let err = store.transition(job.id, JobState::Completed, Reason::Completed, 2.0, "", |_| {}).unwrap_err();
+    assert_eq!(err.to_string(), format!("job {} is queued; it cannot become completed", job.id));
+    store
+        .transition(job.id, JobState::Cancelled, Reason::Cancelled, 2.0, "by alice", |r| {
+            r.cancelled_by = Some("alice".into())
+        })
+        .unwrap();
+    for to in trainerd_proto::state::ALL_STATES {
+        assert!(store.transition(job.id, to, Reason::Unspecified, 3.0, "", |_| {}).is_err(), "{to:?}");
+    }
+    let job = store.get(job.id).unwrap().unwrap();
+    assert_eq!((job.state(), job.cancelled_by.as_deref()), (JobState::Cancelled, Some("alice")));
+    assert!(store.events(job.id).unwrap().last().unwrap().message.contains("queued -> cancelled: by alice"));
+}
+
+#[test]
+fn an_update_cannot_sneak_in_a_state_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (job, _) = store.create(spec("a", None), 1.0).unwrap();
+    store.update(job.id, |r| r.step = 7).unwrap();
+    let err = store.update(job.id, |r| r.state = JobState::Completed as i32).unwrap_err();
+    assert!(matches!(err, StoreError::StateChangedByUpdate(_)));
+    let job = store.get(job.id).unwrap().unwrap();
+    assert_eq!((job.step, job.state()), (7, JobState::Queued));
+    assert!(matches!(store.update(JobId(999), |_| {}), Err(StoreError::NotFound(_))));
+}
+
+#[test]
+fn a_second_store_on_the_same_dir_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Store::open(dir.path()).unwrap();
+    let err = Store::open(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("another trainerd"), "{err}");
+}
+
+#[test]
+fn the_envelope_refuses_unknown_formats() {
+    let bytes = codec::encode(&42u32).unwrap();
+    assert_eq!(codec::decode::<u32>(&bytes).unwrap(), 42);
+    let mut newer = bytes.clone();
+    newer[0] = codec::FORMAT + 1;
+    assert!(matches!(codec::decode::<u32>(&newer), Err(codec::CodecError::UnknownFormat(_))));
+    assert!(matches!(codec::decode::<u32>(&[]), Err(codec::CodecError::Empty)));
+}
+
+fn fixture_record() -> JobRecord {
+    JobRecord {
+        id: JobId(0x2a),
+        spec: spec("fixture", Some("key-1")),
+        state: JobState::Backoff as i32,
+        reason: Reason::Crashed as i32,
+        created_at: 1_790_000_000.25,
+        updated_at: 1_790_000_100.5,
+        attempts: vec![Attempt {
+            number: 1,
+            pid: Some(4242),
+            pid_start_ticks: Some(123_456),
+            started_at: 1_790_000_001.0,
+            ended_at: Some(1_790_000_099.0),
+            exit: Some(ExitStatus::Signal(9)),
+            reason: Reason::Crashed as i32,
+            resumed_from: None,
+        }],
+        restart_times: vec![1_790_000_099.0],
+        consecutive_failures: 1,
+        next_restart_at: Some(1_790_000_101.0),
+        latest_checkpoint: Some(CheckpointRef { path: "/ckpt/step-000000000028".into(), step: 28, epoch: 2 }),
+        step: 31,
+        total_steps: 60,
+        epoch: 2,
+        exit_code: None,
+        weights_sha256: None,
+        cancelled_by: None,
+    }
+}
+
+/// A record written by format 1 and committed: every later trainerd must keep reading it. Regenerate
+/// (only when deliberately changing format 1, which should never happen) with TRAINERD_WRITE_FIXTURES=1.
+#[test]
+fn the_committed_format_1_fixture_still_decodes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/job-record-v1.bin");
+    if std::env::var_os("TRAINERD_WRITE_FIXTURES").is_some() {
+        std::fs::write(&path, codec::encode(&fixture_record()).unwrap()).unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes[0], 1, "the fixture is format 1");
+    let decoded: JobRecord = codec::decode(&bytes).unwrap();
+    assert_eq!(decoded, fixture_record());
+}

@@ -59,6 +59,17 @@ fn decode_job(bytes: &[u8]) -> Result<JobRecord, StoreError> {
     codec::decode(bytes).map_err(|source| StoreError::Codec { what: "job".into(), source })
 }
 
+/// Reads a job inside a transaction; a missing job aborts it.
+fn read_job(
+    jobs: &sled::transaction::TransactionalTree,
+    id: JobId,
+) -> Result<JobRecord, ConflictableTransactionError<StoreError>> {
+    match jobs.get(id.0.to_be_bytes())? {
+        Some(bytes) => decode_job(&bytes).or_else(abort),
+        None => abort(StoreError::NotFound(id)),
+    }
+}
+
 fn encode<T: serde::Serialize>(what: &str, value: &T) -> Result<Vec<u8>, StoreError> {
     codec::encode(value).map_err(|source| StoreError::Codec { what: what.into(), source })
 }
@@ -93,10 +104,7 @@ impl Store {
                 if let Some(key) = &spec.idempotency_key {
                     if let Some(existing) = idempotency.get(key.as_bytes())? {
                         let id = u64::from_be_bytes(existing.as_ref().try_into().unwrap_or_default());
-                        return match jobs.get(id.to_be_bytes())? {
-                            Some(bytes) => Ok((decode_job(&bytes).or_else(abort)?, false)),
-                            None => abort(StoreError::NotFound(JobId(id))),
-                        };
+                        return Ok((read_job(jobs, JobId(id))?, false));
                     }
                 }
                 let id = JobId(jobs.generate_id()? + 1);
@@ -155,10 +163,7 @@ impl Store {
     ) -> Result<JobRecord, StoreError> {
         let record = (&self.jobs, &self.events)
             .transaction(|(jobs, events)| {
-                let Some(bytes) = jobs.get(id.0.to_be_bytes())? else {
-                    return abort(StoreError::NotFound(id));
-                };
-                let mut record = decode_job(&bytes).or_else(abort)?;
+                let mut record = read_job(jobs, id)?;
                 let from = record.state();
                 if !can_transition(from, to) {
                     return abort(StoreError::IllegalTransition { id, from: state_word(from), to: state_word(to) });
@@ -188,10 +193,7 @@ impl Store {
         let record = self
             .jobs
             .transaction(|jobs| {
-                let Some(bytes) = jobs.get(id.0.to_be_bytes())? else {
-                    return abort(StoreError::NotFound(id));
-                };
-                let mut record = decode_job(&bytes).or_else(abort)?;
+                let mut record = read_job(jobs, id)?;
                 let state = record.state;
                 edit(&mut record);
                 if record.state != state {

@@ -1,0 +1,119 @@
+//! What trainerd knows about processes from the kernel: a process's identity across pid reuse (its
+//! start time), signals to a whole process group, and whether any live member of a group is left.
+//!
+//! A trainer runs as the leader of its own process group, so its DataLoader workers and other
+//! grandchildren share its group id and are signalled and checked with it.
+
+use std::io;
+
+/// The start time of `pid` in clock ticks since boot (field 22 of `/proc/PID/stat`). With the pid
+/// it identifies a process: a recycled pid has a different start time.
+pub fn start_ticks(pid: u32) -> io::Result<u64> {
+    stat_fields(pid)?.start_ticks.ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat has no start time")))
+}
+
+/// Sends `signal` to every process in group `pgid`. A group with no process left is not an error.
+pub fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
+    let pgid = i32::try_from(pgid).map_err(|_| io::Error::other(format!("process group {pgid} is out of range")))?;
+    if pgid <= 1 {
+        // kill(-1) or kill(0) would signal far more than one job: refuse whatever the caller passed.
+        return Err(io::Error::other(format!("refusing to signal process group {pgid}")));
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    if unsafe { libc::kill(-pgid, signal) } == 0 {
+        return Ok(());
+    }
+    match io::Error::last_os_error() {
+        e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// The pids of the live (not zombie) processes in group `pgid`, read from `/proc`. Zombies hold no
+/// memory, GPU memory included, so a group of zombies is an empty group.
+pub fn live_group_members(pgid: u32) -> io::Result<Vec<u32>> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        // A process may exit between the listing and the read: that is not an error.
+        if let Ok(stat) = stat_fields(pid) {
+            if stat.pgrp == pgid && stat.state != 'Z' && stat.state != 'X' {
+                members.push(pid);
+            }
+        }
+    }
+    Ok(members)
+}
+
+struct Stat {
+    state: char,
+    pgrp: u32,
+    start_ticks: Option<u64>,
+}
+
+fn stat_fields(pid: u32) -> io::Result<Stat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) is in parentheses and may itself contain spaces and ')'.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| io::Error::other("malformed /proc stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `fields[0]` is field 3 (state), so field N is fields[N - 3].
+    let bad = || io::Error::other(format!("malformed /proc/{pid}/stat"));
+    Ok(Stat {
+        state: fields.first().and_then(|s| s.chars().next()).ok_or_else(bad)?,
+        pgrp: fields.get(2).and_then(|s| s.parse().ok()).ok_or_else(bad)?,
+        start_ticks: fields.get(19).and_then(|s| s.parse().ok()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_pid_is_identified_by_its_start_time() {
+        let me = std::process::id();
+        assert_eq!(start_ticks(me).unwrap(), start_ticks(me).unwrap());
+        let mut child = Command::new("sleep").arg("1000").spawn().unwrap();
+        assert_ne!(start_ticks(child.id()).unwrap(), 0);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(start_ticks(child.id()).is_err(), "a reaped process has no stat");
+    }
+
+    #[test]
+    fn killing_the_group_leaves_no_grandchild_alive() {
+        // A "trainer" with two grandchildren that ignore nothing and outlive it unless signalled.
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 1000 & sleep 1000 & echo ready; wait"])
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert_eq!(line, "ready\n");
+        let pgid = child.id();
+        assert_eq!(live_group_members(pgid).unwrap().len(), 3, "sh and two sleeps");
+        signal_group(pgid, libc::SIGKILL).unwrap();
+        child.wait().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !live_group_members(pgid).unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "group members survived SIGKILL");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        signal_group(pgid, libc::SIGKILL).unwrap();
+    }
+
+    #[test]
+    fn signalling_everything_is_refused() {
+        assert!(signal_group(0, libc::SIGTERM).is_err());
+        assert!(signal_group(1, libc::SIGTERM).is_err());
+        assert!(signal_group(u32::MAX, libc::SIGTERM).is_err());
+    }
+}

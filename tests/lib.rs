@@ -1,1 +1,149 @@
-//! Helpers for the end-to-end tests: locating the built binaries.
+//! Helpers for the end-to-end tests: the built binaries, a real trainerd on a temporary state dir
+//! and socket, and event-driven waits on its WatchJob stream.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use tokio_stream::StreamExt;
+use trainctl::Client;
+use trainerd_proto::v1 as pb;
+
+/// A binary of this workspace, built next to the test executable (`target/debug/NAME`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target/debug");
+    let path = dir.join(name);
+    assert!(path.is_file(), "{} is not built; run `cargo build --workspace --bins` first", path.display());
+    path
+}
+
+/// A running trainerd on its own temporary state dir and socket.
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub extra: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts trainerd and waits for its readiness line.
+    pub fn start(extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut daemon = Daemon { dir, child: None, extra: extra.iter().map(|s| s.to_string()).collect() };
+        daemon.launch();
+        daemon
+    }
+
+    /// The gRPC socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("trainerd.sock")
+    }
+
+    /// The state dir.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn launch(&mut self) {
+        let mut child = Command::new(bin("trainerd"))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--socket")
+            .arg(self.socket())
+            .args(&self.extra)
+            .env("TRAINERD_LOG", "warn")
+            .env("RUST_BACKTRACE", "0")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn trainerd");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read readiness");
+        assert!(line.starts_with("trainerd ready"), "trainerd did not start: {line:?}");
+        self.child = Some(child);
+    }
+
+    /// SIGKILLs trainerd (its trainers live on in their own process groups).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILLs trainerd and starts it again on the same state dir.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    /// A fresh client.
+    pub async fn client(&self) -> Client {
+        trainctl::connect_unix(&self.socket()).await.expect("connect")
+    }
+}
+
+impl Drop for Daemon {
+    /// SIGKILL, not SIGTERM: the test's own client connections live on the test's runtime, which is
+    /// blocked here, and a graceful shutdown would wait for them. Trainers are stopped with it.
+    fn drop(&mut self) {
+        self.kill();
+        // Trainers outlive a killed daemon; find this test's by the state dir in their environment.
+        let marker = self.state_dir().display().to_string();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+            let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+            if String::from_utf8_lossy(&environ).contains(&marker) {
+                // SAFETY: kill(2) on the process group of a trainer this test's daemon started.
+                unsafe { libc::kill(-libc::getpgid(pid), libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// A submission of the fake trainer with `env` (name, value) pairs.
+pub fn fake_job(name: &str, env: &[(&str, &str)]) -> pb::SubmitJobRequest {
+    pb::SubmitJobRequest {
+        name: name.into(),
+        command: vec![bin("fake-trainer").display().to_string()],
+        env: env.iter().map(|(k, v)| pb::EnvVar { name: k.to_string(), value: v.to_string() }).collect(),
+        backoff_base_ms: Some(0),
+        ..Default::default()
+    }
+}
+
+/// Submits and returns the job.
+pub async fn submit(client: &mut Client, req: pb::SubmitJobRequest) -> pb::Job {
+    client.submit_job(req).await.expect("submit").into_inner().job.expect("job")
+}
+
+/// Watches a job until `done` holds for an update, within `limit`; returns every update seen.
+pub async fn watch_until(
+    client: &mut Client,
+    id: &str,
+    limit: Duration,
+    done: impl Fn(&pb::Job) -> bool,
+) -> Vec<pb::Job> {
+    let mut stream = client.watch_job(pb::WatchJobRequest { id: id.into() }).await.expect("watch").into_inner();
+    let mut seen = Vec::new();
+    let result = tokio::time::timeout(limit, async {
+        while let Some(update) = stream.next().await {
+            let job = update.expect("stream item").job.expect("job");
+            let stop = done(&job);
+            seen.push(job);
+            if stop {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    let states: Vec<_> = seen.iter().map(|j| (j.state().as_str_name(), j.step)).collect();
+    assert!(matches!(result, Ok(true)), "condition not reached within {limit:?}; saw {states:?}");
+    seen
+}
+
+/// The kinds and messages of a job's events.
+pub async fn events(client: &mut Client, id: &str) -> Vec<(String, String)> {
+    let events = client.list_events(pb::ListEventsRequest { id: id.into() }).await.expect("events").into_inner();
+    events.events.into_iter().map(|e| (e.kind, e.message)).collect()
+}

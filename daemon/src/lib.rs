@@ -1,9 +1,21 @@
 //! trainerd's library: everything the `trainerd` binary is made of, so tests can reach the parts.
 //!
+//! - [`run`]: start-up, serving and shutdown.
+//! - [`supervisor`]: the root actor: registry, queue, slots; re-creates failed job actors.
+//! - [`job`]: one job's runtime: its JobActor, its trainer process, its progress watcher.
+//! - [`api`]: the operations clients ask for, and their gRPC face.
+//! - [`hub`]: the live views of jobs and their broadcasts to watchers.
 //! - [`policy`]: the restart-or-fail decision at the end of an attempt (pure).
 //! - [`process`]: process identity, process-group signals and liveness, from the kernel.
 //! - [`store`]: the durable job records in sled; the only module that touches sled.
+//! - [`config`]: flags and defaults.
 
+pub mod api;
+pub mod config;
+pub mod hub;
+pub mod job;
 pub mod policy;
 pub mod process;
+pub mod run;
 pub mod store;
+pub mod supervisor;

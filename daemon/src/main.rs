@@ -1,6 +1,32 @@
-//! trainerd: supervises ML training jobs. The supervisor (issue #3) is being built on [`trainerd::store`];
-//! until it lands this binary only reports its version.
+//! trainerd: supervises ML training jobs. See ARCHITECTURE.md for the map.
 
-fn main() {
-    println!("trainerd {}", env!("CARGO_PKG_VERSION"));
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let flags = trainerd::config::Flags::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TRAINERD_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match flags.resolve() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("trainerd: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trainerd: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(trainerd::run::run(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trainerd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -29,7 +29,9 @@ pub enum StopCause {
 /// How an attempt ended, as far as the policy cares.
 #[derive(Debug, Clone)]
 pub struct AttemptEnd {
-    pub exit: ExitStatus,
+    /// None when the attempt's end was never observed (trainerd was down and the process is gone):
+    /// the job was `lost`, counted as a failure.
+    pub exit: Option<ExitStatus>,
     /// The last state the trainer's progress file showed.
     pub trainer_state: Option<TrainerState>,
     pub stopped_by_daemon: Option<StopCause>,
@@ -74,7 +76,10 @@ pub fn decide(policy: &RestartPolicy, history: &mut History, end: &AttemptEnd, n
         Some(StopCause::Stall) => return failure(policy, history, end, now, jitter, Reason::Stalled, false),
         None => {}
     }
-    match end.exit {
+    let Some(status) = end.exit else {
+        return failure(policy, history, end, now, jitter, Reason::Lost, false);
+    };
+    match status {
         ExitStatus::Code(exit::OK) if end.trainer_state == Some(TrainerState::Paused) => Decision::Pause,
         ExitStatus::Code(exit::OK) => Decision::Complete,
         ExitStatus::Code(exit::RETRY) => failure(policy, history, end, now, jitter, Reason::RetryableExit, false),
@@ -91,11 +96,13 @@ pub fn decide(policy: &RestartPolicy, history: &mut History, end: &AttemptEnd, n
     }
 }
 
-fn describe(end: &AttemptEnd, reason: Reason) -> String {
+/// The attempt's end in words, for the job's message.
+pub fn describe(end: &AttemptEnd, reason: Reason) -> String {
     match (reason, end.exit) {
         (Reason::Stalled, _) => "no heartbeat within the timeout".into(),
-        (_, ExitStatus::Code(code)) => format!("exited {code}"),
-        (_, ExitStatus::Signal(signal)) => format!("killed by signal {signal}"),
+        (_, None) => "the trainer vanished while trainerd was not watching (lost)".into(),
+        (_, Some(ExitStatus::Code(code))) => format!("exited {code}"),
+        (_, Some(ExitStatus::Signal(signal))) => format!("killed by signal {signal}"),
     }
 }
 
@@ -157,7 +164,7 @@ mod tests {
 
     fn end(exit: ExitStatus) -> AttemptEnd {
         AttemptEnd {
-            exit,
+            exit: Some(exit),
             trainer_state: None,
             stopped_by_daemon: None,
             ran_for: Duration::from_secs(1),
@@ -186,6 +193,14 @@ mod tests {
         );
         assert_eq!(decide(&policy(), &mut h, &end(ExitStatus::Signal(9)), 1.0, 0.0), restart(Reason::Crashed, 1_000));
         assert_eq!(decide(&policy(), &mut h, &end(ExitStatus::Code(1)), 2.0, 0.0), restart(Reason::Crashed, 2_000));
+    }
+
+    #[test]
+    fn a_lost_attempt_is_its_own_reason_and_counts() {
+        let mut h = History::default();
+        let lost = AttemptEnd { exit: None, ..end(ExitStatus::Code(0)) };
+        assert_eq!(decide(&policy(), &mut h, &lost, 0.0, 0.0), restart(Reason::Lost, 500));
+        assert_eq!(h.restart_times.len(), 1);
     }
 
     #[test]

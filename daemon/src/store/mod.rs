@@ -120,12 +120,14 @@ impl Store {
                     consecutive_failures: 0,
                     next_restart_at: None,
                     latest_checkpoint: None,
+                    previous_checkpoint: None,
                     step: 0,
                     total_steps: 0,
                     epoch: 0,
                     exit_code: None,
                     weights_sha256: None,
                     cancelled_by: None,
+                    message: None,
                 };
                 jobs.insert(&id.0.to_be_bytes(), encode("job", &record).or_else(abort)?)?;
                 if let Some(key) = &spec.idempotency_key {
@@ -172,6 +174,9 @@ impl Store {
                 record.state = to as i32;
                 record.reason = reason as i32;
                 record.updated_at = now;
+                if !message.is_empty() {
+                    record.message = Some(message.to_string());
+                }
                 jobs.insert(&id.0.to_be_bytes(), encode("job", &record).or_else(abort)?)?;
                 let text = if message.is_empty() {
                     format!("{} -> {}", state_word(from), state_word(to))

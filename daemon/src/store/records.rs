@@ -114,6 +114,8 @@ pub struct JobRecord {
     /// When BACKOFF ends.
     pub next_restart_at: Option<f64>,
     pub latest_checkpoint: Option<CheckpointRef>,
+    /// The checkpoint before the latest: the fallback when the latest cannot be read.
+    pub previous_checkpoint: Option<CheckpointRef>,
     pub step: u64,
     pub total_steps: u64,
     pub epoch: u64,
@@ -121,6 +123,8 @@ pub struct JobRecord {
     pub weights_sha256: Option<String>,
     /// Who cancelled the job (a user name or uid), when it was cancelled.
     pub cancelled_by: Option<String>,
+    /// Why the job is in its state, in words (the last transition's message).
+    pub message: Option<String>,
 }
 
 impl JobRecord {

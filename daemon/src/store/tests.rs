@@ -132,12 +132,14 @@ fn fixture_record() -> JobRecord {
         consecutive_failures: 1,
         next_restart_at: Some(1_790_000_101.0),
         latest_checkpoint: Some(CheckpointRef { path: "/ckpt/step-000000000028".into(), step: 28, epoch: 2 }),
+        previous_checkpoint: Some(CheckpointRef { path: "/ckpt/step-000000000021".into(), step: 21, epoch: 2 }),
         step: 31,
         total_steps: 60,
         epoch: 2,
         exit_code: None,
         weights_sha256: None,
         cancelled_by: None,
+        message: Some("killed by signal 9; restarting in 1 s".into()),
     }
 }
 

@@ -1,0 +1,129 @@
+//! The gRPC face of [`Api`]. The only place that knows tonic's types, and the one place where an
+//! [`ApiError`] becomes a `tonic::Status`.
+
+use super::{Api, ApiError};
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+use trainerd_proto::state::is_terminal;
+use trainerd_proto::v1 as pb;
+use trainerd_proto::v1::trainerd_server::Trainerd;
+
+/// The tonic service.
+pub struct GrpcService {
+    pub api: Arc<Api>,
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        let message = e.to_string();
+        match e {
+            ApiError::NotFound(_) => Status::not_found(message),
+            ApiError::InvalidArgument { .. } => Status::invalid_argument(message),
+            ApiError::FailedPrecondition(_) => Status::failed_precondition(message),
+            ApiError::Unavailable(_) => Status::unavailable(message),
+            ApiError::Internal(_) => Status::internal(message),
+        }
+    }
+}
+
+/// Who is asking: the peer's uid on a unix socket.
+fn caller<T>(req: &Request<T>) -> String {
+    req.extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|info| info.peer_cred)
+        .map(|cred| format!("uid {}", cred.uid()))
+        .unwrap_or_else(|| "an unidentified client".into())
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobUpdate, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Trainerd for GrpcService {
+    async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        Ok(Response::new(self.api.submit(req.into_inner()).await?))
+    }
+
+    async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
+        Ok(Response::new(self.api.get(&req.into_inner().id)?))
+    }
+
+    async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::ListJobsResponse>, Status> {
+        Ok(Response::new(self.api.list(req.into_inner())?))
+    }
+
+    type WatchJobStream = WatchStream;
+
+    async fn watch_job(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<WatchStream>, Status> {
+        let (snapshot, rx) = self.api.watch(&req.into_inner().id)?;
+        let api = self.api.clone();
+        let stream = async_stream(snapshot, rx, api);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn list_events(
+        &self,
+        req: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        Ok(Response::new(self.api.events(&req.into_inner().id)?))
+    }
+
+    async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let by = caller(&req);
+        Ok(Response::new(self.api.cancel(&req.into_inner().id, by).await?))
+    }
+
+    async fn health(&self, _: Request<pb::HealthRequest>) -> Result<Response<pb::HealthResponse>, Status> {
+        Ok(Response::new(self.api.health()?))
+    }
+
+    async fn daemon_info(&self, _: Request<pb::DaemonInfoRequest>) -> Result<Response<pb::DaemonInfoResponse>, Status> {
+        Ok(Response::new(self.api.info()))
+    }
+}
+
+/// The snapshot, then every update until the job ends. A watcher that falls too far behind gets a
+/// fresh snapshot instead of the updates it missed.
+fn async_stream(
+    snapshot: pb::Job,
+    rx: Option<tokio::sync::broadcast::Receiver<pb::JobUpdate>>,
+    api: Arc<Api>,
+) -> impl Stream<Item = Result<pb::JobUpdate, Status>> + Send {
+    let first = pb::JobUpdate { job: Some(snapshot.clone()), kind: "snapshot".into() };
+    let done = is_terminal(snapshot.state()) || rx.is_none();
+    let id = snapshot.id.clone();
+    futures_stream(first, done, rx, move || api.get(&id).ok())
+}
+
+fn futures_stream(
+    first: pb::JobUpdate,
+    done: bool,
+    rx: Option<tokio::sync::broadcast::Receiver<pb::JobUpdate>>,
+    refresh: impl Fn() -> Option<pb::Job> + Send + 'static,
+) -> impl Stream<Item = Result<pb::JobUpdate, Status>> + Send {
+    let (tx, out) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        if tx.send(Ok(first)).await.is_err() || done {
+            return;
+        }
+        let Some(mut rx) = rx else { return };
+        loop {
+            let update = match rx.recv().await {
+                Ok(update) => update,
+                Err(RecvError::Lagged(_)) => match refresh() {
+                    Some(job) => pb::JobUpdate { job: Some(job), kind: "snapshot".into() },
+                    None => return,
+                },
+                Err(RecvError::Closed) => return,
+            };
+            let end = update.job.as_ref().is_some_and(|j| is_terminal(j.state()));
+            // A client that went away ends the task; nothing else notices.
+            if tx.send(Ok(update)).await.is_err() || end {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(out)
+}

@@ -1,0 +1,347 @@
+//! The operations clients can ask for, written once. The gRPC service (`grpc.rs`) maps onto these
+//! handlers; so will the JSON-lines control socket. Handlers validate every input and name the field
+//! that is wrong.
+
+pub mod grpc;
+
+use crate::config::DaemonConfig;
+use crate::hub::{job_view, Hub, LiveFacts};
+use crate::store::records::{JobId, JobRecord, JobSpec, OnFailure, RestartPolicy, Timeouts};
+use crate::store::{Store, StoreError};
+use crate::supervisor::SupervisorMsg;
+use ractor::ActorRef;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+use trainerd_proto::state::{is_terminal, ALL_STATES};
+use trainerd_proto::trainer::PROTOCOL_VERSION;
+use trainerd_proto::v1 as pb;
+
+/// Why a request failed; each maps to one gRPC code in `grpc.rs`.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{field}: {message}")]
+    InvalidArgument { field: &'static str, message: String },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => ApiError::NotFound(format!("no job {id}")),
+            StoreError::IllegalTransition { .. } => ApiError::FailedPrecondition(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidArgument { field, message: message.into() }
+}
+
+/// The handlers and what they need.
+pub struct Api {
+    pub store: Arc<Store>,
+    pub hub: Arc<Hub>,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    pub config: Arc<DaemonConfig>,
+    pub started: Instant,
+}
+
+const MAX_NAME: usize = 128;
+const MAX_ARGS_BYTES: usize = 128 * 1024;
+const MAX_ENV_BYTES: usize = 128 * 1024;
+
+impl Api {
+    /// Validates a submission and queues it (or returns the job its idempotency key names).
+    pub async fn submit(&self, req: pb::SubmitJobRequest) -> Result<pb::SubmitJobResponse, ApiError> {
+        let spec = self.validate(req)?;
+        let (record, created) = self
+            .supervisor
+            .call(|reply| SupervisorMsg::Submit { spec, reply }, Some(Duration::from_secs(30)))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
+            .success_or_unavailable()??;
+        Ok(pb::SubmitJobResponse { job: Some(self.view(&record)), created })
+    }
+
+    fn validate(&self, req: pb::SubmitJobRequest) -> Result<JobSpec, ApiError> {
+        let Some(program) = req.command.first().filter(|p| !p.is_empty()) else {
+            return Err(invalid("command", "is empty; give the program and its arguments, like: -- python train.py"));
+        };
+        if req.command.iter().map(String::len).sum::<usize>() > MAX_ARGS_BYTES {
+            return Err(invalid("command", format!("is longer than {MAX_ARGS_BYTES} bytes")));
+        }
+        let resolved = resolve_program(program).ok_or_else(|| {
+            invalid("command", format!("{program:?} is not an executable file, nor found on trainerd's PATH"))
+        })?;
+        let name = if req.name.is_empty() {
+            resolved.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "job".into())
+        } else {
+            req.name.clone()
+        };
+        let name: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+        if !req.name.is_empty() && (req.name != name || name.len() > MAX_NAME) {
+            return Err(invalid("name", format!("{:?}: use 1 to {MAX_NAME} of A-Z a-z 0-9 . _ -", req.name)));
+        }
+        let workdir = if req.workdir.is_empty() {
+            self.config.state_dir.clone()
+        } else {
+            let dir = PathBuf::from(&req.workdir);
+            if !dir.is_absolute() {
+                return Err(invalid("workdir", format!("{:?} must be an absolute path", req.workdir)));
+            }
+            if !dir.is_dir() {
+                return Err(invalid("workdir", format!("{:?} is not a directory", req.workdir)));
+            }
+            dir
+        };
+        let mut env_bytes = 0;
+        for var in &req.env {
+            env_bytes += var.name.len() + var.value.len();
+            let ok_name = !var.name.is_empty()
+                && !var.name.starts_with(|c: char| c.is_ascii_digit())
+                && var.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok_name || var.value.contains('\0') {
+                return Err(invalid("env", format!("{:?} is not a valid NAME=VALUE variable", var.name)));
+            }
+            if var.name.starts_with("TRAINERD_") && var.name != "TRAINERD_TEST_PANIC_AFTER_STEP" {
+                return Err(invalid("env", format!("{} is set by trainerd itself (the trainer protocol)", var.name)));
+            }
+        }
+        if env_bytes > MAX_ENV_BYTES {
+            return Err(invalid("env", format!("is larger than {MAX_ENV_BYTES} bytes")));
+        }
+        if req.gpus > 0 {
+            return Err(invalid("gpus", format!("asks for {} GPU(s); this trainerd manages none", req.gpus)));
+        }
+        let defaults = &self.config.default_restart;
+        let on_failure = match req.on_failure.as_deref() {
+            None | Some("") | Some("restart") => OnFailure::Restart,
+            Some("fail") => OnFailure::Fail,
+            Some(other) => return Err(invalid("on_failure", format!("{other:?}: use restart or fail"))),
+        };
+        let t = &self.config.default_timeouts;
+        let positive = |field: &'static str, v: Option<u64>, default: u64| match v {
+            Some(0) => Err(invalid(field, "must be positive")),
+            Some(v) => Ok(v),
+            None => Ok(default),
+        };
+        Ok(JobSpec {
+            name,
+            command: std::iter::once(resolved.display().to_string()).chain(req.command[1..].iter().cloned()).collect(),
+            workdir,
+            env: req.env.iter().map(|v| (v.name.clone(), v.value.clone())).collect(),
+            gpus: req.gpus,
+            priority: req.priority,
+            idempotency_key: Some(req.idempotency_key).filter(|k| !k.is_empty()),
+            restart: RestartPolicy {
+                on_failure,
+                max_restarts: req.max_restarts.unwrap_or(defaults.max_restarts),
+                window_ms: positive("restart_window_ms", req.restart_window_ms, defaults.window_ms)?,
+                backoff_base_ms: req.backoff_base_ms.unwrap_or(defaults.backoff_base_ms),
+                backoff_max_ms: req.backoff_max_ms.unwrap_or(defaults.backoff_max_ms),
+                healthy_after_ms: defaults.healthy_after_ms,
+            },
+            timeouts: Timeouts {
+                startup_grace_ms: positive("startup_grace_ms", req.startup_grace_ms, t.startup_grace_ms)?,
+                heartbeat_timeout_ms: positive(
+                    "heartbeat_timeout_ms",
+                    req.heartbeat_timeout_ms,
+                    t.heartbeat_timeout_ms,
+                )?,
+                stop_grace_ms: positive("stop_grace_ms", req.stop_grace_ms, t.stop_grace_ms)?,
+                pause_timeout_ms: t.pause_timeout_ms,
+            },
+        })
+    }
+
+    /// Finds the job a full id or a unique prefix names.
+    pub fn resolve(&self, id: &str) -> Result<JobId, ApiError> {
+        if id.is_empty() || id.len() > 12 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(invalid(
+                "id",
+                format!("{id:?} is not a job id (up to 12 hex digits; a unique prefix will do)"),
+            ));
+        }
+        let id = id.to_ascii_lowercase();
+        if id.len() == 12 {
+            let full = JobId(u64::from_str_radix(&id, 16).unwrap_or(0));
+            return match self.store.get(full)? {
+                Some(_) => Ok(full),
+                None => Err(ApiError::NotFound(format!("no job {id}; `trainctl ls` lists the jobs"))),
+            };
+        }
+        let matches: Vec<JobId> =
+            self.store.list()?.into_iter().map(|r| r.id).filter(|j| j.to_string().starts_with(&id)).collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(ApiError::NotFound(format!("no job {id}; `trainctl ls` lists the jobs"))),
+            many => {
+                Err(invalid("id", format!("{id:?} is ambiguous: it starts {} job ids; give more digits", many.len())))
+            }
+        }
+    }
+
+    fn view(&self, record: &JobRecord) -> pb::Job {
+        self.hub
+            .latest(record.id.0)
+            .unwrap_or_else(|| job_view(record, &LiveFacts::default(), self.hub.queue_position(record.id.0)))
+    }
+
+    fn record(&self, id: JobId) -> Result<JobRecord, ApiError> {
+        self.store.get(id)?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))
+    }
+
+    /// One job.
+    pub fn get(&self, id: &str) -> Result<pb::Job, ApiError> {
+        let id = self.resolve(id)?;
+        let mut job = self.view(&self.record(id)?);
+        job.queue_position = self.hub.queue_position(id.0);
+        Ok(job)
+    }
+
+    /// Jobs newest first, filtered and paged (the page token is the last id of the previous page).
+    pub fn list(&self, req: pb::ListJobsRequest) -> Result<pb::ListJobsResponse, ApiError> {
+        let size = match req.page_size {
+            0 => 100,
+            n => n.min(10_000) as usize,
+        };
+        let after = match req.page_token.as_str() {
+            "" => u64::MAX,
+            token => {
+                u64::from_str_radix(token, 16).map_err(|_| invalid("page_token", "is not a token this daemon gave"))?
+            }
+        };
+        let states: Vec<i32> = req.states.clone();
+        let mut records: Vec<JobRecord> = self
+            .store
+            .list()?
+            .into_iter()
+            .filter(|r| r.id.0 < after)
+            .filter(|r| states.is_empty() || states.contains(&r.state))
+            .filter(|r| req.name.is_empty() || r.spec.name == req.name)
+            .collect();
+        records.reverse();
+        let more = records.len() > size;
+        records.truncate(size);
+        let next_page_token =
+            if more { records.last().map(|r| r.id.to_string()).unwrap_or_default() } else { String::new() };
+        let jobs = records
+            .iter()
+            .map(|r| {
+                let mut job = self.view(r);
+                job.queue_position = self.hub.queue_position(r.id.0);
+                job
+            })
+            .collect();
+        Ok(pb::ListJobsResponse { jobs, next_page_token })
+    }
+
+    /// The current view and, unless the job has ended, a receiver of every later update.
+    pub fn watch(&self, id: &str) -> Result<(pb::Job, Option<broadcast::Receiver<pb::JobUpdate>>), ApiError> {
+        let id = self.resolve(id)?;
+        if let Some((job, rx)) = self.hub.subscribe(id.0) {
+            return Ok((job, Some(rx)));
+        }
+        let job = self.get(&id.to_string())?;
+        // Not live yet (queued before any publish) or ended. A queued job gets a channel on first
+        // publish; subscribe again after reading, so nothing published in between is missed.
+        if is_terminal(job.state()) {
+            return Ok((job, None));
+        }
+        self.hub.publish(job.clone(), "snapshot");
+        let (job, rx) = self.hub.subscribe(id.0).map(|(j, rx)| (j, Some(rx))).unwrap_or((job, None));
+        Ok((job, rx))
+    }
+
+    /// A job's event log, oldest first.
+    pub fn events(&self, id: &str) -> Result<pb::ListEventsResponse, ApiError> {
+        let id = self.resolve(id)?;
+        let events = self
+            .store
+            .events(id)?
+            .into_iter()
+            .map(|e| pb::Event { at: e.at, kind: e.kind, message: e.message })
+            .collect();
+        Ok(pb::ListEventsResponse { events })
+    }
+
+    /// Cancels a job; returns once it is CANCELLED (no process of it left).
+    pub async fn cancel(&self, id: &str, by: String) -> Result<pb::Job, ApiError> {
+        let id = self.resolve(id)?;
+        let grace = self.record(id)?.spec.timeouts.stop_grace_ms;
+        self.supervisor
+            .call(
+                |reply| SupervisorMsg::Cancel { id, by, reply },
+                Some(Duration::from_millis(grace) + Duration::from_secs(30)),
+            )
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
+            .success_or_unavailable()?
+    }
+
+    /// Jobs by state.
+    pub fn health(&self) -> Result<pb::HealthResponse, ApiError> {
+        let records = self.store.list()?;
+        let jobs = ALL_STATES
+            .iter()
+            .map(|s| pb::StateCount {
+                state: *s as i32,
+                count: records.iter().filter(|r| r.state() == *s).count() as u32,
+            })
+            .filter(|c| c.count > 0)
+            .collect();
+        Ok(pb::HealthResponse { jobs, divergent: 0, status: "ok".into() })
+    }
+
+    /// What this daemon is.
+    pub fn info(&self) -> pb::DaemonInfoResponse {
+        pb::DaemonInfoResponse {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            slots: self.config.slots,
+            state_dir: self.config.state_dir.display().to_string(),
+            protocol_version: PROTOCOL_VERSION,
+            pid: std::process::id(),
+        }
+    }
+}
+
+trait CallResultExt<T> {
+    fn success_or_unavailable(self) -> Result<T, ApiError>;
+}
+
+impl<T> CallResultExt<T> for ractor::rpc::CallResult<T> {
+    fn success_or_unavailable(self) -> Result<T, ApiError> {
+        match self {
+            ractor::rpc::CallResult::Success(v) => Ok(v),
+            ractor::rpc::CallResult::Timeout => Err(ApiError::Unavailable("the supervisor timed out".into())),
+            ractor::rpc::CallResult::SenderError => {
+                Err(ApiError::Unavailable("the supervisor dropped the request".into()))
+            }
+        }
+    }
+}
+
+/// The program's absolute path: as given when it has a slash, else searched on PATH.
+fn resolve_program(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| p.is_file() && p.metadata().is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return executable(&path).then(|| std::fs::canonicalize(&path).unwrap_or(path));
+    }
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| executable(p)))
+        .unwrap_or(None)
+}

@@ -1,0 +1,135 @@
+//! The live view of jobs that clients read and watch: per job, the latest `Job` message (the stored
+//! record with the trainer's live progress on top) and a broadcast of every update.
+//!
+//! Job actors publish; the API reads. The hub holds no authority: the store is the truth, and a job
+//! that is not live here is read from the store.
+
+use crate::store::records::{ExitStatus, JobRecord};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use tokio::sync::broadcast;
+use trainerd_proto::state::is_terminal;
+use trainerd_proto::trainer::Progress;
+use trainerd_proto::v1 as pb;
+
+/// How many updates a slow watcher may fall behind before it is sent a fresh snapshot instead.
+const BACKLOG: usize = 1024;
+
+/// The live views and their broadcasts.
+#[derive(Default)]
+pub struct Hub {
+    jobs: Mutex<HashMap<u64, Live>>,
+    /// The queue, in admission order; the supervisor replaces it on every change.
+    queue: Mutex<Vec<u64>>,
+}
+
+struct Live {
+    latest: pb::Job,
+    /// Every update; the receiving ends are the WatchJob streams.
+    tx: broadcast::Sender<pb::JobUpdate>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Hub {
+    /// Publishes a job's new view to its watchers. A terminal view is the last: the channel closes
+    /// after it, which ends every watch stream.
+    pub fn publish(&self, job: pb::Job, kind: &str) {
+        let id = parse_id(&job.id);
+        let terminal = is_terminal(job.state());
+        let mut jobs = lock(&self.jobs);
+        let live = jobs.entry(id).or_insert_with(|| Live { latest: job.clone(), tx: broadcast::channel(BACKLOG).0 });
+        live.latest = job.clone();
+        let _ = live.tx.send(pb::JobUpdate { job: Some(job), kind: kind.into() });
+        if terminal {
+            jobs.remove(&id);
+        }
+    }
+
+    /// The latest live view, if the job is live.
+    pub fn latest(&self, id: u64) -> Option<pb::Job> {
+        lock(&self.jobs).get(&id).map(|l| l.latest.clone())
+    }
+
+    /// The live view and a receiver of the updates after it, with no gap between the two; None when
+    /// the job is not live (read it from the store instead).
+    pub fn subscribe(&self, id: u64) -> Option<(pb::Job, broadcast::Receiver<pb::JobUpdate>)> {
+        lock(&self.jobs).get(&id).map(|l| (l.latest.clone(), l.tx.subscribe()))
+    }
+
+    /// Replaces the queue order.
+    pub fn set_queue(&self, queue: Vec<u64>) {
+        *lock(&self.queue) = queue;
+    }
+
+    /// The 1-based queue position of a job; 0 when it is not queued.
+    pub fn queue_position(&self, id: u64) -> u32 {
+        lock(&self.queue).iter().position(|q| *q == id).map(|p| p as u32 + 1).unwrap_or(0)
+    }
+}
+
+/// Parses the 12-hex-digit form of a job id.
+pub fn parse_id(id: &str) -> u64 {
+    u64::from_str_radix(id, 16).unwrap_or(0)
+}
+
+/// The live facts about a running attempt that the store does not hold.
+#[derive(Debug, Clone, Default)]
+pub struct LiveFacts {
+    pub progress: Option<Progress>,
+    pub stalled: bool,
+    pub pid: Option<u32>,
+    pub message: Option<String>,
+}
+
+/// A job as clients see it: the record, with live facts on top.
+pub fn job_view(record: &JobRecord, live: &LiveFacts, queue_position: u32) -> pb::Job {
+    let last = record.attempts.last();
+    let (exit_code, exit_signal) = match last.and_then(|a| a.exit) {
+        Some(ExitStatus::Code(c)) => (Some(c), None),
+        Some(ExitStatus::Signal(s)) => (None, Some(s)),
+        None => (None, None),
+    };
+    let p = live.progress.as_ref();
+    let checkpoint = record.latest_checkpoint.as_ref().map(|c| pb::Checkpoint {
+        path: c.path.display().to_string(),
+        step: c.step,
+        epoch: c.epoch,
+    });
+    let mut job = pb::Job {
+        id: record.id.to_string(),
+        name: record.spec.name.clone(),
+        state: record.state,
+        reason: record.reason,
+        step: p.map(|p| p.step).unwrap_or(record.step),
+        total_steps: p.map(|p| p.total_steps).filter(|t| *t > 0).unwrap_or(record.total_steps),
+        epoch: p.map(|p| p.epoch).unwrap_or(record.epoch),
+        total_epochs: p.map(|p| p.total_epochs).unwrap_or(0),
+        loss: p.and_then(|p| p.loss),
+        val_loss: p.and_then(|p| p.val_loss),
+        samples_per_sec: p.and_then(|p| p.samples_per_sec),
+        restarts: record.attempts.len().saturating_sub(1) as u32,
+        attempt: record.attempts.len() as u32,
+        exit_code: record.exit_code.or(exit_code),
+        exit_signal,
+        latest_checkpoint: checkpoint,
+        weights_sha256: record.weights_sha256.clone().unwrap_or_default(),
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+        stalled: live.stalled,
+        queue_position,
+        message: live.message.clone().or_else(|| record.message.clone()).unwrap_or_default(),
+        command: record.spec.command.clone(),
+        gpus: record.spec.gpus,
+        next_restart_at: record.next_restart_at,
+        cancelled_by: record.cancelled_by.clone().unwrap_or_default(),
+        pid: live.pid,
+    };
+    if is_terminal(job.state()) {
+        job.pid = None;
+        job.stalled = false;
+    }
+    job
+}

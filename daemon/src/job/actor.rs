@@ -1,0 +1,614 @@
+//! The JobActor: owns one job's trainer process while the job is active (starting, running, backing
+//! off, stopping). Child of the Supervisor, which spawns it when the job is admitted and re-creates
+//! it from the stored record if it panics.
+//!
+//! Every wait is a message: the process's exit comes from a task that awaits the child (the kernel
+//! tells tokio through pidfd/SIGCHLD) and reaches us through the Supervisor; progress comes from the
+//! notify watcher; deadlines come from `send_after`. No handler awaits anything unbounded.
+
+use super::watch::watch_progress;
+use super::{read_progress, spawn, JobPaths, Launch, ReadError};
+use crate::api::ApiError;
+use crate::hub::{job_view, LiveFacts};
+use crate::policy::{self, AttemptEnd, Decision, History, StopCause};
+use crate::process;
+use crate::store::records::{Attempt, ExitStatus, JobId, JobRecord};
+use crate::supervisor::{Shared, SupervisorMsg};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use trainerd_proto::state::{has_process, is_terminal};
+use trainerd_proto::trainer::unix_now;
+use trainerd_proto::v1 as pb;
+use trainerd_proto::v1::{JobState, Reason};
+
+/// Messages to a JobActor.
+pub enum JobMsg {
+    /// Start an attempt: the job was admitted, or its backoff ended.
+    Start,
+    /// Attempt `attempt`'s process ended; `None` when its end could not be observed (lost).
+    Exited { attempt: u32, status: Option<ExitStatus> },
+    /// The job directory saw a new progress file.
+    ProgressChanged,
+    /// A heartbeat deadline may have passed (stale generations are ignored).
+    Tick { generation: u64 },
+    /// The stop grace ran out: SIGKILL the group if attempt `attempt` still runs.
+    Kill { attempt: u32 },
+    /// The backoff is over (stale generations are ignored).
+    BackoffOver { generation: u64 },
+    /// A user cancels the job; the reply comes once no process of the job is left.
+    Cancel { by: String, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
+}
+
+/// How the actor comes to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Admitted from the queue, or a backoff found at startup.
+    Admitted,
+    /// Re-created after a panic: a running process is still ours and its wait task still reports.
+    Recreated,
+    /// Found at startup in a state with a process, which is gone or no longer ours: the attempt ended
+    /// unseen and is `lost`.
+    Lost,
+}
+
+/// Spawn arguments.
+pub struct JobArgs {
+    pub id: JobId,
+    pub shared: Arc<Shared>,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    pub mode: Mode,
+}
+
+/// The actor (configuration only; everything else is in [`State`]).
+pub struct JobActor;
+
+/// The actor's state.
+pub struct State {
+    id: JobId,
+    shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+    paths: JobPaths,
+    record: JobRecord,
+    live: LiveFacts,
+    /// The process group of the running attempt (the trainer's pid).
+    pgid: Option<u32>,
+    attempt_started: Instant,
+    /// The last heartbeat: its sequence number and when we saw it.
+    last_beat: Option<(u64, Instant)>,
+    stop_cause: Option<StopCause>,
+    cancelled_by: Option<String>,
+    cancel_replies: Vec<RpcReplyPort<Result<pb::Job, ApiError>>>,
+    tick_generation: u64,
+    backoff_generation: u64,
+    last_invalid: Option<String>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+impl Actor for JobActor {
+    type Msg = JobMsg;
+    type State = State;
+    type Arguments = JobArgs;
+
+    async fn pre_start(&self, myself: ActorRef<JobMsg>, args: JobArgs) -> Result<State, ActorProcessingErr> {
+        let record = args.shared.store.get(args.id)?.ok_or_else(|| format!("job {} is not in the store", args.id))?;
+        let paths = JobPaths::new(&args.shared.config.state_dir, args.id);
+        std::fs::create_dir_all(&paths.dir)?;
+        let me = myself.clone();
+        let watcher = match watch_progress(&paths.dir, move || {
+            let _ = me.cast(JobMsg::ProgressChanged);
+        }) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                // Without inotify the heartbeat deadline's re-read still sees progress, only later.
+                tracing::warn!(job = %args.id, "cannot watch {}: {e}", paths.dir.display());
+                None
+            }
+        };
+        let pid = record.attempts.last().and_then(|a| a.pid);
+        let mut state = State {
+            id: args.id,
+            shared: args.shared,
+            supervisor: args.supervisor,
+            paths,
+            record,
+            live: LiveFacts::default(),
+            pgid: None,
+            attempt_started: Instant::now(),
+            last_beat: None,
+            stop_cause: None,
+            cancelled_by: None,
+            cancel_replies: Vec::new(),
+            tick_generation: 0,
+            backoff_generation: 0,
+            last_invalid: None,
+            _watcher: watcher,
+        };
+        let job_state = state.record.state();
+        match args.mode {
+            Mode::Recreated if has_process(job_state) => {
+                state.pgid = pid;
+                state.live.pid = pid;
+                myself.cast(JobMsg::ProgressChanged)?;
+                state.arm_tick(&myself, ms(1));
+            }
+            Mode::Lost if has_process(job_state) => {
+                let attempt = state.record.attempts.last().map(|a| a.number).unwrap_or(0);
+                myself.cast(JobMsg::Exited { attempt, status: None })?;
+            }
+            _ if job_state == JobState::Backoff => {
+                let wait = state.record.next_restart_at.map(|t| (t - unix_now()).max(0.0)).unwrap_or(0.0);
+                state.arm_backoff(&myself, Duration::from_secs_f64(wait));
+            }
+            _ => {}
+        }
+        state.publish("snapshot");
+        Ok(state)
+    }
+
+    async fn handle(&self, myself: ActorRef<JobMsg>, msg: JobMsg, state: &mut State) -> Result<(), ActorProcessingErr> {
+        match msg {
+            JobMsg::Start => state.start(&myself)?,
+            JobMsg::ProgressChanged => state.progress_changed(&myself)?,
+            JobMsg::Tick { generation } if generation == state.tick_generation => state.tick(&myself)?,
+            JobMsg::Tick { .. } => {}
+            JobMsg::Kill { attempt } => {
+                if state.current_attempt() == attempt {
+                    if let Some(pgid) = state.pgid {
+                        state.event("killed", format!("stop grace over: SIGKILL to process group {pgid}"));
+                        process::signal_group(pgid, libc::SIGKILL)?;
+                    }
+                }
+            }
+            JobMsg::Exited { attempt, status } if attempt == state.current_attempt() => {
+                state.exited(&myself, status).await?
+            }
+            JobMsg::Exited { .. } => {}
+            JobMsg::BackoffOver { generation } => {
+                if generation == state.backoff_generation && state.record.state() == JobState::Backoff {
+                    state.start(&myself)?;
+                }
+            }
+            JobMsg::Cancel { by, reply } => state.cancel(&myself, by, reply)?,
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    fn current_attempt(&self) -> u32 {
+        self.record.attempts.last().map(|a| a.number).unwrap_or(0)
+    }
+
+    fn publish(&self, kind: &str) {
+        self.shared.hub.publish(job_view(&self.record, &self.live, 0), kind);
+    }
+
+    fn event(&self, kind: &str, message: String) {
+        tracing::info!(job = %self.id, kind, "{message}");
+        let event = crate::store::records::Event { at: unix_now(), kind: kind.into(), message };
+        if let Err(e) = self.shared.store.append_event(self.id, &event) {
+            tracing::error!(job = %self.id, "cannot record event: {e}");
+        }
+    }
+
+    fn transition(
+        &mut self,
+        to: JobState,
+        reason: Reason,
+        message: &str,
+        edit: impl Fn(&mut JobRecord),
+    ) -> Result<(), ActorProcessingErr> {
+        self.record = self.shared.store.transition(self.id, to, reason, unix_now(), message, edit)?;
+        self.publish("state");
+        Ok(())
+    }
+
+    fn arm_tick(&mut self, myself: &ActorRef<JobMsg>, after: Duration) {
+        self.tick_generation += 1;
+        let generation = self.tick_generation;
+        myself.send_after(after, move || JobMsg::Tick { generation });
+    }
+
+    fn arm_backoff(&mut self, myself: &ActorRef<JobMsg>, after: Duration) {
+        self.backoff_generation += 1;
+        let generation = self.backoff_generation;
+        myself.send_after(after, move || JobMsg::BackoffOver { generation });
+    }
+
+    /// The checkpoint to resume from: the latest, or the one before it when the latest is gone.
+    /// Err when checkpoints were recorded but none is left: a job never silently restarts at step 0.
+    fn resume_point(&self) -> Result<Option<PathBuf>, String> {
+        let candidates = [&self.record.latest_checkpoint, &self.record.previous_checkpoint];
+        let recorded: Vec<_> = candidates.iter().filter_map(|c| c.as_ref()).collect();
+        if recorded.is_empty() {
+            return Ok(None);
+        }
+        recorded.iter().map(|c| c.path.clone()).find(|p| p.exists()).map(Some).ok_or_else(|| {
+            format!(
+                "checkpoint {} is missing and no earlier one is left; refusing to restart from step 0",
+                recorded[0].path.display()
+            )
+        })
+    }
+
+    fn start(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+        let resume = match self.resume_point() {
+            Ok(r) => r,
+            Err(message) => {
+                self.transition(JobState::Starting, Reason::Unspecified, "", |_| {})?;
+                return self.finish(myself, JobState::Failed, Reason::SpawnFailed, &message, |_| {});
+            }
+        };
+        let number = self.current_attempt() + 1;
+        let now = unix_now();
+        let resumed_from = resume.clone();
+        let message = match &resume {
+            Some(p) => format!("attempt {number}, resuming from {}", p.display()),
+            None => format!("attempt {number}"),
+        };
+        self.transition(JobState::Starting, Reason::Unspecified, &message, |r| {
+            r.next_restart_at = None;
+            r.attempts.push(Attempt {
+                number,
+                pid: None,
+                pid_start_ticks: None,
+                started_at: now,
+                ended_at: None,
+                exit: None,
+                reason: Reason::Unspecified as i32,
+                resumed_from: resumed_from.clone(),
+            });
+        })?;
+        let launch = Launch {
+            id: self.id,
+            paths: &self.paths,
+            attempt: number,
+            resume_from: resume.as_deref(),
+            heartbeat_interval: self.shared.config.heartbeat_interval,
+            stop_grace_ms: self.record.spec.timeouts.stop_grace_ms,
+        };
+        let mut child = match spawn(&self.record.spec, &launch) {
+            Ok(child) => child,
+            Err(e) => {
+                let message = format!("cannot start {:?}: {e}", self.record.spec.command[0]);
+                return self.finish(myself, JobState::Failed, Reason::SpawnFailed, &message, |r| {
+                    if let Some(a) = r.attempts.last_mut() {
+                        a.ended_at = Some(unix_now());
+                        a.reason = Reason::SpawnFailed as i32;
+                    }
+                });
+            }
+        };
+        let pid = child.id();
+        let ticks = pid.and_then(|p| process::start_ticks(p).ok());
+        self.record = self.shared.store.update(self.id, |r| {
+            if let Some(a) = r.attempts.last_mut() {
+                a.pid = pid;
+                a.pid_start_ticks = ticks;
+            }
+        })?;
+        self.pgid = pid;
+        self.live = LiveFacts { pid, ..LiveFacts::default() };
+        self.attempt_started = Instant::now();
+        self.last_beat = None;
+        self.last_invalid = None;
+        let (id, supervisor) = (self.id, self.supervisor.clone());
+        tokio::spawn(async move {
+            let status = match child.wait().await {
+                Ok(status) => Some(exit_status(status)),
+                Err(e) => {
+                    tracing::error!(job = %id, "cannot wait for the trainer: {e}");
+                    None
+                }
+            };
+            let _ = supervisor.cast(SupervisorMsg::Exited { id, attempt: number, status });
+        });
+        self.arm_tick(myself, ms(self.record.spec.timeouts.startup_grace_ms));
+        self.publish("state");
+        Ok(())
+    }
+
+    fn progress_changed(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+        if self.pgid.is_none() {
+            return Ok(());
+        }
+        let progress = match read_progress(&self.paths.progress) {
+            Ok(p) => p,
+            Err(ReadError::Missing) => return Ok(()),
+            Err(e) => {
+                let text = e.to_string();
+                if self.last_invalid.as_deref() != Some(text.as_str()) {
+                    tracing::warn!(job = %self.id, "{text}");
+                    self.event("progress_invalid", format!("{text}; ignored, the last good progress stands"));
+                    self.last_invalid = Some(text);
+                }
+                return Ok(());
+            }
+        };
+        self.last_invalid = None;
+        let beat = self.last_beat.is_none_or(|(seq, _)| seq != progress.heartbeat_seq);
+        if beat {
+            let first = self.last_beat.is_none();
+            self.last_beat = Some((progress.heartbeat_seq, Instant::now()));
+            if first {
+                // The pending deadline was startup_grace's; from now on the heartbeat timers apply.
+                self.arm_tick(myself, ms(1));
+            }
+            if self.live.stalled {
+                self.live.stalled = false;
+                self.event("heartbeat_resumed", format!("heartbeat {} arrived", progress.heartbeat_seq));
+            }
+        }
+        if let Some(checkpoint) = &progress.latest_checkpoint {
+            if self.record.latest_checkpoint.as_ref().map(|c| &c.path) != Some(&checkpoint.path) {
+                let c = checkpoint.clone();
+                self.record = self.shared.store.update(self.id, |r| {
+                    if r.latest_checkpoint.as_ref().map(|l| &l.path) != Some(&c.path) {
+                        r.previous_checkpoint = r.latest_checkpoint.take();
+                    }
+                    r.latest_checkpoint = Some(c.clone());
+                    r.step = c.step;
+                    r.epoch = c.epoch;
+                })?;
+                self.event("checkpoint", format!("step {} at {}", checkpoint.step, checkpoint.path.display()));
+            }
+        }
+        let step = progress.step;
+        self.live.message = progress.message.clone();
+        self.live.progress = Some(progress);
+        if self.record.state() == JobState::Starting && beat {
+            self.transition(JobState::Running, Reason::Unspecified, "first heartbeat", |_| {})?;
+        } else {
+            self.publish("progress");
+        }
+        self.test_hook(step);
+        Ok(())
+    }
+
+    /// With `--test-hooks`, a job whose env has TRAINERD_TEST_PANIC_AFTER_STEP=N panics its actor once
+    /// when its progress reaches step N (a marker file makes it once per job, across re-creations).
+    fn test_hook(&self, step: u64) {
+        if !self.shared.config.test_hooks {
+            return;
+        }
+        let at = self.record.spec.env.iter().find(|(k, _)| k == "TRAINERD_TEST_PANIC_AFTER_STEP");
+        let marker = self.paths.dir.join("test-hook-panicked");
+        if let Some(at) = at.and_then(|(_, v)| v.parse::<u64>().ok()) {
+            if step >= at && !marker.exists() {
+                let _ = std::fs::write(&marker, b"");
+                panic!("test hook: job actor {} panics at step {step}", self.id);
+            }
+        }
+    }
+
+    fn tick(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+        if self.pgid.is_none() || self.stop_cause.is_some() {
+            return Ok(());
+        }
+        let timeouts = self.record.spec.timeouts.clone();
+        let silence = |s: &Self| s.last_beat.map(|(_, at)| at.elapsed()).unwrap_or(s.attempt_started.elapsed());
+        let limit = |s: &Self| {
+            if s.last_beat.is_some() {
+                ms(timeouts.heartbeat_timeout_ms)
+            } else {
+                ms(timeouts.startup_grace_ms)
+            }
+        };
+        if silence(self) >= limit(self) {
+            // inotify events can be lost under load: read the file before accusing the trainer.
+            self.progress_changed(myself)?;
+            if silence(self) >= limit(self) {
+                let what = if self.last_beat.is_some() { "heartbeat_timeout" } else { "startup_grace" };
+                let message =
+                    format!("no heartbeat for {:.1} s ({what}): stopping the trainer", silence(self).as_secs_f64());
+                self.event("stalled", message.clone());
+                return self.stop(myself, StopCause::Stall, &message);
+            }
+        }
+        let interval = self
+            .live
+            .progress
+            .as_ref()
+            .and_then(|p| p.heartbeat_interval)
+            .filter(|i| i.is_finite() && *i > 0.0)
+            .map(Duration::from_secs_f64)
+            .unwrap_or(self.shared.config.heartbeat_interval);
+        let late_after = interval * 2;
+        let quiet = silence(self);
+        if self.last_beat.is_some() && quiet >= late_after && !self.live.stalled {
+            self.live.stalled = true;
+            self.event(
+                "heartbeat_late",
+                format!("no heartbeat for {:.1} s (interval {:.1} s)", quiet.as_secs_f64(), interval.as_secs_f64()),
+            );
+            self.publish("state");
+        }
+        let limit = limit(self);
+        let next = if self.last_beat.is_some() && !self.live.stalled && late_after < limit {
+            late_after.saturating_sub(quiet)
+        } else {
+            limit.saturating_sub(quiet)
+        };
+        self.arm_tick(myself, next.max(ms(1)));
+        Ok(())
+    }
+
+    /// SIGTERM to the group, then SIGKILL after the stop grace.
+    fn stop(&mut self, myself: &ActorRef<JobMsg>, cause: StopCause, message: &str) -> Result<(), ActorProcessingErr> {
+        let Some(pgid) = self.pgid else { return Ok(()) };
+        if self.stop_cause != Some(StopCause::Cancel) {
+            self.stop_cause = Some(cause);
+        }
+        let reason = match cause {
+            StopCause::Cancel => Reason::Cancelled,
+            StopCause::Stall => Reason::Stalled,
+            StopCause::PauseTimeout => Reason::Paused,
+        };
+        if self.record.state() != JobState::Stopping {
+            self.transition(JobState::Stopping, reason, message, |_| {})?;
+        }
+        process::signal_group(pgid, libc::SIGTERM)?;
+        let attempt = self.current_attempt();
+        myself.send_after(ms(self.record.spec.timeouts.stop_grace_ms), move || JobMsg::Kill { attempt });
+        Ok(())
+    }
+
+    fn cancel(
+        &mut self,
+        myself: &ActorRef<JobMsg>,
+        by: String,
+        reply: RpcReplyPort<Result<pb::Job, ApiError>>,
+    ) -> Result<(), ActorProcessingErr> {
+        let state = self.record.state();
+        if is_terminal(state) {
+            let _ = reply.send(Err(ApiError::FailedPrecondition(format!(
+                "job {} is already {}; there is nothing to cancel",
+                self.id,
+                trainerd_proto::state::state_word(state)
+            ))));
+            return Ok(());
+        }
+        self.cancelled_by = Some(by.clone());
+        if self.pgid.is_some() {
+            self.cancel_replies.push(reply);
+            return self.stop(myself, StopCause::Cancel, &format!("cancelled by {by}"));
+        }
+        let message = format!("cancelled by {by}");
+        self.finish(myself, JobState::Cancelled, Reason::Cancelled, &message, |r| r.cancelled_by = Some(by.clone()))?;
+        let _ = reply.send(Ok(job_view(&self.record, &self.live, 0)));
+        Ok(())
+    }
+
+    async fn exited(
+        &mut self,
+        myself: &ActorRef<JobMsg>,
+        status: Option<ExitStatus>,
+    ) -> Result<(), ActorProcessingErr> {
+        if status.is_some() {
+            self.progress_changed(myself)?;
+        }
+        if let Some(pgid) = self.pgid.take() {
+            // The leader is gone; grandchildren may not be. None may outlive the attempt.
+            process::signal_group(pgid, libc::SIGKILL)?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !process::live_group_members(pgid)?.is_empty() && Instant::now() < deadline {
+                tokio::time::sleep(ms(5)).await;
+            }
+        }
+        self.tick_generation += 1;
+        let now = unix_now();
+        let attempt = self.record.attempts.last().cloned();
+        let end = AttemptEnd {
+            exit: status,
+            trainer_state: self.live.progress.as_ref().map(|p| p.state),
+            stopped_by_daemon: self.stop_cause.take(),
+            ran_for: self.attempt_started.elapsed(),
+            resumed: attempt.as_ref().is_some_and(|a| a.resumed_from.is_some()),
+        };
+        let mut history = History {
+            restart_times: self.record.restart_times.clone(),
+            consecutive_failures: self.record.consecutive_failures,
+        };
+        let decision = policy::decide(&self.record.spec.restart, &mut history, &end, now, jitter());
+        let progress = self.live.progress.clone();
+        let close = move |r: &mut JobRecord, reason: Reason| {
+            if let Some(a) = r.attempts.last_mut() {
+                a.ended_at = Some(now);
+                a.exit = status;
+                a.reason = reason as i32;
+            }
+            if let Some(p) = &progress {
+                r.step = p.step;
+                r.epoch = p.epoch;
+                r.total_steps = p.total_steps;
+            }
+            r.exit_code = match status {
+                Some(ExitStatus::Code(c)) => Some(c),
+                _ => None,
+            };
+            r.restart_times = history.restart_times.clone();
+            r.consecutive_failures = history.consecutive_failures;
+        };
+        self.live.pid = None;
+        self.live.stalled = false;
+        match decision {
+            Decision::Complete => {
+                let digest = self.live.progress.as_ref().and_then(|p| p.weights_sha256.clone());
+                let message = self.live.progress.as_ref().and_then(|p| p.message.clone()).unwrap_or("completed".into());
+                self.finish(myself, JobState::Completed, Reason::Completed, &message, |r| {
+                    close(r, Reason::Completed);
+                    r.weights_sha256 = digest.clone();
+                })?;
+            }
+            Decision::Pause => {
+                self.finish(myself, JobState::Paused, Reason::Paused, "paused with a checkpoint", |r| {
+                    close(r, Reason::Paused)
+                })?;
+            }
+            Decision::Cancel => {
+                let by = self.cancelled_by.clone().unwrap_or_else(|| "unknown".into());
+                let message = format!("cancelled by {by}; no process of the job is left");
+                self.finish(myself, JobState::Cancelled, Reason::Cancelled, &message, |r| {
+                    close(r, Reason::Cancelled);
+                    r.cancelled_by = Some(by.clone());
+                })?;
+            }
+            Decision::Restart { reason, delay, previous_checkpoint } => {
+                let what = policy::describe(&end, reason);
+                let message = format!("{what}; restarting in {:.1} s", delay.as_secs_f64());
+                let at = now + delay.as_secs_f64();
+                self.transition(JobState::Backoff, reason, &message, |r| {
+                    close(r, reason);
+                    r.next_restart_at = Some(at);
+                    if previous_checkpoint && r.previous_checkpoint.is_some() {
+                        r.latest_checkpoint = r.previous_checkpoint.take();
+                    }
+                })?;
+                self.arm_backoff(myself, delay);
+            }
+            Decision::Fail { reason, message } => {
+                self.finish(myself, JobState::Failed, reason, &message, |r| close(r, reason))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A transition that ends the actor's work: terminal states and PAUSED release the slot.
+    fn finish(
+        &mut self,
+        myself: &ActorRef<JobMsg>,
+        to: JobState,
+        reason: Reason,
+        message: &str,
+        edit: impl Fn(&mut JobRecord),
+    ) -> Result<(), ActorProcessingErr> {
+        self.transition(to, reason, message, edit)?;
+        for reply in self.cancel_replies.drain(..) {
+            let _ = reply.send(Ok(job_view(&self.record, &self.live, 0)));
+        }
+        let _ = self.supervisor.cast(SupervisorMsg::Released { id: self.id });
+        myself.stop(None);
+        Ok(())
+    }
+}
+
+fn exit_status(status: std::process::ExitStatus) -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitStatus::Code(code),
+        (None, Some(signal)) => ExitStatus::Signal(signal),
+        (None, None) => ExitStatus::Code(-1),
+    }
+}

@@ -1,0 +1,107 @@
+//! One job's runtime: its directory, the trainer process it starts, and the actor that owns both.
+//!
+//! - [`actor`]: the JobActor (one per active job), child of the Supervisor.
+//! - [`watch`]: the progress-directory watcher that wakes the actor.
+
+pub mod actor;
+pub mod watch;
+
+use crate::store::records::{JobId, JobSpec};
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use trainerd_proto::trainer::{env, Progress, ProgressError, MAX_PROGRESS_BYTES};
+
+/// The files of one job under the state dir: `jobs/<id>/`.
+#[derive(Debug, Clone)]
+pub struct JobPaths {
+    pub dir: PathBuf,
+    pub progress: PathBuf,
+    pub checkpoints: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// The progress file's name inside the job directory.
+pub const PROGRESS_NAME: &str = "progress.json";
+
+impl JobPaths {
+    /// The paths of job `id` under `state_dir`.
+    pub fn new(state_dir: &Path, id: JobId) -> JobPaths {
+        let dir = state_dir.join("jobs").join(id.to_string());
+        JobPaths {
+            progress: dir.join(PROGRESS_NAME),
+            checkpoints: dir.join("checkpoints"),
+            stdout: dir.join("stdout.log"),
+            stderr: dir.join("stderr.log"),
+            dir,
+        }
+    }
+}
+
+/// Why the progress file could not be used this time.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("no progress file yet")]
+    Missing,
+    #[error("cannot read the progress file: {0}")]
+    Io(std::io::Error),
+    #[error(transparent)]
+    Invalid(#[from] ProgressError),
+}
+
+/// Reads and validates the progress file, never more than the size cap (plus one byte to tell).
+pub fn read_progress(path: &Path) -> Result<Progress, ReadError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadError::Missing),
+        Err(e) => return Err(ReadError::Io(e)),
+    };
+    let mut bytes = Vec::with_capacity(4096);
+    file.take(MAX_PROGRESS_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(ReadError::Io)?;
+    Ok(Progress::parse(&bytes)?)
+}
+
+/// What a trainer is started with beyond its spec.
+pub struct Launch<'a> {
+    pub id: JobId,
+    pub paths: &'a JobPaths,
+    pub attempt: u32,
+    pub resume_from: Option<&'a Path>,
+    pub heartbeat_interval: std::time::Duration,
+    pub stop_grace_ms: u64,
+}
+
+/// Starts the trainer as the leader of a new process group, with the protocol's environment and its
+/// output appended to the job's log files. The old progress file is removed first, so nothing the
+/// previous attempt wrote is mistaken for this one's heartbeat.
+pub fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<tokio::process::Child> {
+    std::fs::create_dir_all(&launch.paths.checkpoints)?;
+    match std::fs::remove_file(&launch.paths.progress) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let log = |path: &Path| std::fs::OpenOptions::new().create(true).append(true).open(path);
+    let (program, args) = spec.command.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .current_dir(&spec.workdir)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env(env::JOB_ID, launch.id.to_string())
+        .env(env::PROGRESS_FILE, &launch.paths.progress)
+        .env(env::CHECKPOINT_DIR, &launch.paths.checkpoints)
+        .env(env::ATTEMPT, launch.attempt.to_string())
+        .env(env::HEARTBEAT_INTERVAL, format!("{}", launch.heartbeat_interval.as_secs_f64()))
+        .env(env::STOP_GRACE, format!("{}", launch.stop_grace_ms as f64 / 1000.0))
+        .env_remove(env::RESUME_FROM)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(log(&launch.paths.stdout)?)
+        .stderr(log(&launch.paths.stderr)?)
+        .kill_on_drop(false);
+    if let Some(path) = launch.resume_from {
+        cmd.env(env::RESUME_FROM, path);
+    }
+    cmd.spawn()
+}

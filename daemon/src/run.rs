@@ -1,0 +1,100 @@
+//! Start-up and shutdown: open the store (which also keeps a second trainerd off the state dir),
+//! restore the jobs, serve, and on SIGTERM or SIGINT stop serving and flush. A second signal exits at
+//! once.
+//!
+//! Trainers are left running on shutdown (their own process groups outlive the daemon); the next
+//! trainerd resolves them at start-up (see `Supervisor::pre_start`).
+
+use crate::api::grpc::GrpcService;
+use crate::api::Api;
+use crate::config::DaemonConfig;
+use crate::hub::Hub;
+use crate::store::Store;
+use crate::supervisor::{Shared, Supervisor};
+use anyhow::Context;
+use ractor::Actor;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::UnixListenerStream;
+use trainerd_proto::v1::trainerd_server::TrainerdServer;
+
+/// How long open client connections may delay a shutdown.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs trainerd until a shutdown signal.
+pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create the state dir {}", config.state_dir.display()))?;
+    let store = Arc::new(Store::open(&config.state_dir.join("store"))?);
+    let listener = bind(&config.socket)?;
+    let config = Arc::new(config);
+    let shared = Arc::new(Shared { store: store.clone(), hub: Arc::new(Hub::default()), config: config.clone() });
+    let (supervisor, supervisor_done) = Actor::spawn(Some("supervisor".into()), Supervisor, shared.clone())
+        .await
+        .context("cannot start the supervisor")?;
+    let api = Arc::new(Api {
+        store: store.clone(),
+        hub: shared.hub.clone(),
+        supervisor: supervisor.clone(),
+        config: config.clone(),
+        started,
+    });
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        let _ = stop_tx.send(true);
+        // A second signal forces the exit, whatever is still draining.
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    println!("trainerd ready: socket {} state dir {}", config.socket.display(), config.state_dir.display());
+    tracing::info!(socket = %config.socket.display(), "serving");
+    let server = tonic::transport::Server::builder()
+        .add_service(TrainerdServer::new(GrpcService { api }))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
+    // Graceful shutdown waits for open connections, and a `trainctl watch` may never close its own:
+    // in-flight requests get a short grace, then the server is dropped.
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => result.context("the gRPC server failed")?,
+        _ = async {
+            stopped(stop_rx).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; closing their connections"),
+    }
+    supervisor.stop(None);
+    let _ = supervisor_done.await;
+    store.flush()?;
+    let _ = std::fs::remove_file(&config.socket);
+    tracing::info!("stopped; the store is flushed");
+    Ok(())
+}
+
+/// Binds the socket, replacing a stale file a dead daemon left. Called only after the store is open,
+/// so a live daemon's socket is never removed (the live daemon holds the store's lock).
+fn bind(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the socket's directory {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot replace the stale socket {}", path.display()));
+        }
+        _ => {}
+    }
+    UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))
+}

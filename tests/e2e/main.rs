@@ -1,0 +1,4 @@
+//! End-to-end tests: the real trainerd, real trainer processes, real gRPC over a real unix socket.
+//! One test binary (one link) with a module per area.
+
+mod supervisor;

@@ -1,0 +1,234 @@
+//! The supervisor: jobs run to completion, restart from their latest checkpoint after a crash, are
+//! stopped when they stall, and end as the exit-code contract and the restart budget say.
+
+use std::time::Duration;
+use trainerd_proto::v1 as pb;
+use trainerd_proto::v1::{JobState, Reason};
+use trainerd_tests::{bin, events, fake_job, submit, watch_until, Daemon};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn ended(job: &pb::Job) -> bool {
+    trainerd_proto::state::is_terminal(job.state())
+}
+
+#[tokio::test]
+async fn a_job_runs_to_completed_with_its_step_digest_and_exit_code() {
+    let daemon = Daemon::start(&[]);
+    let mut client = daemon.client().await;
+    let job = submit(&mut client, fake_job("plain", &[])).await;
+    assert_eq!(job.state(), JobState::Queued);
+    let seen = watch_until(&mut client, &job.id, LIMIT, ended).await;
+    let last = seen.last().unwrap();
+    assert_eq!((last.state(), last.reason()), (JobState::Completed, Reason::Completed));
+    assert_eq!((last.step, last.exit_code, last.attempt), (20, Some(0), 1));
+    assert_eq!(last.weights_sha256, "fake-20-0");
+    let states: Vec<JobState> = seen.iter().map(|j| j.state()).collect();
+    assert!(states.contains(&JobState::Running), "{states:?}");
+    // What the store says after the fact agrees with what was streamed.
+    let got = client.get_job(pb::GetJobRequest { id: job.id.clone() }).await.unwrap().into_inner();
+    assert_eq!((got.state(), got.step, got.weights_sha256.as_str()), (JobState::Completed, 20, "fake-20-0"));
+}
+
+#[tokio::test]
+async fn a_sigkilled_trainer_restarts_from_its_latest_checkpoint() {
+    let daemon = Daemon::start(&[]);
+    let mut client = daemon.client().await;
+    let job = submit(&mut client, fake_job("crash", &[("FAKE_FAULT", "crash@12")])).await;
+    let seen = watch_until(&mut client, &job.id, LIMIT, ended).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.state(), JobState::Completed);
+    assert_eq!((last.restarts, last.attempt), (1, 2));
+    assert_eq!(last.weights_sha256, "fake-20-10", "resumed from the step-10 checkpoint, not from 0");
+    let backoff = seen.iter().find(|j| j.state() == JobState::Backoff).expect("a backoff state");
+    assert_eq!(backoff.reason(), Reason::Crashed);
+    assert!(backoff.message.contains("killed by signal 9"), "{}", backoff.message);
+}
+
+#[tokio::test]
+async fn a_hung_trainer_is_stopped_after_the_heartbeat_timeout_and_restarted() {
+    let daemon = Daemon::start(&["--heartbeat-interval", "0.1"]);
+    let mut client = daemon.client().await;
+    let mut req = fake_job("hang", &[("FAKE_FAULT", "hang@6"), ("FAKE_CHILDREN", "1")]);
+    req.heartbeat_timeout_ms = Some(800);
+    req.stop_grace_ms = Some(300);
+    let job = submit(&mut client, req).await;
+    let seen = watch_until(&mut client, &job.id, LIMIT, ended).await;
+    assert!(seen.iter().any(|j| j.stalled), "the late heartbeat was flagged before the timeout");
+    let stopping = seen.iter().find(|j| j.state() == JobState::Stopping).expect("a stopping state");
+    assert_eq!(stopping.reason(), Reason::Stalled);
+    let last = seen.last().unwrap();
+    assert_eq!((last.state(), last.attempt, last.weights_sha256.as_str()), (JobState::Completed, 2, "fake-20-5"));
+    let kinds: Vec<String> = events(&mut client, &job.id).await.into_iter().map(|e| e.0).collect();
+    for kind in ["heartbeat_late", "stalled", "killed"] {
+        assert!(kinds.iter().any(|k| k == kind), "no {kind} event in {kinds:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_stall_with_on_failure_fail_ends_failed_stalled() {
+    let daemon = Daemon::start(&["--heartbeat-interval", "0.1"]);
+    let mut client = daemon.client().await;
+    let mut req = fake_job("hang-fail", &[("FAKE_FAULT", "hang@3")]);
+    req.heartbeat_timeout_ms = Some(600);
+    req.stop_grace_ms = Some(200);
+    req.on_failure = Some("fail".into());
+    let job = submit(&mut client, req).await;
+    let last = watch_until(&mut client, &job.id, LIMIT, ended).await.pop().unwrap();
+    assert_eq!((last.state(), last.reason(), last.attempt), (JobState::Failed, Reason::Stalled, 1));
+}
+
+#[tokio::test]
+async fn a_slow_trainer_that_keeps_its_heartbeat_is_never_killed() {
+    let daemon = Daemon::start(&["--heartbeat-interval", "0.1"]);
+    let mut client = daemon.client().await;
+    // Each step takes longer than the heartbeat timeout; the heartbeat thread keeps beating.
+    let mut req = fake_job("slow", &[("FAKE_STEPS", "3"), ("FAKE_STEP_MS", "1200"), ("FAKE_CHECKPOINT_EVERY", "0")]);
+    req.heartbeat_timeout_ms = Some(800);
+    let job = submit(&mut client, req).await;
+    let last = watch_until(&mut client, &job.id, LIMIT, ended).await.pop().unwrap();
+    assert_eq!((last.state(), last.attempt), (JobState::Completed, 1));
+}
+
+#[tokio::test]
+async fn exit_codes_follow_the_contract_and_the_budget_ends_in_failed() {
+    let daemon = Daemon::start(&[]);
+    let mut client = daemon.client().await;
+    let retry = submit(&mut client, fake_job("retry", &[("FAKE_FAULT", "exit@7:75")])).await;
+    let permanent = submit(&mut client, fake_job("permanent", &[("FAKE_FAULT", "exit@7:78")])).await;
+    let mut req = fake_job("budget", &[("FAKE_FAULT", "exit@2:75"), ("FAKE_FAULT_EVERY_ATTEMPT", "1")]);
+    req.max_restarts = Some(2);
+    let budget = submit(&mut client, req).await;
+
+    let last = watch_until(&mut client, &retry.id, LIMIT, ended).await.pop().unwrap();
+    assert_eq!((last.state(), last.attempt, last.weights_sha256.as_str()), (JobState::Completed, 2, "fake-20-5"));
+    let last = watch_until(&mut client, &permanent.id, LIMIT, ended).await.pop().unwrap();
+    assert_eq!(
+        (last.state(), last.reason(), last.attempt, last.exit_code),
+        (JobState::Failed, Reason::PermanentExit, 1, Some(78))
+    );
+    let last = watch_until(&mut client, &budget.id, LIMIT, ended).await.pop().unwrap();
+    assert_eq!((last.state(), last.reason(), last.attempt), (JobState::Failed, Reason::RestartsExhausted, 3));
+    assert!(last.message.contains("max_restarts 2"), "{}", last.message);
+}
+
+#[tokio::test]
+async fn a_daemon_restart_in_the_middle_of_a_backoff_keeps_the_count() {
+    let mut daemon = Daemon::start(&[]);
+    let mut client = daemon.client().await;
+    let mut req = fake_job("backoff", &[("FAKE_FAULT", "exit@2:75"), ("FAKE_FAULT_EVERY_ATTEMPT", "1")]);
+    req.max_restarts = Some(3);
+    req.backoff_base_ms = Some(1500);
+    let job = submit(&mut client, req).await;
+    watch_until(&mut client, &job.id, LIMIT, |j| j.state() == JobState::Backoff && j.attempt == 2).await;
+    daemon.restart();
+    let mut client = daemon.client().await;
+    let last = watch_until(&mut client, &job.id, LIMIT, ended).await.pop().unwrap();
+    assert_eq!((last.state(), last.reason()), (JobState::Failed, Reason::RestartsExhausted));
+    assert_eq!(last.attempt, 4, "1 start + 3 restarts, counted across the daemon restart");
+}
+
+#[tokio::test]
+async fn corrupt_or_oversized_progress_files_only_warn() {
+    let daemon = Daemon::start(&[]);
+    let mut client = daemon.client().await;
+    let garbage =
+        submit(&mut client, fake_job("garbage", &[("FAKE_FAULT", "garbage@5"), ("FAKE_STEP_MS", "40")])).await;
+    let huge = submit(&mut client, fake_job("huge", &[("FAKE_FAULT", "huge@5"), ("FAKE_STEP_MS", "40")])).await;
+    for (job, what) in [(&garbage, "not a valid protocol v1 object"), (&huge, "over the 65536-byte limit")] {
+        let last = watch_until(&mut client, &job.id, LIMIT, ended).await.pop().unwrap();
+        assert_eq!((last.state(), last.attempt, last.step), (JobState::Completed, 1, 20));
+        let warnings: Vec<String> =
+            events(&mut client, &job.id).await.into_iter().filter(|e| e.0 == "progress_invalid").map(|e| e.1).collect();
+        assert!(warnings.iter().any(|w| w.contains(what)), "{warnings:?}");
+    }
+}
+
+fn live_members(pgid: u32) -> Vec<u32> {
+    let mut members = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        if fields[2].parse::<u32>() == Ok(pgid) && fields[0] != "Z" {
+            members.push(pid);
+        }
+    }
+    members
+}
+
+#[tokio::test]
+async fn cancel_leaves_no_process_of_the_group_and_records_who() {
+    let daemon = Daemon::start(&[]);
+    let mut client = daemon.client().await;
+    let mut req = fake_job("grandchildren", &[("FAKE_CHILDREN", "2"), ("FAKE_FAULT", "hang@3")]);
+    req.stop_grace_ms = Some(300);
+    let job = submit(&mut client, req).await;
+    let running = watch_until(&mut client, &job.id, LIMIT, |j| j.state() == JobState::Running && j.step >= 3).await;
+    let pgid = running.last().unwrap().pid.expect("a running job shows its pid");
+    assert_eq!(live_members(pgid).len(), 3, "the trainer and its two grandchildren");
+    let cancelled = client.cancel_job(pb::CancelJobRequest { id: job.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(cancelled.state(), JobState::Cancelled, "the reply comes once the job is cancelled");
+    assert!(live_members(pgid).is_empty(), "left alive: {:?}", live_members(pgid));
+    assert!(cancelled.cancelled_by.starts_with("uid "), "{}", cancelled.cancelled_by);
+    let err = client.cancel_job(pb::CancelJobRequest { id: job.id.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+}
+
+#[tokio::test]
+async fn a_job_actor_panic_neither_loses_nor_duplicates_the_job() {
+    let daemon = Daemon::start(&["--test-hooks"]);
+    let mut client = daemon.client().await;
+    let job =
+        submit(&mut client, fake_job("panic", &[("TRAINERD_TEST_PANIC_AFTER_STEP", "5"), ("FAKE_STEP_MS", "40")]))
+            .await;
+    let last = watch_until(&mut client, &job.id, LIMIT, ended).await.pop().unwrap();
+    assert_eq!((last.state(), last.attempt, last.weights_sha256.as_str()), (JobState::Completed, 1, "fake-20-0"));
+    let kinds: Vec<String> = events(&mut client, &job.id).await.into_iter().map(|e| e.0).collect();
+    assert!(kinds.contains(&"actor_restarted".to_string()), "{kinds:?}");
+    let all = client.list_jobs(pb::ListJobsRequest::default()).await.unwrap().into_inner().jobs;
+    assert_eq!(all.len(), 1);
+}
+
+#[tokio::test]
+async fn trainer_proc_killed_mid_epoch_resumes_to_the_same_weights() {
+    let daemon = Daemon::start(&[]);
+    let mut client = daemon.client().await;
+    let args = [
+        "--epochs",
+        "3",
+        "--steps-per-epoch",
+        "20",
+        "--batch-size",
+        "32",
+        "--train-samples",
+        "1024",
+        "--val-samples",
+        "256",
+        "--hidden",
+        "32",
+        "--checkpoint-every",
+        "7",
+        "--patience",
+        "0",
+        "--device",
+        "cpu",
+    ];
+    let job = |name: &str, fault: Option<&str>| pb::SubmitJobRequest {
+        name: name.into(),
+        command: std::iter::once(bin("trainer-proc").display().to_string())
+            .chain(args.iter().map(|a| a.to_string()))
+            .collect(),
+        env: fault.map(|f| pb::EnvVar { name: "TRAINER_FAULT".into(), value: f.into() }).into_iter().collect(),
+        backoff_base_ms: Some(0),
+        ..Default::default()
+    };
+    let reference = submit(&mut client, job("reference", None)).await;
+    let crashed = submit(&mut client, job("crashed", Some("crash@31"))).await;
+    let reference = watch_until(&mut client, &reference.id, LIMIT, ended).await.pop().unwrap();
+    let crashed = watch_until(&mut client, &crashed.id, LIMIT, ended).await.pop().unwrap();
+    assert_eq!((reference.state(), crashed.state()), (JobState::Completed, JobState::Completed));
+    assert_eq!((crashed.attempt, crashed.step), (2, 60));
+    assert_eq!(crashed.weights_sha256, reference.weights_sha256);
+    assert_eq!(reference.weights_sha256.len(), 64);
+}

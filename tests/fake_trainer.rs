@@ -6,7 +6,8 @@
 //! - `FAKE_FAULT`: `crash@N` (SIGKILL itself), `hang@N` (no more heartbeats, deaf to SIGTERM),
 //!   `exit@N:CODE`, `garbage@N` (write an invalid progress file once), `huge@N` (an oversized one);
 //!   on attempt 1 only unless `FAKE_FAULT_EVERY_ATTEMPT=1`;
-//! - `FAKE_CHILDREN=K`: start K grandchildren (`sleep`) in the process group.
+//! - `FAKE_CHILDREN=K`: start K grandchildren (`sleep`) in the process group;
+//! - `FAKE_PRINT_BYTES=B`: print B bytes to stdout at every step (a flooding trainer).
 //!
 //! On completion `weights_sha256` is `fake-<steps>-<first step of this attempt>`, so a test can tell a
 //! resumed run (first step > 0) from a fresh one.
@@ -73,8 +74,13 @@ fn main() {
             write();
         });
     }
+    let flood = vec![b'x'; var("FAKE_PRINT_BYTES", 0) as usize];
     for step in start + 1..=steps {
         std::thread::sleep(Duration::from_millis(step_ms));
+        if !flood.is_empty() {
+            use std::io::Write;
+            std::io::stdout().write_all(&flood).expect("stdout");
+        }
         {
             let mut p = progress.lock().unwrap();
             p.state = TrainerState::Running;

@@ -50,6 +50,10 @@ pub struct Flags {
     /// The heartbeat interval trainers are told to keep (TRAINERD_HEARTBEAT_INTERVAL), in seconds.
     #[arg(long, default_value_t = 5.0)]
     pub heartbeat_interval: f64,
+    /// Largest size of a job's stdout.log and stderr.log, in MiB, before it is rotated (one
+    /// rotation, NAME.1, is kept).
+    #[arg(long, default_value_t = 64)]
+    pub log_cap_mib: u64,
     /// Enables test hooks (a job env TRAINERD_TEST_PANIC_AFTER_STEP=N panics its actor once). Never
     /// in production.
     #[arg(long, hide = true)]
@@ -63,6 +67,8 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub slots: u32,
     pub heartbeat_interval: Duration,
+    /// A job log's size cap, in bytes.
+    pub log_cap: u64,
     pub default_restart: RestartPolicy,
     pub default_timeouts: Timeouts,
     pub test_hooks: bool,
@@ -118,6 +124,7 @@ impl Flags {
             socket,
             slots: self.slots,
             heartbeat_interval: Duration::from_millis(interval),
+            log_cap: self.log_cap_mib.max(1) * 1024 * 1024,
             default_restart: RestartPolicy {
                 on_failure: OnFailure::Restart,
                 max_restarts: self.max_restarts,

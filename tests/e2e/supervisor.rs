@@ -232,3 +232,43 @@ async fn trainer_proc_killed_mid_epoch_resumes_to_the_same_weights() {
     assert_eq!(crashed.weights_sha256, reference.weights_sha256);
     assert_eq!(reference.weights_sha256.len(), 64);
 }
+
+#[tokio::test]
+async fn an_unreadable_latest_checkpoint_falls_back_to_the_one_before() {
+    let daemon = Daemon::start(&[]);
+    let mut client = daemon.client().await;
+    let mut req = fake_job("fallback", &[("FAKE_FAULT", "crash@12")]);
+    req.backoff_base_ms = Some(1000);
+    let job = submit(&mut client, req).await;
+    let backoff = watch_until(&mut client, &job.id, LIMIT, |j| j.state() == JobState::Backoff).await.pop().unwrap();
+    let latest = backoff.latest_checkpoint.expect("a checkpoint was recorded");
+    assert_eq!(latest.step, 10);
+    std::fs::write(&latest.path, b"garbage").unwrap();
+    let last = watch_until(&mut client, &job.id, LIMIT, ended).await.pop().unwrap();
+    assert_eq!(last.state(), JobState::Completed);
+    assert_eq!(
+        (last.attempt, last.weights_sha256.as_str()),
+        (3, "fake-20-5"),
+        "attempt 2 failed on step 10; 3 used step 5"
+    );
+}
+
+#[tokio::test]
+async fn a_flooding_trainer_has_its_logs_capped() {
+    let daemon = Daemon::start(&["--log-cap-mib", "1"]);
+    let mut client = daemon.client().await;
+    let job = submit(
+        &mut client,
+        fake_job("flood", &[("FAKE_STEPS", "40"), ("FAKE_STEP_MS", "50"), ("FAKE_PRINT_BYTES", "102400")]),
+    )
+    .await;
+    let last = watch_until(&mut client, &job.id, LIMIT, ended).await.pop().unwrap();
+    assert_eq!(last.state(), JobState::Completed);
+    let dir = daemon.state_dir().join("jobs").join(&job.id);
+    let size = |name: &str| std::fs::metadata(dir.join(name)).map(|m| m.len()).unwrap_or(0);
+    let kept = size("stdout.log") + size("stdout.log.1");
+    assert!(size("stdout.log.1") > 0, "no rotation happened");
+    assert!(kept < 40 * 102_400, "{kept} bytes kept of {} written", 40 * 102_400);
+    let kinds: Vec<String> = events(&mut client, &job.id).await.into_iter().map(|e| e.0).collect();
+    assert!(kinds.contains(&"log_rotated".to_string()), "{kinds:?}");
+}

@@ -7,7 +7,7 @@
 //! notify watcher; deadlines come from `send_after`. No handler awaits anything unbounded.
 
 use super::watch::watch_progress;
-use super::{read_progress, spawn, JobPaths, Launch, ReadError};
+use super::{cap_log, read_progress, spawn, JobPaths, Launch, ReadError};
 use crate::api::ApiError;
 use crate::hub::{job_view, LiveFacts};
 use crate::policy::{self, AttemptEnd, Decision, History, StopCause};
@@ -18,6 +18,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 use trainerd_proto::state::{has_process, is_terminal};
 use trainerd_proto::trainer::unix_now;
 use trainerd_proto::v1 as pb;
@@ -83,6 +84,8 @@ pub struct State {
     tick_generation: u64,
     backoff_generation: u64,
     last_invalid: Option<String>,
+    /// When the log sizes were last checked.
+    logs_checked: Instant,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -133,6 +136,7 @@ impl Actor for JobActor {
             tick_generation: 0,
             backoff_generation: 0,
             last_invalid: None,
+            logs_checked: Instant::now(),
             _watcher: watcher,
         };
         let job_state = state.record.state();
@@ -158,6 +162,14 @@ impl Actor for JobActor {
     }
 
     async fn handle(&self, myself: ActorRef<JobMsg>, msg: JobMsg, state: &mut State) -> Result<(), ActorProcessingErr> {
+        let span = tracing::info_span!("job", id = %state.id);
+        state.dispatch(myself, msg).instrument(span).await
+    }
+}
+
+impl State {
+    async fn dispatch(&mut self, myself: ActorRef<JobMsg>, msg: JobMsg) -> Result<(), ActorProcessingErr> {
+        let state = self;
         match msg {
             JobMsg::Start => state.start(&myself)?,
             JobMsg::ProgressChanged => state.progress_changed(&myself)?,
@@ -184,9 +196,7 @@ impl Actor for JobActor {
         }
         Ok(())
     }
-}
 
-impl State {
     fn current_attempt(&self) -> u32 {
         self.record.attempts.last().map(|a| a.number).unwrap_or(0)
     }
@@ -338,6 +348,7 @@ impl State {
             }
         };
         self.last_invalid = None;
+        self.check_logs();
         let beat = self.last_beat.is_none_or(|(seq, _)| seq != progress.heartbeat_seq);
         if beat {
             let first = self.last_beat.is_none();
@@ -397,6 +408,7 @@ impl State {
         if self.pgid.is_none() || self.stop_cause.is_some() {
             return Ok(());
         }
+        self.check_logs();
         let timeouts = self.record.spec.timeouts.clone();
         let silence = |s: &Self| s.last_beat.map(|(_, at)| at.elapsed()).unwrap_or(s.attempt_started.elapsed());
         let limit = |s: &Self| {
@@ -443,6 +455,23 @@ impl State {
         };
         self.arm_tick(myself, next.max(ms(1)));
         Ok(())
+    }
+
+    /// Rotates the job's logs that outgrew their cap; at most once a second, on progress and deadlines.
+    fn check_logs(&mut self) {
+        if self.logs_checked.elapsed() < Duration::from_secs(1) {
+            return;
+        }
+        self.logs_checked = Instant::now();
+        for path in [&self.paths.stdout, &self.paths.stderr] {
+            match cap_log(path, self.shared.config.log_cap) {
+                Ok(true) => {
+                    self.event("log_rotated", format!("{} reached its cap; older output is in .1", path.display()))
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(job = %self.id, "cannot rotate {}: {e}", path.display()),
+            }
+        }
     }
 
     /// SIGTERM to the group, then SIGKILL after the stop grace.

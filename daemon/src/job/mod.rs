@@ -105,3 +105,47 @@ pub fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<tokio::proc
     }
     cmd.spawn()
 }
+
+/// Keeps a log file under `cap` bytes by copy-truncate: the newest half of its content moves to
+/// `NAME.1` (replacing the older rotation) and the file is truncated. The trainer writes with
+/// O_APPEND, so its next write lands at the new end. Returns whether it rotated.
+pub fn cap_log(path: &Path, cap: u64) -> std::io::Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    let len = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= cap {
+        return Ok(false);
+    }
+    let keep = cap / 2;
+    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    file.seek(SeekFrom::Start(len - keep))?;
+    let mut rotated = path.as_os_str().to_owned();
+    rotated.push(".1");
+    let mut out = std::fs::File::create(&rotated)?;
+    std::io::copy(&mut (&mut file).take(keep), &mut out)?;
+    file.set_len(0)?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_log_over_its_cap_keeps_its_newest_half_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout.log");
+        let mut writer = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
+        writer.write_all(&[b'a'; 600]).unwrap();
+        writer.write_all(&[b'b'; 600]).unwrap();
+        assert!(!cap_log(&path, 2000).unwrap());
+        assert!(cap_log(&path, 1000).unwrap());
+        assert_eq!(std::fs::read(dir.path().join("stdout.log.1")).unwrap(), vec![b'b'; 500]);
+        writer.write_all(b"next").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"next", "an O_APPEND writer continues at the new end");
+    }
+}

@@ -1,5 +1,297 @@
-//! trainctl: the command-line client of trainerd. The commands arrive with issue #4.
+//! trainctl: the command-line client of trainerd.
 
-fn main() {
-    println!("trainctl {}", env!("CARGO_PKG_VERSION"));
+mod cli;
+mod format;
+
+use clap::{CommandFactory, Parser};
+use cli::{Cli, Command};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tokio_stream::StreamExt;
+use trainerd_proto::state::parse_state_word;
+use trainerd_proto::v1 as pb;
+
+/// EX_UNAVAILABLE: trainerd could not be reached.
+const UNREACHABLE: u8 = 69;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("trainctl: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(Failure::Unreachable(message)) => {
+            eprintln!("trainctl: {message}");
+            ExitCode::from(UNREACHABLE)
+        }
+        Err(Failure::Rpc(status)) => {
+            eprintln!("trainctl: {}", status.message());
+            ExitCode::FAILURE
+        }
+        Err(Failure::Usage(message)) => {
+            eprintln!("trainctl: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+enum Failure {
+    Unreachable(String),
+    Rpc(tonic::Status),
+    Usage(String),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(status: tonic::Status) -> Self {
+        if status.code() == tonic::Code::Unavailable && status.message().contains("connect") {
+            Failure::Unreachable(status.message().to_string())
+        } else {
+            Failure::Rpc(status)
+        }
+    }
+}
+
+fn socket_path(cli: &Cli) -> PathBuf {
+    cli.socket.clone().unwrap_or_else(trainerd_default_socket)
+}
+
+/// The daemon's default socket, by the same rule trainerd uses.
+fn trainerd_default_socket() -> PathBuf {
+    // SAFETY: geteuid(2) cannot fail and has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/run/trainerd/trainerd.sock");
+    }
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(".local/run"));
+    runtime.join("trainerd/trainerd.sock")
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!("{value}");
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "trainctl", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Failure::Usage(format!("cannot write the man page: {e}")))?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let socket = socket_path(&cli);
+    let mut client = trainctl::connect_unix(&socket).await.map_err(|e| Failure::Unreachable(e.to_string()))?;
+    let json = cli.json;
+    match cli.command {
+        Command::Submit(submit) => {
+            let follow = submit.watch;
+            let req = submission(submit)?;
+            let resp = client.submit_job(req).await?.into_inner();
+            let job = resp.job.unwrap_or_default();
+            if json {
+                let mut value = format::job_json(&job);
+                value["created"] = resp.created.into();
+                print_json(&value);
+            } else if resp.created {
+                println!("{}", job.id);
+            } else {
+                println!("{} (existing job for this idempotency key)", job.id);
+            }
+            if follow {
+                return watch(&mut client, &job.id, json).await;
+            }
+        }
+        Command::Ls(ls) => {
+            let mut states = Vec::new();
+            for word in &ls.state {
+                let state = parse_state_word(word).ok_or_else(|| {
+                    Failure::Usage(format!(
+                        "--state {word:?}: use one of queued, starting, running, pausing, paused, stopping, backoff, \
+                         completed, failed, cancelled"
+                    ))
+                })?;
+                states.push(state as i32);
+            }
+            let req = pb::ListJobsRequest {
+                states,
+                name: ls.name.unwrap_or_default(),
+                page_size: ls.limit,
+                page_token: String::new(),
+            };
+            let jobs = client.list_jobs(req).await?.into_inner().jobs;
+            if json {
+                print_json(&serde_json::Value::Array(jobs.iter().map(format::job_json).collect()));
+            } else {
+                println!("{}", format::table(&jobs));
+            }
+        }
+        Command::Get { id } => {
+            let job = client.get_job(pb::GetJobRequest { id }).await?.into_inner();
+            if json {
+                print_json(&format::job_json(&job));
+            } else {
+                println!("{}", format::detail(&job));
+            }
+        }
+        Command::Watch { id } => return watch(&mut client, &id, json).await,
+        Command::Events { id } => {
+            let events = client.list_events(pb::ListEventsRequest { id }).await?.into_inner().events;
+            for e in events {
+                if json {
+                    print_json(&serde_json::json!({"at": e.at, "kind": e.kind, "message": e.message}));
+                } else {
+                    println!("{:.3}  {:<18} {}", e.at, e.kind, e.message);
+                }
+            }
+        }
+        Command::Cancel { id } => {
+            let job = client.cancel_job(pb::CancelJobRequest { id }).await?.into_inner();
+            if json {
+                print_json(&format::job_json(&job));
+            } else {
+                println!("{} {}", job.id, trainerd_proto::state::state_word(job.state()));
+            }
+        }
+        Command::Health => {
+            let health = client.health(pb::HealthRequest {}).await?.into_inner();
+            let counts: Vec<(String, u32)> = health
+                .jobs
+                .iter()
+                .map(|c| (trainerd_proto::state::state_word(c.state()).to_string(), c.count))
+                .collect();
+            if json {
+                let jobs: serde_json::Map<String, serde_json::Value> =
+                    counts.iter().map(|(s, n)| (s.clone(), (*n).into())).collect();
+                print_json(&serde_json::json!({"status": health.status, "divergent": health.divergent, "jobs": jobs}));
+            } else {
+                println!("status    {}", health.status);
+                println!("divergent {}", health.divergent);
+                for (state, n) in counts {
+                    println!("{state:<10}{n}");
+                }
+            }
+        }
+        Command::Info => {
+            let info = client.daemon_info(pb::DaemonInfoRequest {}).await?.into_inner();
+            if json {
+                print_json(&serde_json::json!({
+                    "version": info.version, "uptime_s": info.uptime_s, "slots": info.slots,
+                    "state_dir": info.state_dir, "protocol_version": info.protocol_version, "pid": info.pid,
+                    "socket": socket.display().to_string(),
+                }));
+            } else {
+                println!("version   {}", info.version);
+                println!("pid       {}", info.pid);
+                println!("uptime    {:.0}s", info.uptime_s);
+                println!("slots     {}", info.slots);
+                println!("state dir {}", info.state_dir);
+                println!("socket    {}", socket.display());
+                println!("protocol  v{}", info.protocol_version);
+            }
+        }
+        Command::Completions { .. } | Command::Man => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the request: the workdir and a relative program become absolute from here, and a bare
+/// program name is looked up on this PATH, so the job runs what the user would have run.
+fn submission(s: cli::Submit) -> Result<pb::SubmitJobRequest, Failure> {
+    let cwd = std::env::current_dir().map_err(|e| Failure::Usage(format!("cannot read the current directory: {e}")))?;
+    let workdir = s.workdir.map(|w| if w.is_absolute() { w } else { cwd.join(w) }).unwrap_or_else(|| cwd.clone());
+    let mut command = s.command;
+    if let Some(program) = command.first_mut() {
+        let path = Path::new(program.as_str());
+        if program.contains('/') && path.is_relative() {
+            *program = workdir.join(path).display().to_string();
+        } else if !program.contains('/') {
+            if let Some(found) = on_path(program) {
+                *program = found.display().to_string();
+            }
+        }
+    }
+    let mut env = Vec::new();
+    for pair in s.env {
+        let (name, value) =
+            pair.split_once('=').ok_or_else(|| Failure::Usage(format!("--env {pair:?}: write it as NAME=VALUE")))?;
+        env.push(pb::EnvVar { name: name.into(), value: value.into() });
+    }
+    Ok(pb::SubmitJobRequest {
+        name: s.name.unwrap_or_default(),
+        command,
+        workdir: workdir.display().to_string(),
+        env,
+        gpus: s.gpus,
+        priority: s.priority,
+        idempotency_key: s.idempotency_key.unwrap_or_default(),
+        max_restarts: s.max_restarts,
+        on_failure: s.on_failure,
+        heartbeat_timeout_ms: s.heartbeat_timeout,
+        startup_grace_ms: s.startup_grace,
+        stop_grace_ms: s.stop_grace,
+        ..Default::default()
+    })
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file() && p.metadata().is_ok_and(|m| m.permissions().mode() & 0o111 != 0))
+}
+
+/// Follows a job to its end. The exit status tells the outcome.
+async fn watch(client: &mut trainctl::Client, id: &str, json: bool) -> Result<ExitCode, Failure> {
+    let mut stream = client.watch_job(pb::WatchJobRequest { id: id.into() }).await?.into_inner();
+    let tty = std::io::stdout().is_terminal() && !json;
+    let mut last: Option<pb::Job> = None;
+    while let Some(update) = stream.next().await {
+        let Some(job) = update?.job else { continue };
+        if json {
+            let mut value = format::job_json(&job);
+            value["update"] = update_kind(&job, last.as_ref()).into();
+            print_json(&value);
+        } else if tty {
+            print!("\r\x1b[2K{}", format::watch_line(&job));
+            let _ = std::io::stdout().flush();
+        } else if last.as_ref().is_none_or(|l| l.state != job.state || l.step != job.step || l.epoch != job.epoch) {
+            println!("{}", format::watch_line(&job));
+        }
+        last = Some(job);
+    }
+    if tty {
+        println!();
+    }
+    let Some(job) = last else { return Ok(ExitCode::FAILURE) };
+    if !json && !job.message.is_empty() {
+        println!("{}", job.message);
+    }
+    Ok(match job.state() {
+        pb::JobState::Completed => ExitCode::SUCCESS,
+        pb::JobState::Cancelled => ExitCode::from(3),
+        pb::JobState::Paused => ExitCode::from(4),
+        _ => ExitCode::FAILURE,
+    })
+}
+
+fn update_kind(job: &pb::Job, last: Option<&pb::Job>) -> &'static str {
+    match last {
+        None => "snapshot",
+        Some(l) if l.state != job.state => "state",
+        Some(_) => "progress",
+    }
 }

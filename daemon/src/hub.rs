@@ -34,11 +34,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Hub {
-    /// Publishes a job's new view to its watchers. A terminal view is the last: the channel closes
-    /// after it, which ends every watch stream.
+    /// Publishes a job's new view to its watchers. A terminal or paused view is the last: the channel
+    /// closes after it, which ends every watch stream (a resumed job gets a new channel).
     pub fn publish(&self, job: pb::Job, kind: &str) {
         let id = parse_id(&job.id);
-        let terminal = is_terminal(job.state());
+        let terminal = is_terminal(job.state()) || job.state() == pb::JobState::Paused;
         let mut jobs = lock(&self.jobs);
         let live = jobs.entry(id).or_insert_with(|| Live { latest: job.clone(), tx: broadcast::channel(BACKLOG).0 });
         live.latest = job.clone();
@@ -106,9 +106,9 @@ pub fn job_view(record: &JobRecord, live: &LiveFacts, queue_position: u32) -> pb
         step: p.map(|p| p.step).unwrap_or(record.step),
         total_steps: p.map(|p| p.total_steps).filter(|t| *t > 0).unwrap_or(record.total_steps),
         epoch: p.map(|p| p.epoch).unwrap_or(record.epoch),
-        total_epochs: p.map(|p| p.total_epochs).unwrap_or(0),
-        loss: p.and_then(|p| p.loss),
-        val_loss: p.and_then(|p| p.val_loss),
+        total_epochs: p.map(|p| p.total_epochs).filter(|t| *t > 0).unwrap_or(record.total_epochs),
+        loss: p.and_then(|p| p.loss).or(record.loss),
+        val_loss: p.and_then(|p| p.val_loss).or(record.val_loss),
         samples_per_sec: p.and_then(|p| p.samples_per_sec),
         restarts: record.attempts.len().saturating_sub(1) as u32,
         attempt: record.attempts.len() as u32,

@@ -92,7 +92,7 @@ fn async_stream(
     api: Arc<Api>,
 ) -> impl Stream<Item = Result<pb::JobUpdate, Status>> + Send {
     let first = pb::JobUpdate { job: Some(snapshot.clone()), kind: "snapshot".into() };
-    let done = is_terminal(snapshot.state()) || rx.is_none();
+    let done = is_terminal(snapshot.state()) || snapshot.state() == pb::JobState::Paused || rx.is_none();
     let id = snapshot.id.clone();
     futures_stream(first, done, rx, move || api.get(&id).ok())
 }
@@ -118,7 +118,7 @@ fn futures_stream(
                 },
                 Err(RecvError::Closed) => return,
             };
-            let end = update.job.as_ref().is_some_and(|j| is_terminal(j.state()));
+            let end = update.job.as_ref().is_some_and(|j| is_terminal(j.state()) || j.state() == pb::JobState::Paused);
             // A client that went away ends the task; nothing else notices.
             if tx.send(Ok(update)).await.is_err() || end {
                 return;

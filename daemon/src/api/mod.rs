@@ -165,7 +165,8 @@ impl Api {
         })
     }
 
-    /// Finds the job a full id or a unique prefix names.
+    /// Finds the job an id names: its number (`7`, `000000000007`), else a unique prefix of its
+    /// 12-digit form.
     pub fn resolve(&self, id: &str) -> Result<JobId, ApiError> {
         if id.is_empty() || id.len() > 12 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(invalid(
@@ -174,12 +175,9 @@ impl Api {
             ));
         }
         let id = id.to_ascii_lowercase();
-        if id.len() == 12 {
-            let full = JobId(u64::from_str_radix(&id, 16).unwrap_or(0));
-            return match self.store.get(full)? {
-                Some(_) => Ok(full),
-                None => Err(ApiError::NotFound(format!("no job {id}; `trainctl ls` lists the jobs"))),
-            };
+        let number = JobId(u64::from_str_radix(&id, 16).unwrap_or(0));
+        if self.store.get(number)?.is_some() {
+            return Ok(number);
         }
         let matches: Vec<JobId> =
             self.store.list()?.into_iter().map(|r| r.id).filter(|j| j.to_string().starts_with(&id)).collect();
@@ -256,7 +254,7 @@ impl Api {
         let job = self.get(&id.to_string())?;
         // Not live yet (queued before any publish) or ended. A queued job gets a channel on first
         // publish; subscribe again after reading, so nothing published in between is missed.
-        if is_terminal(job.state()) {
+        if is_terminal(job.state()) || job.state() == pb::JobState::Paused {
             return Ok((job, None));
         }
         self.hub.publish(job.clone(), "snapshot");

@@ -562,6 +562,9 @@ impl State {
                 r.step = p.step;
                 r.epoch = p.epoch;
                 r.total_steps = p.total_steps;
+                r.total_epochs = p.total_epochs;
+                r.loss = p.loss;
+                r.val_loss = p.val_loss;
             }
             r.exit_code = match status {
                 Some(ExitStatus::Code(c)) => Some(c),

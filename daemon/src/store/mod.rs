@@ -6,7 +6,7 @@
 //! never be started again whatever path a request takes.
 //!
 //! Trees: `jobs` (JobId → JobRecord), `events` (JobId ++ sequence → Event), `idempotency`
-//! (key → JobId). Values go through [`codec`]'s versioned envelope.
+//! (key → JobId), `meta` (counters). Values go through [`codec`]'s versioned envelope.
 
 pub mod codec;
 pub mod records;
@@ -42,6 +42,8 @@ pub struct Store {
     jobs: sled::Tree,
     events: sled::Tree,
     idempotency: sled::Tree,
+    /// Counters: `next_job` (the next JobId).
+    meta: sled::Tree,
 }
 
 fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
@@ -92,6 +94,7 @@ impl Store {
             jobs: db.open_tree("jobs")?,
             events: db.open_tree("events")?,
             idempotency: db.open_tree("idempotency")?,
+            meta: db.open_tree("meta")?,
             db,
         })
     }
@@ -99,15 +102,17 @@ impl Store {
     /// Creates a QUEUED job, or, when `spec.idempotency_key` names an existing job, returns that one.
     /// The boolean says whether a job was created.
     pub fn create(&self, spec: JobSpec, now: f64) -> Result<(JobRecord, bool), StoreError> {
-        let result = (&self.jobs, &self.events, &self.idempotency)
-            .transaction(|(jobs, events, idempotency)| {
+        let result = (&self.jobs, &self.events, &self.idempotency, &self.meta)
+            .transaction(|(jobs, events, idempotency, meta)| {
                 if let Some(key) = &spec.idempotency_key {
                     if let Some(existing) = idempotency.get(key.as_bytes())? {
                         let id = u64::from_be_bytes(existing.as_ref().try_into().unwrap_or_default());
                         return Ok((read_job(jobs, JobId(id))?, false));
                     }
                 }
-                let id = JobId(jobs.generate_id()? + 1);
+                let next = meta.get(b"next_job")?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes);
+                let id = JobId(next.unwrap_or(1));
+                meta.insert(b"next_job", &(id.0 + 1).to_be_bytes())?;
                 let record = JobRecord {
                     id,
                     spec: spec.clone(),
@@ -124,6 +129,9 @@ impl Store {
                     step: 0,
                     total_steps: 0,
                     epoch: 0,
+                    total_epochs: 0,
+                    loss: None,
+                    val_loss: None,
                     exit_code: None,
                     weights_sha256: None,
                     cancelled_by: None,

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use trainerd_proto::trainer::CheckpointRef;
 use trainerd_proto::v1::{JobState, Reason};
 
-/// A job's identity: its creation sequence number. Displayed as 12 hex digits.
+/// A job's identity: its creation sequence number (1, 2, ...). Displayed as 12 hex digits; clients
+/// may abbreviate it (see `api::Api::resolve`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct JobId(pub u64);
 
@@ -119,6 +120,10 @@ pub struct JobRecord {
     pub step: u64,
     pub total_steps: u64,
     pub epoch: u64,
+    pub total_epochs: u64,
+    /// The last losses the trainer reported, kept after it exits.
+    pub loss: Option<f64>,
+    pub val_loss: Option<f64>,
     pub exit_code: Option<i32>,
     pub weights_sha256: Option<String>,
     /// Who cancelled the job (a user name or uid), when it was cancelled.

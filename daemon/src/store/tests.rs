@@ -46,6 +46,21 @@ fn records_survive_reopening() {
 }
 
 #[test]
+fn ids_count_up_from_one_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        for (i, name) in ["a", "b"].into_iter().enumerate() {
+            let (job, _) = store.create(spec(name, None), 1.0).unwrap();
+            store.append_event(job.id, &Event { at: 1.0, kind: "x".into(), message: String::new() }).unwrap();
+            assert_eq!(job.id, JobId(i as u64 + 1));
+        }
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.create(spec("c", None), 1.0).unwrap().0.id, JobId(3));
+}
+
+#[test]
 fn the_same_idempotency_key_returns_the_same_job() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
@@ -136,6 +151,9 @@ fn fixture_record() -> JobRecord {
         step: 31,
         total_steps: 60,
         epoch: 2,
+        total_epochs: 3,
+        loss: Some(0.5),
+        val_loss: None,
         exit_code: None,
         weights_sha256: None,
         cancelled_by: None,

@@ -1,0 +1,104 @@
+//! The command line, defined once: parsing, help, shell completions and the man page all come from
+//! these types.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// trainctl: control trainerd, the supervisor of ML training jobs.
+#[derive(Debug, Parser)]
+#[command(name = "trainctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// trainerd's unix socket [default: $TRAINERD_SOCKET, else trainerd's default socket].
+    #[arg(long, global = true, env = "TRAINERD_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Print JSON (one object per line for `watch`) with stable field names.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Submit a job: trainctl submit [OPTIONS] -- COMMAND [ARGS...]
+    Submit(Submit),
+    /// List jobs, newest first.
+    Ls(Ls),
+    /// Show one job (a unique id prefix will do).
+    Get { id: String },
+    /// Follow a job's progress until it ends; the exit status tells the outcome (0 completed,
+    /// 1 failed, 3 cancelled, 4 paused).
+    Watch { id: String },
+    /// Show a job's event log.
+    Events { id: String },
+    /// Cancel a job: SIGTERM to its process group, SIGKILL after its stop grace; returns once no
+    /// process of the job is left.
+    Cancel { id: String },
+    /// Jobs by state, and whether records and reality agree.
+    Health,
+    /// What the daemon is: version, uptime, slots, state dir.
+    Info,
+    /// Print a shell completion script.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
+}
+
+/// `trainctl submit`.
+#[derive(Debug, Args)]
+pub struct Submit {
+    /// The job's name (A-Z a-z 0-9 . _ -) [default: the program's name].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// GPUs the job needs.
+    #[arg(long, default_value_t = 0)]
+    pub gpus: u32,
+    /// Higher runs first; FIFO within a priority.
+    #[arg(long, default_value_t = 0)]
+    pub priority: i32,
+    /// Restarts allowed within the restart window [default: the daemon's].
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
+    /// `restart` (from the latest checkpoint) or `fail`, when an attempt fails [default: restart].
+    #[arg(long)]
+    pub on_failure: Option<String>,
+    /// Silence after which the trainer is stopped as stalled, like 10m, 90s or 1h [default: the daemon's].
+    #[arg(long, value_parser = crate::format::parse_duration_ms)]
+    pub heartbeat_timeout: Option<u64>,
+    /// Time for the first heartbeat after a start [default: the daemon's].
+    #[arg(long, value_parser = crate::format::parse_duration_ms)]
+    pub startup_grace: Option<u64>,
+    /// SIGTERM to SIGKILL [default: the daemon's].
+    #[arg(long, value_parser = crate::format::parse_duration_ms)]
+    pub stop_grace: Option<u64>,
+    /// The same key returns the existing job instead of starting a second one.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Working directory [default: the current directory].
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// An environment variable for the trainer, NAME=VALUE; repeatable.
+    #[arg(long = "env", value_name = "NAME=VALUE")]
+    pub env: Vec<String>,
+    /// Follow the job after submitting it, as `trainctl watch` does.
+    #[arg(long)]
+    pub watch: bool,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `trainctl ls`.
+#[derive(Debug, Args)]
+pub struct Ls {
+    /// Only jobs in this state (queued, running, completed, ...); repeatable.
+    #[arg(long)]
+    pub state: Vec<String>,
+    /// Only jobs with this name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// At most this many jobs.
+    #[arg(long, default_value_t = 100)]
+    pub limit: u32,
+}

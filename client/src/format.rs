@@ -1,0 +1,219 @@
+//! How jobs are shown: the stable JSON form, the human table and detail view, durations.
+
+use serde_json::{json, Value};
+use trainerd_proto::state::state_word;
+use trainerd_proto::v1 as pb;
+
+/// Parses a duration like `500ms`, `90s`, `10m`, `1.5h` or a plain number of seconds, into ms.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration; write it like 30s, 10m, 1h"))?;
+    let scale = match unit {
+        "ms" => 1.0,
+        "" | "s" => 1e3,
+        "m" => 60e3,
+        "h" => 3600e3,
+        "d" => 86_400e3,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use ms, s, m, h or d")),
+    };
+    let ms = value * scale;
+    if !(ms.is_finite() && ms >= 1.0) {
+        return Err(format!("{text:?} must be at least 1ms"));
+    }
+    Ok(ms.round() as u64)
+}
+
+/// The stable JSON fields of a job.
+pub fn job_json(job: &pb::Job) -> Value {
+    json!({
+        "id": job.id,
+        "name": job.name,
+        "state": state_word(job.state()),
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "epoch": job.epoch,
+        "loss": job.loss,
+        "val_loss": job.val_loss,
+        "restarts": job.restarts,
+        "attempt": job.attempt,
+        "exit_code": job.exit_code,
+        "reason": reason_word(job.reason()),
+        "queue_position": job.queue_position,
+        "latest_checkpoint": job.latest_checkpoint.as_ref().map(|c| json!({"path": c.path, "step": c.step, "epoch": c.epoch})),
+        "weights_sha256": Some(&job.weights_sha256).filter(|s| !s.is_empty()),
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "stalled": job.stalled,
+        "message": job.message,
+        "pid": job.pid,
+    })
+}
+
+/// A reason as a lowercase word (`stalled`, `crashed`, ...); empty when unspecified.
+pub fn reason_word(reason: pb::Reason) -> &'static str {
+    match reason {
+        pb::Reason::Unspecified => "",
+        pb::Reason::Completed => "completed",
+        pb::Reason::Paused => "paused",
+        pb::Reason::RetryableExit => "retryable_exit",
+        pb::Reason::PermanentExit => "permanent_exit",
+        pb::Reason::Crashed => "crashed",
+        pb::Reason::Stalled => "stalled",
+        pb::Reason::Cancelled => "cancelled",
+        pb::Reason::Lost => "lost",
+        pb::Reason::SpawnFailed => "spawn_failed",
+        pb::Reason::RestartsExhausted => "restarts_exhausted",
+    }
+}
+
+fn ago(t: f64) -> String {
+    let secs = (trainerd_proto::trainer::unix_now() - t).max(0.0);
+    match secs {
+        s if s < 120.0 => format!("{s:.0}s"),
+        s if s < 7200.0 => format!("{:.0}m", s / 60.0),
+        s if s < 172_800.0 => format!("{:.0}h", s / 3600.0),
+        s => format!("{:.0}d", s / 86_400.0),
+    }
+}
+
+fn progress(job: &pb::Job) -> String {
+    if job.total_steps > 0 {
+        format!("{}/{}", job.step, job.total_steps)
+    } else {
+        job.step.to_string()
+    }
+}
+
+fn state_cell(job: &pb::Job) -> String {
+    let mut s = state_word(job.state()).to_string();
+    if job.stalled {
+        s.push_str(" (late)");
+    }
+    if job.queue_position > 0 {
+        s = format!("{s} #{}", job.queue_position);
+    }
+    s
+}
+
+/// The `ls` table, columns sized to their content.
+pub fn table(jobs: &[pb::Job]) -> String {
+    let header = ["ID", "NAME", "STATE", "STEP", "EPOCH", "LOSS", "RESTARTS", "AGE"].map(String::from);
+    let rows: Vec<[String; 8]> = jobs
+        .iter()
+        .map(|j| {
+            [
+                j.id.clone(),
+                j.name.clone(),
+                state_cell(j),
+                progress(j),
+                if j.total_epochs > 0 { format!("{}/{}", j.epoch, j.total_epochs) } else { j.epoch.to_string() },
+                j.loss.map(|l| format!("{l:.4}")).unwrap_or_else(|| "-".into()),
+                j.restarts.to_string(),
+                ago(j.created_at),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    std::iter::once(&header)
+        .chain(rows.iter())
+        .map(|row| {
+            let cells: Vec<String> = row.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            cells.join("  ").trim_end().to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The `get` view: one field per line.
+pub fn detail(job: &pb::Job) -> String {
+    let mut lines = vec![
+        ("id", job.id.clone()),
+        ("name", job.name.clone()),
+        ("state", state_cell(job)),
+        ("reason", reason_word(job.reason()).to_string()),
+        ("message", job.message.clone()),
+        ("step", progress(job)),
+        ("epoch", job.epoch.to_string()),
+        ("loss", job.loss.map(|l| format!("{l:.6}")).unwrap_or_default()),
+        ("val_loss", job.val_loss.map(|l| format!("{l:.6}")).unwrap_or_default()),
+        ("attempt", job.attempt.to_string()),
+        ("restarts", job.restarts.to_string()),
+        ("exit_code", job.exit_code.map(|c| c.to_string()).unwrap_or_default()),
+        ("exit_signal", job.exit_signal.map(|c| c.to_string()).unwrap_or_default()),
+        ("pid", job.pid.map(|p| p.to_string()).unwrap_or_default()),
+        (
+            "checkpoint",
+            job.latest_checkpoint.as_ref().map(|c| format!("step {} at {}", c.step, c.path)).unwrap_or_default(),
+        ),
+        ("weights_sha256", job.weights_sha256.clone()),
+        ("cancelled_by", job.cancelled_by.clone()),
+        ("command", job.command.join(" ")),
+        ("created", format!("{} ago", ago(job.created_at))),
+    ];
+    lines.retain(|(_, v)| !v.is_empty());
+    lines.iter().map(|(k, v)| format!("{k:<15}{v}")).collect::<Vec<_>>().join("\n")
+}
+
+/// One line of `watch`: a bar with step/total, epoch, loss, rate, ETA and restarts.
+pub fn watch_line(job: &pb::Job) -> String {
+    let state = state_cell(job);
+    if job.total_steps == 0 {
+        return format!("{} {state} step {}", job.id, job.step);
+    }
+    let done = (job.step as f64 / job.total_steps as f64).clamp(0.0, 1.0);
+    let filled = (done * 24.0).round() as usize;
+    let bar = format!("[{}{}]", "#".repeat(filled), "-".repeat(24 - filled));
+    let eta = match (job.samples_per_sec, job.state()) {
+        (Some(rate), pb::JobState::Running) if rate > 0.0 && job.step > 0 => {
+            let elapsed = (job.updated_at - job.created_at).max(0.0);
+            let left = elapsed / done.max(1e-9) * (1.0 - done);
+            format!(" eta {}", human_secs(left))
+        }
+        _ => String::new(),
+    };
+    format!(
+        "{} {state:<9} {bar} {}/{} epoch {}{}{}{}{}",
+        job.id,
+        job.step,
+        job.total_steps,
+        job.epoch,
+        job.loss.map(|l| format!(" loss {l:.4}")).unwrap_or_default(),
+        job.samples_per_sec.map(|r| format!(" {r:.0}/s")).unwrap_or_default(),
+        eta,
+        if job.restarts > 0 { format!(" restarts {}", job.restarts) } else { String::new() },
+    )
+}
+
+fn human_secs(s: f64) -> String {
+    if s < 120.0 {
+        format!("{s:.0}s")
+    } else if s < 7200.0 {
+        format!("{:.0}m", s / 60.0)
+    } else {
+        format!("{:.1}h", s / 3600.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(parse_duration_ms("500ms"), Ok(500));
+        assert_eq!(parse_duration_ms("90s"), Ok(90_000));
+        assert_eq!(parse_duration_ms("10m"), Ok(600_000));
+        assert_eq!(parse_duration_ms("1.5h"), Ok(5_400_000));
+        assert_eq!(parse_duration_ms("2"), Ok(2_000));
+        assert!(parse_duration_ms("ten minutes").unwrap_err().contains("not a duration"));
+        assert!(parse_duration_ms("10y").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration_ms("0s").is_err());
+    }
+}

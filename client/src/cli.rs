@@ -11,6 +11,9 @@ pub struct Cli {
     /// trainerd's unix socket [default: $TRAINERD_SOCKET, else trainerd's default socket].
     #[arg(long, global = true, env = "TRAINERD_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// trainerd's TCP address, like http://127.0.0.1:7070 (instead of the unix socket).
+    #[arg(long, global = true, conflicts_with = "socket")]
+    pub addr: Option<String>,
     /// Print JSON (one object per line for `watch`) with stable field names.
     #[arg(long, global = true)]
     pub json: bool,
@@ -30,6 +33,16 @@ pub enum Command {
     /// Follow a job's progress until it ends; the exit status tells the outcome (0 completed,
     /// 1 failed, 3 cancelled, 4 paused).
     Watch { id: String },
+    /// Print a job's stdout and stderr (the last 64 KiB of each); with -f, follow until it ends.
+    Logs {
+        id: String,
+        /// Keep printing what the trainer writes until the job ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// Bytes of each log's tail to print first.
+        #[arg(long, default_value_t = 65536)]
+        tail: u64,
+    },
     /// Show a job's event log.
     Events { id: String },
     /// Cancel a job: SIGTERM to its process group, SIGKILL after its stop grace; returns once no

@@ -1,6 +1,6 @@
 //! How jobs are shown: the stable JSON form, the human table and detail view, durations.
 
-use serde_json::{json, Value};
+use trainerd_proto::json::reason_word;
 use trainerd_proto::state::state_word;
 use trainerd_proto::v1 as pb;
 
@@ -23,49 +23,6 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         return Err(format!("{text:?} must be at least 1ms"));
     }
     Ok(ms.round() as u64)
-}
-
-/// The stable JSON fields of a job.
-pub fn job_json(job: &pb::Job) -> Value {
-    json!({
-        "id": job.id,
-        "name": job.name,
-        "state": state_word(job.state()),
-        "step": job.step,
-        "total_steps": job.total_steps,
-        "epoch": job.epoch,
-        "loss": job.loss,
-        "val_loss": job.val_loss,
-        "restarts": job.restarts,
-        "attempt": job.attempt,
-        "exit_code": job.exit_code,
-        "reason": reason_word(job.reason()),
-        "queue_position": job.queue_position,
-        "latest_checkpoint": job.latest_checkpoint.as_ref().map(|c| json!({"path": c.path, "step": c.step, "epoch": c.epoch})),
-        "weights_sha256": Some(&job.weights_sha256).filter(|s| !s.is_empty()),
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-        "stalled": job.stalled,
-        "message": job.message,
-        "pid": job.pid,
-    })
-}
-
-/// A reason as a lowercase word (`stalled`, `crashed`, ...); empty when unspecified.
-pub fn reason_word(reason: pb::Reason) -> &'static str {
-    match reason {
-        pb::Reason::Unspecified => "",
-        pb::Reason::Completed => "completed",
-        pb::Reason::Paused => "paused",
-        pb::Reason::RetryableExit => "retryable_exit",
-        pb::Reason::PermanentExit => "permanent_exit",
-        pb::Reason::Crashed => "crashed",
-        pb::Reason::Stalled => "stalled",
-        pb::Reason::Cancelled => "cancelled",
-        pb::Reason::Lost => "lost",
-        pb::Reason::SpawnFailed => "spawn_failed",
-        pb::Reason::RestartsExhausted => "restarts_exhausted",
-    }
 }
 
 fn ago(t: f64) -> String {

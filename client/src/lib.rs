@@ -23,6 +23,18 @@ pub async fn connect_unix(path: &Path) -> Result<Client, ConnectError> {
     Ok(TrainerdClient::new(channel))
 }
 
+/// Connects to trainerd's TCP gRPC address (`http://127.0.0.1:7070`).
+pub async fn connect_tcp(addr: &str) -> Result<Client, String> {
+    let endpoint = Endpoint::from_shared(addr.to_string())
+        .map_err(|e| format!("--addr {addr:?} is not a URL like http://127.0.0.1:7070: {e}"))?;
+    let channel = endpoint.connect().await.map_err(|e| {
+        use std::error::Error;
+        let cause = e.source().map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
+        format!("cannot reach trainerd at {addr} ({cause}); start it with `trainerd --listen ADDR`")
+    })?;
+    Ok(TrainerdClient::new(channel))
+}
+
 /// trainerd could not be reached.
 #[derive(Debug)]
 pub struct ConnectError {

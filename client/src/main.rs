@@ -93,7 +93,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         _ => {}
     }
     let socket = socket_path(&cli);
-    let mut client = trainctl::connect_unix(&socket).await.map_err(|e| Failure::Unreachable(e.to_string()))?;
+    let mut client = match &cli.addr {
+        Some(addr) => trainctl::connect_tcp(addr).await.map_err(Failure::Unreachable)?,
+        None => trainctl::connect_unix(&socket).await.map_err(|e| Failure::Unreachable(e.to_string()))?,
+    };
     let json = cli.json;
     match cli.command {
         Command::Submit(submit) => {
@@ -102,7 +105,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let resp = client.submit_job(req).await?.into_inner();
             let job = resp.job.unwrap_or_default();
             if json {
-                let mut value = format::job_json(&job);
+                let mut value = trainerd_proto::json::job_json(&job);
                 value["created"] = resp.created.into();
                 print_json(&value);
             } else if resp.created {
@@ -133,7 +136,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             };
             let jobs = client.list_jobs(req).await?.into_inner().jobs;
             if json {
-                print_json(&serde_json::Value::Array(jobs.iter().map(format::job_json).collect()));
+                print_json(&serde_json::Value::Array(jobs.iter().map(trainerd_proto::json::job_json).collect()));
             } else {
                 println!("{}", format::table(&jobs));
             }
@@ -141,12 +144,27 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Get { id } => {
             let job = client.get_job(pb::GetJobRequest { id }).await?.into_inner();
             if json {
-                print_json(&format::job_json(&job));
+                print_json(&trainerd_proto::json::job_json(&job));
             } else {
                 println!("{}", format::detail(&job));
             }
         }
         Command::Watch { id } => return watch(&mut client, &id, json).await,
+        Command::Logs { id, follow, tail } => {
+            let mut stream =
+                client.stream_logs(pb::StreamLogsRequest { id, follow, tail_bytes: tail.max(1) }).await?.into_inner();
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk?;
+                if json {
+                    let data = String::from_utf8_lossy(&chunk.data);
+                    print_json(&serde_json::json!({"stream": chunk.stream, "data": data}));
+                } else if chunk.stream == "stderr" {
+                    let _ = std::io::stderr().write_all(&chunk.data);
+                } else {
+                    let _ = std::io::stdout().write_all(&chunk.data);
+                }
+            }
+        }
         Command::Events { id } => {
             let events = client.list_events(pb::ListEventsRequest { id }).await?.into_inner().events;
             for e in events {
@@ -160,7 +178,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Cancel { id } => {
             let job = client.cancel_job(pb::CancelJobRequest { id }).await?.into_inner();
             if json {
-                print_json(&format::job_json(&job));
+                print_json(&trainerd_proto::json::job_json(&job));
             } else {
                 println!("{} {}", job.id, trainerd_proto::state::state_word(job.state()));
             }
@@ -262,7 +280,7 @@ async fn watch(client: &mut trainctl::Client, id: &str, json: bool) -> Result<Ex
     while let Some(update) = stream.next().await {
         let Some(job) = update?.job else { continue };
         if json {
-            let mut value = format::job_json(&job);
+            let mut value = trainerd_proto::json::job_json(&job);
             value["update"] = update_kind(&job, last.as_ref()).into();
             print_json(&value);
         } else if tty {

@@ -3,7 +3,7 @@
 
 use crate::store::records::{OnFailure, RestartPolicy, Timeouts};
 use clap::Parser;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The command line.
@@ -23,6 +23,12 @@ pub struct Flags {
     /// $XDG_RUNTIME_DIR/trainerd/trainerd.sock].
     #[arg(long)]
     pub socket: Option<PathBuf>,
+    /// The JSON-lines control socket for local tools [default: control.sock beside --socket].
+    #[arg(long)]
+    pub control_socket: Option<PathBuf>,
+    /// Also serve gRPC on this TCP address (loopback only: 127.0.0.1:PORT or [::1]:PORT).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
     /// Jobs running at once.
     #[arg(long, default_value_t = 4)]
     pub slots: u32,
@@ -65,6 +71,8 @@ pub struct Flags {
 pub struct DaemonConfig {
     pub state_dir: PathBuf,
     pub socket: PathBuf,
+    pub control_socket: PathBuf,
+    pub listen: Option<std::net::SocketAddr>,
     pub slots: u32,
     pub heartbeat_interval: Duration,
     /// A job log's size cap, in bytes.
@@ -105,15 +113,26 @@ impl Flags {
             }
         });
         let socket = self.socket.unwrap_or_else(default_socket);
+        let control_socket =
+            self.control_socket.unwrap_or_else(|| socket.parent().unwrap_or(Path::new("/")).join("control.sock"));
+        if let Some(addr) = self.listen {
+            if !addr.ip().is_loopback() {
+                return Err(format!(
+                    "--listen {addr}: TCP beyond loopback needs TLS and a bearer token, which this trainerd                      does not offer yet; listen on 127.0.0.1 and tunnel (ssh -L) instead"
+                ));
+            }
+        }
         if self.slots == 0 {
             return Err("--slots must be at least 1".into());
         }
         // sockaddr_un holds 108 bytes with the terminating NUL.
-        if socket.as_os_str().len() > 107 {
-            return Err(format!(
-                "--socket {}: a unix socket path may have at most 107 bytes; choose a shorter path",
-                socket.display()
-            ));
+        for (flag, path) in [("socket", &socket), ("control-socket", &control_socket)] {
+            if path.as_os_str().len() > 107 {
+                return Err(format!(
+                    "--{flag} {}: a unix socket path may have at most 107 bytes; choose a shorter path",
+                    path.display()
+                ));
+            }
         }
         let interval = seconds("heartbeat-interval", self.heartbeat_interval)?;
         if interval == 0 {
@@ -122,6 +141,8 @@ impl Flags {
         Ok(DaemonConfig {
             state_dir,
             socket,
+            control_socket,
+            listen: self.listen,
             slots: self.slots,
             heartbeat_interval: Duration::from_millis(interval),
             log_cap: self.log_cap_mib.max(1) * 1024 * 1024,

@@ -30,6 +30,13 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create the state dir {}", config.state_dir.display()))?;
     let store = Arc::new(Store::open(&config.state_dir.join("store"))?);
     let listener = bind(&config.socket)?;
+    let control = bind(&config.control_socket)?;
+    let tcp = match config.listen {
+        Some(addr) => {
+            Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?)
+        }
+        None => None,
+    };
     let config = Arc::new(config);
     let shared = Arc::new(Shared { store: store.clone(), hub: Arc::new(Hub::default()), config: config.clone() });
     let (supervisor, supervisor_done) = Actor::spawn(Some("supervisor".into()), Supervisor, shared.clone())
@@ -60,6 +67,21 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    let control_task = tokio::spawn(crate::api::jsonl::serve(control, api.clone()));
+    if let Some(tcp) = tcp {
+        let service = TrainerdServer::new(GrpcService { api: api.clone() });
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, stop)
+                .await
+            {
+                tracing::error!("the TCP gRPC server failed: {e}");
+            }
+        });
+    }
     println!("trainerd ready: socket {} state dir {}", config.socket.display(), config.state_dir.display());
     tracing::info!(socket = %config.socket.display(), "serving");
     let server = tonic::transport::Server::builder()
@@ -75,10 +97,12 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
             tokio::time::sleep(SHUTDOWN_GRACE).await;
         } => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; closing their connections"),
     }
+    control_task.abort();
     supervisor.stop(None);
     let _ = supervisor_done.await;
     store.flush()?;
     let _ = std::fs::remove_file(&config.socket);
+    let _ = std::fs::remove_file(&config.control_socket);
     tracing::info!("stopped; the store is flushed");
     Ok(())
 }

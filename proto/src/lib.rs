@@ -4,9 +4,11 @@
 //! - [`state`]: the job state machine over the generated [`v1::JobState`], its legal transitions in one table.
 //! - [`trainer`]: the trainer protocol v1, the contract between trainerd and any training process
 //!   (environment, progress file, exit codes), specified in `docs/trainer-protocol.md`.
+//! - [`json`]: the stable JSON form of a job (trainctl --json, the control socket).
 //! - [`atomic`]: the write-temp-fsync-rename helper that every durable file in the project goes through.
 
 pub mod atomic;
+pub mod json;
 pub mod state;
 pub mod trainer;
 

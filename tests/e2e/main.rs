@@ -1,5 +1,6 @@
 //! End-to-end tests: the real trainerd, real trainer processes, real gRPC over a real unix socket.
 //! One test binary (one link) with a module per area.
 
+mod interfaces;
 mod supervisor;
 mod trainctl;

@@ -70,6 +70,18 @@ impl Trainerd for GrpcService {
         Ok(Response::new(self.api.events(&req.into_inner().id)?))
     }
 
+    type StreamLogsStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+    async fn stream_logs(
+        &self,
+        req: Request<pb::StreamLogsRequest>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let req = req.into_inner();
+        let rx = self.api.logs(&req.id, req.follow, req.tail_bytes)?;
+        let stream = tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
         let by = caller(&req);
         Ok(Response::new(self.api.cancel(&req.into_inner().id, by).await?))

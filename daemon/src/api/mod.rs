@@ -1,8 +1,10 @@
-//! The operations clients can ask for, written once. The gRPC service (`grpc.rs`) maps onto these
-//! handlers; so will the JSON-lines control socket. Handlers validate every input and name the field
+//! The operations clients can ask for, written once. The gRPC service (`grpc.rs`) and the JSON-lines
+//! control socket (`jsonl.rs`) both map onto these handlers. Handlers validate every input and name the field
 //! that is wrong.
 
 pub mod grpc;
+pub mod jsonl;
+mod logs;
 
 use crate::config::DaemonConfig;
 use crate::hub::{job_view, Hub, LiveFacts};

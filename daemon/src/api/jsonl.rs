@@ -1,0 +1,272 @@
+//! The JSON-lines control socket for shell tools: one request object per line, one response object
+//! per line (a `watch` streams lines until the job ends). It maps onto the same [`Api`] handlers as
+//! gRPC; nothing is implemented twice.
+//!
+//! ```text
+//! $ echo '{"op":"list"}' | socat - UNIX-CONNECT:/run/trainerd/control.sock
+//! {"ok":true,"jobs":[...]}
+//! ```
+//!
+//! Responses are `{"ok":true, ...}` or `{"ok":false,"error":{"code":"not_found","message":"..."}}`. A
+//! malformed line gets an error and the connection stays usable; a line over 1 MiB closes it.
+
+use super::{Api, ApiError};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use trainerd_proto::json::job_json;
+use trainerd_proto::state::{is_terminal, parse_state_word};
+use trainerd_proto::v1 as pb;
+
+/// The longest request line.
+const MAX_LINE: usize = 1 << 20;
+
+/// One request line.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum Request {
+    Submit(Submit),
+    Get(Id),
+    List(List),
+    Watch(Id),
+    Events(Id),
+    Logs(Logs),
+    Cancel(Id),
+    Health(Empty),
+    Info(Empty),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Id {
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Logs {
+    id: String,
+    #[serde(default)]
+    follow: bool,
+    #[serde(default)]
+    tail_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct List {
+    #[serde(default)]
+    states: Vec<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    limit: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Submit {
+    command: Vec<String>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    workdir: String,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    gpus: u32,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default)]
+    idempotency_key: String,
+    max_restarts: Option<u32>,
+    on_failure: Option<String>,
+    heartbeat_timeout_ms: Option<u64>,
+    startup_grace_ms: Option<u64>,
+    stop_grace_ms: Option<u64>,
+}
+
+fn error(e: &ApiError) -> Value {
+    let code = match e {
+        ApiError::NotFound(_) => "not_found",
+        ApiError::InvalidArgument { .. } => "invalid_argument",
+        ApiError::FailedPrecondition(_) => "failed_precondition",
+        ApiError::Unavailable(_) => "unavailable",
+        ApiError::Internal(_) => "internal",
+    };
+    json!({"ok": false, "error": {"code": code, "message": e.to_string()}})
+}
+
+/// Serves connections until the listener is dropped.
+pub async fn serve(listener: UnixListener, api: Arc<Api>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, api.clone()));
+            }
+            Err(e) => {
+                tracing::warn!("control socket: accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, api: Arc<Api>) {
+    let caller =
+        stream.peer_cred().map(|c| format!("uid {}", c.uid())).unwrap_or_else(|_| "an unidentified client".into());
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = match (&mut lines).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if n > MAX_LINE {
+            let e = ApiError::InvalidArgument { field: "request", message: format!("a line is over {MAX_LINE} bytes") };
+            let _ = send(&mut write, &error(&e)).await;
+            return;
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let request: Request = match serde_json::from_slice(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                let e = ApiError::InvalidArgument {
+                    field: "request",
+                    message: format!("{e}; send one JSON object per line, like {{\"op\":\"list\"}}"),
+                };
+                if send(&mut write, &error(&e)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if handle(request, &api, &caller, &mut write).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn send(write: &mut (impl AsyncWriteExt + Unpin), value: &Value) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    write.write_all(&bytes).await
+}
+
+/// Answers one request; Err only when the client went away.
+async fn handle(
+    request: Request,
+    api: &Arc<Api>,
+    caller: &str,
+    write: &mut (impl AsyncWriteExt + Unpin),
+) -> std::io::Result<()> {
+    let reply = match request {
+        Request::Submit(s) => {
+            let req = pb::SubmitJobRequest {
+                name: s.name,
+                command: s.command,
+                workdir: s.workdir,
+                env: s.env.into_iter().map(|(name, value)| pb::EnvVar { name, value }).collect(),
+                gpus: s.gpus,
+                priority: s.priority,
+                idempotency_key: s.idempotency_key,
+                max_restarts: s.max_restarts,
+                on_failure: s.on_failure,
+                heartbeat_timeout_ms: s.heartbeat_timeout_ms,
+                startup_grace_ms: s.startup_grace_ms,
+                stop_grace_ms: s.stop_grace_ms,
+                ..Default::default()
+            };
+            api.submit(req)
+                .await
+                .map(|r| json!({"ok": true, "created": r.created, "job": r.job.as_ref().map(job_json)}))
+        }
+        Request::Get(Id { id }) => api.get(&id).map(|job| json!({"ok": true, "job": job_json(&job)})),
+        Request::List(list) => {
+            let mut states = Vec::new();
+            for word in &list.states {
+                match parse_state_word(word) {
+                    Some(s) => states.push(s as i32),
+                    None => {
+                        let e = ApiError::InvalidArgument {
+                            field: "states",
+                            message: format!("{word:?} is not a job state"),
+                        };
+                        return send(write, &error(&e)).await;
+                    }
+                }
+            }
+            let req = pb::ListJobsRequest { states, name: list.name, page_size: list.limit, page_token: String::new() };
+            api.list(req).map(|r| json!({"ok": true, "jobs": r.jobs.iter().map(job_json).collect::<Vec<_>>()}))
+        }
+        Request::Watch(Id { id }) => return watch(api, &id, write).await,
+        Request::Logs(Logs { id, follow, tail_bytes }) => {
+            let mut rx = match api.logs(&id, follow, tail_bytes) {
+                Ok(rx) => rx,
+                Err(e) => return send(write, &error(&e)).await,
+            };
+            while let Some(chunk) = rx.recv().await {
+                let data = String::from_utf8_lossy(&chunk.data);
+                send(write, &json!({"ok": true, "stream": chunk.stream, "data": data})).await?;
+            }
+            Ok(json!({"ok": true, "end": true}))
+        }
+        Request::Events(Id { id }) => api.events(&id).map(|r| {
+            let events: Vec<Value> =
+                r.events.iter().map(|e| json!({"at": e.at, "kind": e.kind, "message": e.message})).collect();
+            json!({"ok": true, "events": events})
+        }),
+        Request::Cancel(Id { id }) => {
+            api.cancel(&id, caller.to_string()).await.map(|job| json!({"ok": true, "job": job_json(&job)}))
+        }
+        Request::Health(Empty {}) => api.health().map(|h| {
+            let jobs: serde_json::Map<String, Value> = h
+                .jobs
+                .iter()
+                .map(|c| (trainerd_proto::state::state_word(c.state()).to_string(), c.count.into()))
+                .collect();
+            json!({"ok": true, "status": h.status, "divergent": h.divergent, "jobs": jobs})
+        }),
+        Request::Info(Empty {}) => {
+            let i = api.info();
+            Ok(json!({"ok": true, "version": i.version, "uptime_s": i.uptime_s, "slots": i.slots,
+                "state_dir": i.state_dir, "protocol_version": i.protocol_version, "pid": i.pid}))
+        }
+    };
+    send(write, &reply.unwrap_or_else(|e| error(&e))).await
+}
+
+/// Streams the snapshot and every update until the job ends, one line each.
+async fn watch(api: &Arc<Api>, id: &str, write: &mut (impl AsyncWriteExt + Unpin)) -> std::io::Result<()> {
+    let (snapshot, rx) = match api.watch(id) {
+        Ok(w) => w,
+        Err(e) => return send(write, &error(&e)).await,
+    };
+    send(write, &json!({"ok": true, "update": "snapshot", "job": job_json(&snapshot)})).await?;
+    let Some(mut rx) = rx else { return Ok(()) };
+    loop {
+        let (kind, job) = match rx.recv().await {
+            Ok(update) => (update.kind, update.job.unwrap_or_default()),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => match api.get(id) {
+                Ok(job) => ("snapshot".to_string(), job),
+                Err(_) => return Ok(()),
+            },
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+        };
+        send(write, &json!({"ok": true, "update": kind, "job": job_json(&job)})).await?;
+        if is_terminal(job.state()) || job.state() == pb::JobState::Paused {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Log streaming: the tail of a job's stdout and stderr, then, when following, every new byte until
+//! the job ends. New bytes are found through notify on the job directory, not by polling; a log that
+//! shrank was rotated (see `job::cap_log`) and is read again from its start.
+
+use super::{Api, ApiError};
+use crate::job::JobPaths;
+use notify::{EventKind, RecursiveMode, Watcher};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use trainerd_proto::state::is_terminal;
+use trainerd_proto::v1 as pb;
+
+const DEFAULT_TAIL: u64 = 64 * 1024;
+const CHUNK: u64 = 64 * 1024;
+
+impl Api {
+    /// Starts streaming a job's logs; the receiver ends when the logs do (or at once without follow).
+    pub fn logs(self: &Arc<Self>, id: &str, follow: bool, tail: u64) -> Result<mpsc::Receiver<pb::LogChunk>, ApiError> {
+        let id = self.resolve(id)?;
+        let paths = JobPaths::new(&self.config.state_dir, id);
+        let tail = if tail == 0 { DEFAULT_TAIL } else { tail };
+        let (tx, rx) = mpsc::channel(16);
+        let (job, updates) = self.watch(&id.to_string())?;
+        let ended = is_terminal(job.state()) || job.state() == pb::JobState::Paused;
+        tokio::spawn(async move {
+            let files = [("stdout", paths.stdout.clone()), ("stderr", paths.stderr.clone())];
+            let mut offsets = [0u64; 2];
+            for (i, (name, path)) in files.iter().enumerate() {
+                let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                offsets[i] = len.saturating_sub(tail);
+                if send_new(&tx, name, path, &mut offsets[i]).await.is_err() {
+                    return;
+                }
+            }
+            let (Some(mut updates), true, false) = (updates, follow, ended) else { return };
+            let (wake_tx, mut wake) = mpsc::channel::<()>(1);
+            let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+                if res.is_ok_and(|e| matches!(e.kind, EventKind::Modify(_) | EventKind::Create(_))) {
+                    let _ = wake_tx.try_send(());
+                }
+            })
+            .and_then(|mut w| w.watch(&paths.dir, RecursiveMode::NonRecursive).map(|()| w));
+            let Ok(_watcher) = watcher else { return };
+            loop {
+                let done = tokio::select! {
+                    _ = wake.recv() => false,
+                    update = updates.recv() => match update {
+                        Ok(u) => u.job.is_some_and(|j| is_terminal(j.state()) || j.state() == pb::JobState::Paused),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => false,
+                        Err(_) => true,
+                    },
+                    _ = tx.closed() => return,
+                };
+                for (i, (name, path)) in files.iter().enumerate() {
+                    if send_new(&tx, name, path, &mut offsets[i]).await.is_err() {
+                        return;
+                    }
+                }
+                if done {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
+
+/// Sends what `path` holds past `offset`, in chunks; Err when the receiver is gone.
+async fn send_new(tx: &mpsc::Sender<pb::LogChunk>, stream: &str, path: &Path, offset: &mut u64) -> Result<(), ()> {
+    let Ok(mut file) = std::fs::File::open(path) else { return Ok(()) };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len < *offset {
+        *offset = 0;
+    }
+    while *offset < len {
+        let mut data = Vec::new();
+        let read = file
+            .seek(SeekFrom::Start(*offset))
+            .and_then(|_| (&mut file).take(CHUNK.min(len - *offset)).read_to_end(&mut data));
+        match read {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(n) => *offset += n as u64,
+        }
+        tx.send(pb::LogChunk { stream: stream.into(), data }).await.map_err(|_| ())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! The JSON form of jobs, shared by `trainctl --json` and the JSON-lines control socket. Field names
+//! and state words are stable: scripts depend on them.
+
+use crate::state::state_word;
+use crate::v1 as pb;
+use serde_json::{json, Value};
+
+/// The stable JSON fields of a job.
+pub fn job_json(job: &pb::Job) -> Value {
+    json!({
+        "id": job.id,
+        "name": job.name,
+        "state": state_word(job.state()),
+        "step": job.step,
+        "total_steps": job.total_steps,
+        "epoch": job.epoch,
+        "loss": job.loss,
+        "val_loss": job.val_loss,
+        "restarts": job.restarts,
+        "attempt": job.attempt,
+        "exit_code": job.exit_code,
+        "reason": reason_word(job.reason()),
+        "queue_position": job.queue_position,
+        "latest_checkpoint": job.latest_checkpoint.as_ref().map(|c| json!({"path": c.path, "step": c.step, "epoch": c.epoch})),
+        "weights_sha256": Some(&job.weights_sha256).filter(|s| !s.is_empty()),
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "stalled": job.stalled,
+        "message": job.message,
+        "pid": job.pid,
+    })
+}
+
+/// A reason as a lowercase word (`stalled`, `crashed`, ...); empty when unspecified.
+pub fn reason_word(reason: pb::Reason) -> &'static str {
+    match reason {
+        pb::Reason::Unspecified => "",
+        pb::Reason::Completed => "completed",
+        pb::Reason::Paused => "paused",
+        pb::Reason::RetryableExit => "retryable_exit",
+        pb::Reason::PermanentExit => "permanent_exit",
+        pb::Reason::Crashed => "crashed",
+        pb::Reason::Stalled => "stalled",
+        pb::Reason::Cancelled => "cancelled",
+        pb::Reason::Lost => "lost",
+        pb::Reason::SpawnFailed => "spawn_failed",
+        pb::Reason::RestartsExhausted => "restarts_exhausted",
+    }
+}

@@ -48,6 +48,10 @@ pub enum Command {
     /// Cancel a job: SIGTERM to its process group, SIGKILL after its stop grace; returns once no
     /// process of the job is left.
     Cancel { id: String },
+    /// Pause a job at the end of its epoch, with a checkpoint (a queued job is held).
+    Pause { id: String },
+    /// Queue a paused job again; it continues from its pause checkpoint.
+    Resume { id: String },
     /// Jobs by state, and whether records and reality agree.
     Health,
     /// What the daemon is: version, uptime, slots, state dir.

@@ -94,6 +94,8 @@ pub fn detail(job: &pb::Job) -> String {
         ("id", job.id.clone()),
         ("name", job.name.clone()),
         ("state", state_cell(job)),
+        ("waiting_for", job.waiting_for.clone()),
+        ("gpus", job.assigned_gpus.iter().map(u32::to_string).collect::<Vec<_>>().join(",")),
         ("reason", reason_word(job.reason()).to_string()),
         ("message", job.message.clone()),
         ("step", progress(job)),

@@ -78,6 +78,15 @@ fn print_json(value: &serde_json::Value) {
     println!("{value}");
 }
 
+/// The answer to a state-changing command: the job and its new state.
+fn print_state(job: &pb::Job, json: bool) {
+    if json {
+        print_json(&trainerd_proto::json::job_json(job));
+    } else {
+        println!("{} {}", job.id, trainerd_proto::state::state_word(job.state()));
+    }
+}
+
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match &cli.command {
         Command::Completions { shell } => {
@@ -177,11 +186,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Cancel { id } => {
             let job = client.cancel_job(pb::CancelJobRequest { id }).await?.into_inner();
-            if json {
-                print_json(&trainerd_proto::json::job_json(&job));
-            } else {
-                println!("{} {}", job.id, trainerd_proto::state::state_word(job.state()));
-            }
+            print_state(&job, json);
+        }
+        Command::Pause { id } => {
+            let job = client.pause_job(pb::PauseJobRequest { id }).await?.into_inner();
+            print_state(&job, json);
+        }
+        Command::Resume { id } => {
+            let job = client.resume_job(pb::ResumeJobRequest { id }).await?.into_inner();
+            print_state(&job, json);
         }
         Command::Health => {
             let health = client.health(pb::HealthRequest {}).await?.into_inner();

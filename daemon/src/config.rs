@@ -29,6 +29,10 @@ pub struct Flags {
     /// Also serve gRPC on this TCP address (loopback only: 127.0.0.1:PORT or [::1]:PORT).
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// GPU indices jobs may be given, like 0,1,2,3; `auto` asks nvidia-smi (none on a CPU host);
+    /// `none` gives none.
+    #[arg(long, default_value = "auto")]
+    pub gpus: String,
     /// Jobs running at once.
     #[arg(long, default_value_t = 4)]
     pub slots: u32,
@@ -74,6 +78,8 @@ pub struct DaemonConfig {
     pub control_socket: PathBuf,
     pub listen: Option<std::net::SocketAddr>,
     pub slots: u32,
+    /// The GPU indices of the pool.
+    pub gpus: Vec<u32>,
     pub heartbeat_interval: Duration,
     /// A job log's size cap, in bytes.
     pub log_cap: u64,
@@ -122,6 +128,24 @@ impl Flags {
                 ));
             }
         }
+        let gpus = match self.gpus.as_str() {
+            "auto" => crate::gpus::detect(),
+            "none" | "" => Vec::new(),
+            list => {
+                let mut gpus = Vec::new();
+                for part in list.split(',') {
+                    let index = part
+                        .trim()
+                        .parse::<u32>()
+                        .map_err(|_| format!("--gpus {list:?}: give GPU indices like 0,1,2, or auto, or none"))?;
+                    if gpus.contains(&index) {
+                        return Err(format!("--gpus {list:?}: GPU {index} is listed twice"));
+                    }
+                    gpus.push(index);
+                }
+                gpus
+            }
+        };
         if self.slots == 0 {
             return Err("--slots must be at least 1".into());
         }
@@ -144,6 +168,7 @@ impl Flags {
             control_socket,
             listen: self.listen,
             slots: self.slots,
+            gpus,
             heartbeat_interval: Duration::from_millis(interval),
             log_cap: self.log_cap_mib.max(1) * 1024 * 1024,
             default_restart: RestartPolicy {

@@ -19,8 +19,9 @@ const BACKLOG: usize = 1024;
 #[derive(Default)]
 pub struct Hub {
     jobs: Mutex<HashMap<u64, Live>>,
-    /// The queue, in admission order; the supervisor replaces it on every change.
-    queue: Mutex<Vec<u64>>,
+    /// The queue, in admission order, with what each job waits for; the supervisor replaces it on
+    /// every change.
+    queue: Mutex<Vec<(u64, String)>>,
 }
 
 struct Live {
@@ -59,14 +60,15 @@ impl Hub {
         lock(&self.jobs).get(&id).map(|l| (l.latest.clone(), l.tx.subscribe()))
     }
 
-    /// Replaces the queue order.
-    pub fn set_queue(&self, queue: Vec<u64>) {
+    /// Replaces the queue: job ids in admission order, each with what it waits for.
+    pub fn set_queue(&self, queue: Vec<(u64, String)>) {
         *lock(&self.queue) = queue;
     }
 
-    /// The 1-based queue position of a job; 0 when it is not queued.
-    pub fn queue_position(&self, id: u64) -> u32 {
-        lock(&self.queue).iter().position(|q| *q == id).map(|p| p as u32 + 1).unwrap_or(0)
+    /// The 1-based queue position of a job (0 when it is not queued) and what it waits for.
+    pub fn queue_position(&self, id: u64) -> (u32, String) {
+        let queue = lock(&self.queue);
+        queue.iter().position(|q| q.0 == id).map(|p| (p as u32 + 1, queue[p].1.clone())).unwrap_or((0, String::new()))
     }
 }
 
@@ -82,10 +84,13 @@ pub struct LiveFacts {
     pub stalled: bool,
     pub pid: Option<u32>,
     pub message: Option<String>,
+    /// The GPUs the job holds.
+    pub gpus: Vec<u32>,
 }
 
 /// A job as clients see it: the record, with live facts on top.
-pub fn job_view(record: &JobRecord, live: &LiveFacts, queue_position: u32) -> pb::Job {
+pub fn job_view(record: &JobRecord, live: &LiveFacts, queue: (u32, String)) -> pb::Job {
+    let (queue_position, waiting_for) = queue;
     let last = record.attempts.last();
     let (exit_code, exit_signal) = match last.and_then(|a| a.exit) {
         Some(ExitStatus::Code(c)) => (Some(c), None),
@@ -126,6 +131,8 @@ pub fn job_view(record: &JobRecord, live: &LiveFacts, queue_position: u32) -> pb
         next_restart_at: record.next_restart_at,
         cancelled_by: record.cancelled_by.clone().unwrap_or_default(),
         pid: live.pid,
+        waiting_for,
+        assigned_gpus: live.gpus.clone(),
     };
     if is_terminal(job.state()) {
         job.pid = None;

@@ -4,6 +4,7 @@
 //! - [`supervisor`]: the root actor: registry, queue, slots; re-creates failed job actors.
 //! - [`job`]: one job's runtime: its JobActor, its trainer process, its progress watcher.
 //! - [`api`]: the operations clients ask for, and their gRPC face.
+//! - [`gpus`]: the GPU pool: all-or-nothing assignment, never one GPU to two jobs.
 //! - [`hub`]: the live views of jobs and their broadcasts to watchers.
 //! - [`policy`]: the restart-or-fail decision at the end of an attempt (pure).
 //! - [`process`]: process identity, process-group signals and liveness, from the kernel.
@@ -12,6 +13,7 @@
 
 pub mod api;
 pub mod config;
+pub mod gpus;
 pub mod hub;
 pub mod job;
 pub mod policy;

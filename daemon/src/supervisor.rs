@@ -15,6 +15,7 @@
 
 use crate::api::ApiError;
 use crate::config::DaemonConfig;
+use crate::gpus::GpuPool;
 use crate::hub::{job_view, Hub, LiveFacts};
 use crate::job::actor::{JobActor, JobArgs, JobMsg, Mode};
 use crate::process;
@@ -34,10 +35,28 @@ pub enum SupervisorMsg {
     Submit { spec: JobSpec, reply: RpcReplyPort<Result<(JobRecord, bool), ApiError>> },
     /// Cancel a job; the reply comes when it is CANCELLED.
     Cancel { id: JobId, by: String, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
+    /// Pause a job (hold it, when queued); the reply comes at once.
+    Pause { id: JobId, by: String, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
+    /// Queue a paused job again.
+    Resume { id: JobId, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
     /// A trainer process ended (from its wait task).
     Exited { id: JobId, attempt: u32, status: Option<ExitStatus> },
     /// A JobActor finished its work (terminal or paused): its slot is free.
     Released { id: JobId },
+}
+
+/// A queued job.
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    priority: i32,
+    id: JobId,
+    gpus: u32,
+}
+
+impl Queued {
+    fn of(record: &JobRecord) -> Queued {
+        Queued { priority: record.spec.priority, id: record.id, gpus: record.spec.gpus }
+    }
 }
 
 /// What every actor and the API share.
@@ -56,8 +75,10 @@ pub struct State {
     /// The JobActor of each active job.
     actors: HashMap<JobId, ActorRef<JobMsg>>,
     jobs_by_actor: HashMap<ActorId, JobId>,
-    /// Queued jobs in admission order: higher priority first, FIFO (by id) within a priority.
-    queue: Vec<(i32, JobId)>,
+    /// Queued jobs in admission order: higher priority first, FIFO (by id) within a priority; with
+    /// the GPUs each needs.
+    queue: Vec<Queued>,
+    gpus: GpuPool,
     /// Messages for a job whose actor is being re-created.
     pending: HashMap<JobId, Vec<JobMsg>>,
 }
@@ -76,22 +97,24 @@ impl Actor for Supervisor {
         myself: ActorRef<SupervisorMsg>,
         shared: Arc<Shared>,
     ) -> Result<State, ActorProcessingErr> {
+        let shared_gpus = shared.config.gpus.clone();
         let mut state = State {
             shared,
             actors: HashMap::new(),
             jobs_by_actor: HashMap::new(),
             queue: Vec::new(),
+            gpus: GpuPool::new(&shared_gpus),
             pending: HashMap::new(),
         };
         for record in state.shared.store.list()? {
             let job_state = record.state();
             if job_state == JobState::Queued {
-                state.queue.push((record.spec.priority, record.id));
+                state.queue.push(Queued::of(&record));
             } else if job_state == JobState::Backoff {
-                state.spawn_actor(&myself, record.id, Mode::Admitted).await?;
+                state.spawn_actor(&myself, Queued::of(&record), Mode::Admitted).await?;
             } else if has_process(job_state) {
                 stop_orphan(&record);
-                state.spawn_actor(&myself, record.id, Mode::Lost).await?;
+                state.spawn_actor(&myself, Queued::of(&record), Mode::Lost).await?;
             }
         }
         state.sort_queue();
@@ -109,7 +132,7 @@ impl Actor for Supervisor {
             SupervisorMsg::Submit { spec, reply } => {
                 let result = state.shared.store.create(spec, unix_now()).map_err(ApiError::from);
                 if let Ok((record, true)) = &result {
-                    state.queue.push((record.spec.priority, record.id));
+                    state.queue.push(Queued::of(record));
                     state.sort_queue();
                     state.publish_queued(record);
                 }
@@ -117,11 +140,18 @@ impl Actor for Supervisor {
                 state.admit(&myself).await?;
             }
             SupervisorMsg::Cancel { id, by, reply } => state.cancel(id, by, reply)?,
+            SupervisorMsg::Pause { id, by, reply } => state.pause(id, by, reply)?,
+            SupervisorMsg::Resume { id, reply } => {
+                let result = state.resume(id);
+                let _ = reply.send(result);
+                state.admit(&myself).await?;
+            }
             SupervisorMsg::Exited { id, attempt, status } => state.deliver(id, JobMsg::Exited { attempt, status }),
             SupervisorMsg::Released { id } => {
                 if let Some(actor) = state.actors.remove(&id) {
                     state.jobs_by_actor.remove(&actor.get_id());
                 }
+                state.gpus.release(id);
                 state.admit(&myself).await?;
             }
         }
@@ -147,16 +177,20 @@ impl Actor for Supervisor {
                     message: format!("the job's actor failed ({error}) and was re-created from the stored record"),
                 };
                 let _ = state.shared.store.append_event(id, &event);
-                let record = state.shared.store.get(id)?;
-                if record.as_ref().is_some_and(|r| !is_terminal(r.state()) && r.state() != JobState::Paused) {
-                    state.spawn_actor(&myself, id, Mode::Recreated).await?;
-                } else {
-                    state.admit(&myself).await?;
+                match state.shared.store.get(id)? {
+                    Some(r) if !is_terminal(r.state()) && r.state() != JobState::Paused => {
+                        state.spawn_actor(&myself, Queued::of(&r), Mode::Recreated).await?;
+                    }
+                    _ => {
+                        state.gpus.release(id);
+                        state.admit(&myself).await?;
+                    }
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 if let Some(id) = state.jobs_by_actor.remove(&cell.get_id()) {
                     state.actors.remove(&id);
+                    state.gpus.release(id);
                     state.admit(&myself).await?;
                 }
             }
@@ -180,8 +214,29 @@ fn stop_orphan(record: &JobRecord) {
 
 impl State {
     fn sort_queue(&mut self) {
-        self.queue.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-        self.shared.hub.set_queue(self.queue.iter().map(|(_, id)| id.0).collect());
+        self.queue.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        self.publish_queue();
+    }
+
+    /// Tells the hub the queue order and what each queued job waits for.
+    fn publish_queue(&self) {
+        let slots = self.shared.config.slots as usize;
+        let waiting = self
+            .queue
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let why = if i > 0 {
+                    format!("{i} job(s) ahead in the queue")
+                } else if self.actors.len() >= slots {
+                    format!("a free slot ({} of {slots} busy)", self.actors.len())
+                } else {
+                    format!("{} GPU(s) ({} free)", q.gpus, self.gpus.free())
+                };
+                (q.id.0, why)
+            })
+            .collect();
+        self.shared.hub.set_queue(waiting);
     }
 
     fn publish_queued(&self, record: &JobRecord) {
@@ -192,10 +247,12 @@ impl State {
     async fn spawn_actor(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
-        id: JobId,
+        job: Queued,
         mode: Mode,
     ) -> Result<(), ActorProcessingErr> {
-        let args = JobArgs { id, shared: self.shared.clone(), supervisor: myself.clone(), mode };
+        let id = job.id;
+        let gpus = self.gpus.assign(id, job.gpus).unwrap_or_default();
+        let args = JobArgs { id, shared: self.shared.clone(), supervisor: myself.clone(), mode, gpus };
         let (actor, _) = Actor::spawn_linked(None, JobActor, args, myself.get_cell()).await?;
         self.jobs_by_actor.insert(actor.get_id(), id);
         for msg in self.pending.remove(&id).unwrap_or_default() {
@@ -207,14 +264,25 @@ impl State {
 
     /// Starts queued jobs while slots are free.
     async fn admit(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
-        while self.actors.len() < self.shared.config.slots as usize && !self.queue.is_empty() {
-            let (_, id) = self.queue.remove(0);
-            self.spawn_actor(myself, id, Mode::Admitted).await?;
-            if let Some(actor) = self.actors.get(&id) {
+        // Strict FIFO within a priority: the head waits for its GPUs rather than being overtaken.
+        while self.actors.len() < self.shared.config.slots as usize {
+            let Some(head) = self.queue.first().copied() else { break };
+            if head.gpus as usize > self.gpus.free() {
+                break;
+            }
+            self.queue.remove(0);
+            let event = crate::store::records::Event {
+                at: unix_now(),
+                kind: "admitted".into(),
+                message: format!("given a slot ({} of {} busy before)", self.actors.len(), self.shared.config.slots),
+            };
+            self.shared.store.append_event(head.id, &event)?;
+            self.spawn_actor(myself, head, Mode::Admitted).await?;
+            if let Some(actor) = self.actors.get(&head.id) {
                 actor.cast(JobMsg::Start)?;
             }
         }
-        self.shared.hub.set_queue(self.queue.iter().map(|(_, id)| id.0).collect());
+        self.publish_queue();
         Ok(())
     }
 
@@ -257,11 +325,84 @@ impl State {
             self.shared.store.transition(id, JobState::Cancelled, Reason::Cancelled, unix_now(), &message, |r| {
                 r.cancelled_by = Some(by.clone())
             })?;
-        self.queue.retain(|(_, q)| *q != id);
+        self.queue.retain(|q| q.id != id);
         self.sort_queue();
-        let view = job_view(&record, &LiveFacts::default(), 0);
+        let view = job_view(&record, &LiveFacts::default(), (0, String::new()));
         self.shared.hub.publish(view.clone(), "state");
         let _ = reply.send(Ok(view));
         Ok(())
     }
+
+    fn pause(
+        &mut self,
+        id: JobId,
+        by: String,
+        reply: RpcReplyPort<Result<pb::Job, ApiError>>,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(actor) = self.actors.get(&id) {
+            actor.cast(JobMsg::Pause { by, reply })?;
+            return Ok(());
+        }
+        let Some(record) = self.shared.store.get(id)? else {
+            let _ = reply.send(Err(ApiError::NotFound(format!("no job {id}"))));
+            return Ok(());
+        };
+        if record.state() != JobState::Queued {
+            let _ = reply.send(Err(not_pausable(id, record.state())));
+            return Ok(());
+        }
+        let message = format!("held in the queue by {by}; `trainctl resume {}` queues it again", id.0);
+        let record =
+            self.shared.store.transition(id, JobState::Paused, Reason::Paused, unix_now(), &message, |_| {})?;
+        self.queue.retain(|q| q.id != id);
+        self.sort_queue();
+        let view = job_view(&record, &LiveFacts::default(), (0, String::new()));
+        self.shared.hub.publish(view.clone(), "state");
+        let _ = reply.send(Ok(view));
+        Ok(())
+    }
+
+    /// PAUSED → QUEUED, after checking that what it resumes from is still there.
+    fn resume(&mut self, id: JobId) -> Result<pb::Job, ApiError> {
+        let record = self.shared.store.get(id)?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+        if record.state() != JobState::Paused {
+            return Err(ApiError::FailedPrecondition(format!(
+                "job {id} is {}; only a paused job can be resumed",
+                state_word(record.state())
+            )));
+        }
+        if let Some(checkpoint) = &record.latest_checkpoint {
+            let usable = match std::fs::metadata(&checkpoint.path) {
+                Ok(m) if m.is_dir() => std::fs::read_dir(&checkpoint.path).is_ok_and(|mut d| d.next().is_some()),
+                Ok(m) => m.len() > 0,
+                Err(_) => false,
+            };
+            if !usable {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "job {id} would resume from {}, which is missing or empty; it is not started from step 0 \
+                     (restore the checkpoint, or cancel the job)",
+                    checkpoint.path.display()
+                )));
+            }
+        }
+        let record =
+            self.shared.store.transition(id, JobState::Queued, Reason::Unspecified, unix_now(), "resumed", |_| {})?;
+        self.queue.push(Queued::of(&record));
+        self.sort_queue();
+        let view = job_view(&record, &LiveFacts::default(), self.shared.hub.queue_position(id.0));
+        self.shared.hub.publish(view.clone(), "state");
+        Ok(view)
+    }
+}
+
+/// The refusal for pausing a job in `state`.
+pub fn not_pausable(id: JobId, state: JobState) -> ApiError {
+    let what = match state {
+        JobState::Paused => "is already paused".to_string(),
+        JobState::Pausing => "is already pausing".to_string(),
+        other => format!("is {}", state_word(other)),
+    };
+    ApiError::FailedPrecondition(format!(
+        "job {id} {what}; only a queued, starting, running or backing-off job can be paused"
+    ))
 }

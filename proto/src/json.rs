@@ -21,6 +21,8 @@ pub fn job_json(job: &pb::Job) -> Value {
         "exit_code": job.exit_code,
         "reason": reason_word(job.reason()),
         "queue_position": job.queue_position,
+        "waiting_for": Some(&job.waiting_for).filter(|s| !s.is_empty()),
+        "gpus": job.assigned_gpus,
         "latest_checkpoint": job.latest_checkpoint.as_ref().map(|c| json!({"path": c.path, "step": c.step, "epoch": c.epoch})),
         "weights_sha256": Some(&job.weights_sha256).filter(|s| !s.is_empty()),
         "created_at": job.created_at,

@@ -2,5 +2,6 @@
 //! One test binary (one link) with a module per area.
 
 mod interfaces;
+mod pause_queue;
 mod supervisor;
 mod trainctl;

@@ -87,6 +87,15 @@ impl Trainerd for GrpcService {
         Ok(Response::new(self.api.cancel(&req.into_inner().id, by).await?))
     }
 
+    async fn pause_job(&self, req: Request<pb::PauseJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let by = caller(&req);
+        Ok(Response::new(self.api.pause(&req.into_inner().id, by).await?))
+    }
+
+    async fn resume_job(&self, req: Request<pb::ResumeJobRequest>) -> Result<Response<pb::Job>, Status> {
+        Ok(Response::new(self.api.resume(&req.into_inner().id).await?))
+    }
+
     async fn health(&self, _: Request<pb::HealthRequest>) -> Result<Response<pb::HealthResponse>, Status> {
         Ok(Response::new(self.api.health()?))
     }

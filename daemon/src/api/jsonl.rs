@@ -35,6 +35,8 @@ enum Request {
     Events(Id),
     Logs(Logs),
     Cancel(Id),
+    Pause(Id),
+    Resume(Id),
     Health(Empty),
     Info(Empty),
 }
@@ -230,6 +232,10 @@ async fn handle(
         Request::Cancel(Id { id }) => {
             api.cancel(&id, caller.to_string()).await.map(|job| json!({"ok": true, "job": job_json(&job)}))
         }
+        Request::Pause(Id { id }) => {
+            api.pause(&id, caller.to_string()).await.map(|job| json!({"ok": true, "job": job_json(&job)}))
+        }
+        Request::Resume(Id { id }) => api.resume(&id).await.map(|job| json!({"ok": true, "job": job_json(&job)})),
         Request::Health(Empty {}) => api.health().map(|h| {
             let jobs: serde_json::Map<String, Value> = h
                 .jobs

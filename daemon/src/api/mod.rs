@@ -123,8 +123,16 @@ impl Api {
         if env_bytes > MAX_ENV_BYTES {
             return Err(invalid("env", format!("is larger than {MAX_ENV_BYTES} bytes")));
         }
-        if req.gpus > 0 {
-            return Err(invalid("gpus", format!("asks for {} GPU(s); this trainerd manages none", req.gpus)));
+        if req.gpus as usize > self.config.gpus.len() {
+            return Err(invalid(
+                "gpus",
+                format!(
+                    "asks for {} GPU(s); this trainerd has {} ({:?})",
+                    req.gpus,
+                    self.config.gpus.len(),
+                    self.config.gpus
+                ),
+            ));
         }
         let defaults = &self.config.default_restart;
         let on_failure = match req.on_failure.as_deref() {
@@ -206,7 +214,7 @@ impl Api {
     pub fn get(&self, id: &str) -> Result<pb::Job, ApiError> {
         let id = self.resolve(id)?;
         let mut job = self.view(&self.record(id)?);
-        job.queue_position = self.hub.queue_position(id.0);
+        (job.queue_position, job.waiting_for) = self.hub.queue_position(id.0);
         Ok(job)
     }
 
@@ -240,7 +248,7 @@ impl Api {
             .iter()
             .map(|r| {
                 let mut job = self.view(r);
-                job.queue_position = self.hub.queue_position(r.id.0);
+                (job.queue_position, job.waiting_for) = self.hub.queue_position(r.id.0);
                 job
             })
             .collect();
@@ -285,6 +293,26 @@ impl Api {
                 |reply| SupervisorMsg::Cancel { id, by, reply },
                 Some(Duration::from_millis(grace) + Duration::from_secs(30)),
             )
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
+            .success_or_unavailable()?
+    }
+
+    /// Pauses a job at its next epoch boundary (a queued job is held); answers at once.
+    pub async fn pause(&self, id: &str, by: String) -> Result<pb::Job, ApiError> {
+        let id = self.resolve(id)?;
+        self.supervisor
+            .call(|reply| SupervisorMsg::Pause { id, by, reply }, Some(Duration::from_secs(30)))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
+            .success_or_unavailable()?
+    }
+
+    /// Queues a paused job again, to resume from its pause checkpoint.
+    pub async fn resume(&self, id: &str) -> Result<pb::Job, ApiError> {
+        let id = self.resolve(id)?;
+        self.supervisor
+            .call(|reply| SupervisorMsg::Resume { id, reply }, Some(Duration::from_secs(30)))
             .await
             .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
             .success_or_unavailable()?

@@ -40,6 +40,10 @@ pub enum JobMsg {
     BackoffOver { generation: u64 },
     /// A user cancels the job; the reply comes once no process of the job is left.
     Cancel { by: String, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
+    /// A user pauses the job; the reply comes at once (PAUSING, or PAUSED when nothing runs).
+    Pause { by: String, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
+    /// The pause of attempt `attempt` took longer than `pause_timeout`.
+    PauseTimeout { attempt: u32 },
 }
 
 /// How the actor comes to be.
@@ -60,6 +64,8 @@ pub struct JobArgs {
     pub shared: Arc<Shared>,
     pub supervisor: ActorRef<SupervisorMsg>,
     pub mode: Mode,
+    /// The GPUs the Supervisor assigned (CUDA_VISIBLE_DEVICES).
+    pub gpus: Vec<u32>,
 }
 
 /// The actor (configuration only; everything else is in [`State`]).
@@ -84,6 +90,9 @@ pub struct State {
     tick_generation: u64,
     backoff_generation: u64,
     last_invalid: Option<String>,
+    /// A pause asked for while the trainer had not heartbeated yet: SIGUSR1 goes at the first beat
+    /// (before it, the trainer may not handle the signal, and its default action kills).
+    pause_unsignalled: bool,
     /// When the log sizes were last checked.
     logs_checked: Instant,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -126,7 +135,7 @@ impl Actor for JobActor {
             supervisor: args.supervisor,
             paths,
             record,
-            live: LiveFacts::default(),
+            live: LiveFacts { gpus: args.gpus, ..LiveFacts::default() },
             pgid: None,
             attempt_started: Instant::now(),
             last_beat: None,
@@ -136,6 +145,7 @@ impl Actor for JobActor {
             tick_generation: 0,
             backoff_generation: 0,
             last_invalid: None,
+            pause_unsignalled: false,
             logs_checked: Instant::now(),
             _watcher: watcher,
         };
@@ -193,6 +203,18 @@ impl State {
                 }
             }
             JobMsg::Cancel { by, reply } => state.cancel(&myself, by, reply)?,
+            JobMsg::Pause { by, reply } => state.pause(&myself, by, reply)?,
+            JobMsg::PauseTimeout { attempt } => {
+                if attempt == state.current_attempt() && state.record.state() == JobState::Pausing {
+                    let message = format!(
+                        "the pause took longer than pause_timeout ({} s): stopping the trainer; the job will be \
+                         paused at its latest checkpoint",
+                        state.record.spec.timeouts.pause_timeout_ms / 1000
+                    );
+                    state.event("pause_timeout", message.clone());
+                    state.stop(&myself, StopCause::PauseTimeout, &message)?;
+                }
+            }
         }
         Ok(())
     }
@@ -201,8 +223,12 @@ impl State {
         self.record.attempts.last().map(|a| a.number).unwrap_or(0)
     }
 
+    fn view(&self) -> pb::Job {
+        job_view(&self.record, &self.live, (0, String::new()))
+    }
+
     fn publish(&self, kind: &str) {
-        self.shared.hub.publish(job_view(&self.record, &self.live, 0), kind);
+        self.shared.hub.publish(self.view(), kind);
     }
 
     fn event(&self, kind: &str, message: String) {
@@ -287,6 +313,7 @@ impl State {
             attempt: number,
             resume_from: resume.as_deref(),
             heartbeat_interval: self.shared.config.heartbeat_interval,
+            gpus: (!self.shared.config.gpus.is_empty()).then_some(self.live.gpus.as_slice()),
             stop_grace_ms: self.record.spec.timeouts.stop_grace_ms,
         };
         let mut child = match spawn(&self.record.spec, &launch) {
@@ -310,7 +337,7 @@ impl State {
             }
         })?;
         self.pgid = pid;
-        self.live = LiveFacts { pid, ..LiveFacts::default() };
+        self.live = LiveFacts { pid, gpus: std::mem::take(&mut self.live.gpus), ..LiveFacts::default() };
         self.attempt_started = Instant::now();
         self.last_beat = None;
         self.last_invalid = None;
@@ -383,6 +410,9 @@ impl State {
             self.transition(JobState::Running, Reason::Unspecified, "first heartbeat", |_| {})?;
         } else {
             self.publish("progress");
+        }
+        if self.pause_unsignalled && beat {
+            self.signal_pause(myself)?;
         }
         self.test_hook(step);
         Ok(())
@@ -457,6 +487,49 @@ impl State {
         Ok(())
     }
 
+    /// SIGUSR1 to the trainer itself (not its group: a DataLoader worker would die of it), and the
+    /// pause_timeout deadline.
+    fn signal_pause(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+        let Some(pid) = self.pgid else { return Ok(()) };
+        self.pause_unsignalled = false;
+        // SAFETY: kill(2) on the trainer we started; its pid is ours until we reap it.
+        if unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
+            tracing::warn!(job = %self.id, "cannot send the pause signal: {}", std::io::Error::last_os_error());
+        }
+        let attempt = self.current_attempt();
+        myself.send_after(ms(self.record.spec.timeouts.pause_timeout_ms), move || JobMsg::PauseTimeout { attempt });
+        Ok(())
+    }
+
+    fn pause(
+        &mut self,
+        myself: &ActorRef<JobMsg>,
+        by: String,
+        reply: RpcReplyPort<Result<pb::Job, ApiError>>,
+    ) -> Result<(), ActorProcessingErr> {
+        let message = format!("pause requested by {by}: the trainer stops at the end of its epoch");
+        match self.record.state() {
+            JobState::Running if self.pgid.is_some() => {
+                self.transition(JobState::Pausing, Reason::Paused, &message, |_| {})?;
+                self.signal_pause(myself)?;
+            }
+            JobState::Starting if self.pgid.is_some() => {
+                self.transition(JobState::Pausing, Reason::Paused, &message, |_| {})?;
+                self.pause_unsignalled = true;
+            }
+            JobState::Backoff => {
+                let message = format!("paused by {by} while backing off; it resumes from its latest checkpoint");
+                self.finish(myself, JobState::Paused, Reason::Paused, &message, |r| r.next_restart_at = None)?;
+            }
+            other => {
+                let _ = reply.send(Err(crate::supervisor::not_pausable(self.id, other)));
+                return Ok(());
+            }
+        }
+        let _ = reply.send(Ok(self.view()));
+        Ok(())
+    }
+
     /// Rotates the job's logs that outgrew their cap; at most once a second, on progress and deadlines.
     fn check_logs(&mut self) {
         if self.logs_checked.elapsed() < Duration::from_secs(1) {
@@ -516,7 +589,7 @@ impl State {
         }
         let message = format!("cancelled by {by}");
         self.finish(myself, JobState::Cancelled, Reason::Cancelled, &message, |r| r.cancelled_by = Some(by.clone()))?;
-        let _ = reply.send(Ok(job_view(&self.record, &self.live, 0)));
+        let _ = reply.send(Ok(self.view()));
         Ok(())
     }
 
@@ -627,8 +700,9 @@ impl State {
         edit: impl Fn(&mut JobRecord),
     ) -> Result<(), ActorProcessingErr> {
         self.transition(to, reason, message, edit)?;
+        let view = self.view();
         for reply in self.cancel_replies.drain(..) {
-            let _ = reply.send(Ok(job_view(&self.record, &self.live, 0)));
+            let _ = reply.send(Ok(view.clone()));
         }
         let _ = self.supervisor.cast(SupervisorMsg::Released { id: self.id });
         myself.stop(None);

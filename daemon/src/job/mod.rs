@@ -70,6 +70,8 @@ pub struct Launch<'a> {
     pub attempt: u32,
     pub resume_from: Option<&'a Path>,
     pub heartbeat_interval: std::time::Duration,
+    /// The assigned GPUs, when this host has a GPU pool (an empty list hides every GPU).
+    pub gpus: Option<&'a [u32]>,
     pub stop_grace_ms: u64,
 }
 
@@ -100,6 +102,10 @@ pub fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<tokio::proc
         .stdout(log(&launch.paths.stdout)?)
         .stderr(log(&launch.paths.stderr)?)
         .kill_on_drop(false);
+    if let Some(gpus) = launch.gpus {
+        let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
+        cmd.env("CUDA_VISIBLE_DEVICES", list.join(","));
+    }
     if let Some(path) = launch.resume_from {
         cmd.env(env::RESUME_FROM, path);
     }

@@ -1,5 +1,5 @@
-//! trainerd's settings: flags with defaults for a system service or, for a non-root user, the XDG
-//! directories. Every job setting here is the default a submission may override.
+//! trainerd's settings: flags, over an optional TOML file with the same keys, over defaults for a
+//! system service or, for a non-root user, the XDG directories. Every job setting here is the default a submission may override.
 
 use crate::store::records::{OnFailure, RestartPolicy, Timeouts};
 use clap::Parser;
@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The command line.
-#[derive(Debug, Clone, Parser)]
+#[derive(Debug, Clone, Default, Parser, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
 #[command(
     name = "trainerd",
     version,
@@ -15,6 +16,11 @@ use std::time::Duration;
 checkpoint, detects hung trainers by their missing heartbeats, and keeps accurate state across its own restarts"
 )]
 pub struct Flags {
+    /// A TOML file with any of these settings as kebab-case keys; flags win over it [default:
+    /// /etc/trainerd/config.toml when it exists].
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// Where the job store and the job directories live [default: /var/lib/trainerd as root, else
     /// $XDG_STATE_HOME/trainerd or ~/.local/state/trainerd].
     #[arg(long)]
@@ -30,43 +36,44 @@ pub struct Flags {
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
     /// GPU indices jobs may be given, like 0,1,2,3; `auto` asks nvidia-smi (none on a CPU host);
-    /// `none` gives none.
-    #[arg(long, default_value = "auto")]
-    pub gpus: String,
-    /// Jobs running at once.
-    #[arg(long, default_value_t = 4)]
-    pub slots: u32,
-    /// Default seconds without a heartbeat before a trainer is stopped as stalled.
-    #[arg(long, default_value_t = 600.0)]
-    pub heartbeat_timeout: f64,
-    /// Default seconds a new trainer has for its first heartbeat.
-    #[arg(long, default_value_t = 300.0)]
-    pub startup_grace: f64,
-    /// Default seconds between SIGTERM and SIGKILL.
-    #[arg(long, default_value_t = 30.0)]
-    pub stop_grace: f64,
-    /// Default restarts allowed within the restart window.
-    #[arg(long, default_value_t = 5)]
-    pub max_restarts: u32,
-    /// Default restart window, in seconds.
-    #[arg(long, default_value_t = 3600.0)]
-    pub restart_window: f64,
-    /// Default first backoff in seconds (doubles per consecutive failure, with jitter).
-    #[arg(long, default_value_t = 1.0)]
-    pub backoff_base: f64,
-    /// Default backoff cap in seconds.
-    #[arg(long, default_value_t = 300.0)]
-    pub backoff_max: f64,
-    /// The heartbeat interval trainers are told to keep (TRAINERD_HEARTBEAT_INTERVAL), in seconds.
-    #[arg(long, default_value_t = 5.0)]
-    pub heartbeat_interval: f64,
+    /// `none` gives none [default: auto].
+    #[arg(long)]
+    pub gpus: Option<String>,
+    /// Jobs running at once. [default: 4].
+    #[arg(long)]
+    pub slots: Option<u32>,
+    /// Default seconds without a heartbeat before a trainer is stopped as stalled. [default: 600].
+    #[arg(long)]
+    pub heartbeat_timeout: Option<f64>,
+    /// Default seconds a new trainer has for its first heartbeat. [default: 300].
+    #[arg(long)]
+    pub startup_grace: Option<f64>,
+    /// Default seconds between SIGTERM and SIGKILL. [default: 30].
+    #[arg(long)]
+    pub stop_grace: Option<f64>,
+    /// Default restarts allowed within the restart window. [default: 5].
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
+    /// Default restart window, in seconds. [default: 3600].
+    #[arg(long)]
+    pub restart_window: Option<f64>,
+    /// Default first backoff in seconds (doubles per consecutive failure, with jitter). [default: 1].
+    #[arg(long)]
+    pub backoff_base: Option<f64>,
+    /// Default backoff cap in seconds. [default: 300].
+    #[arg(long)]
+    pub backoff_max: Option<f64>,
+    /// The heartbeat interval trainers are told to keep (TRAINERD_HEARTBEAT_INTERVAL), in seconds. [default: 5].
+    #[arg(long)]
+    pub heartbeat_interval: Option<f64>,
     /// Largest size of a job's stdout.log and stderr.log, in MiB, before it is rotated (one
-    /// rotation, NAME.1, is kept).
-    #[arg(long, default_value_t = 64)]
-    pub log_cap_mib: u64,
+    /// rotation, NAME.1, is kept). [default: 64].
+    #[arg(long)]
+    pub log_cap_mib: Option<u64>,
     /// Enables test hooks (a job env TRAINERD_TEST_PANIC_AFTER_STEP=N panics its actor once). Never
     /// in production.
     #[arg(long, hide = true)]
+    #[serde(skip)]
     pub test_hooks: bool,
 }
 
@@ -108,7 +115,51 @@ fn user_dir(var: &str, fallback: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(fallback))
 }
 
+macro_rules! prefer_flags {
+    ($flags:ident, $file:ident, $($field:ident),*) => {
+        Flags { config: $flags.config, test_hooks: $flags.test_hooks, $($field: $flags.$field.or($file.$field)),* }
+    };
+}
+
+/// Where trainerd looks for a configuration file when not told.
+pub const DEFAULT_CONFIG: &str = "/etc/trainerd/config.toml";
+
 impl Flags {
+    /// Merges the configuration file under the flags: the one `--config` names (which must exist), else
+    /// /etc/trainerd/config.toml if it exists.
+    pub fn with_file(self) -> Result<Flags, String> {
+        let (path, required) = match &self.config {
+            Some(path) => (path.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(self),
+            Err(e) => return Err(format!("cannot read the configuration file {}: {e}", path.display())),
+        };
+        let file: Flags = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let flags = self;
+        Ok(prefer_flags!(
+            flags,
+            file,
+            state_dir,
+            socket,
+            control_socket,
+            listen,
+            gpus,
+            slots,
+            heartbeat_timeout,
+            startup_grace,
+            stop_grace,
+            max_restarts,
+            restart_window,
+            backoff_base,
+            backoff_max,
+            heartbeat_interval,
+            log_cap_mib
+        ))
+    }
+
     /// Applies the defaults and checks every value.
     pub fn resolve(self) -> Result<DaemonConfig, String> {
         let state_dir = self.state_dir.unwrap_or_else(|| {
@@ -128,7 +179,7 @@ impl Flags {
                 ));
             }
         }
-        let gpus = match self.gpus.as_str() {
+        let gpus = match self.gpus.as_deref().unwrap_or("auto") {
             "auto" => crate::gpus::detect(),
             "none" | "" => Vec::new(),
             list => {
@@ -146,7 +197,7 @@ impl Flags {
                 gpus
             }
         };
-        if self.slots == 0 {
+        if self.slots.unwrap_or(4) == 0 {
             return Err("--slots must be at least 1".into());
         }
         // sockaddr_un holds 108 bytes with the terminating NUL.
@@ -158,7 +209,7 @@ impl Flags {
                 ));
             }
         }
-        let interval = seconds("heartbeat-interval", self.heartbeat_interval)?;
+        let interval = seconds("heartbeat-interval", self.heartbeat_interval.unwrap_or(5.0))?;
         if interval == 0 {
             return Err("--heartbeat-interval must be positive".into());
         }
@@ -167,22 +218,22 @@ impl Flags {
             socket,
             control_socket,
             listen: self.listen,
-            slots: self.slots,
+            slots: self.slots.unwrap_or(4),
             gpus,
             heartbeat_interval: Duration::from_millis(interval),
-            log_cap: self.log_cap_mib.max(1) * 1024 * 1024,
+            log_cap: self.log_cap_mib.unwrap_or(64).max(1) * 1024 * 1024,
             default_restart: RestartPolicy {
                 on_failure: OnFailure::Restart,
-                max_restarts: self.max_restarts,
-                window_ms: seconds("restart-window", self.restart_window)?,
-                backoff_base_ms: seconds("backoff-base", self.backoff_base)?,
-                backoff_max_ms: seconds("backoff-max", self.backoff_max)?,
-                healthy_after_ms: seconds("restart-window", self.restart_window)?,
+                max_restarts: self.max_restarts.unwrap_or(5),
+                window_ms: seconds("restart-window", self.restart_window.unwrap_or(3600.0))?,
+                backoff_base_ms: seconds("backoff-base", self.backoff_base.unwrap_or(1.0))?,
+                backoff_max_ms: seconds("backoff-max", self.backoff_max.unwrap_or(300.0))?,
+                healthy_after_ms: seconds("restart-window", self.restart_window.unwrap_or(3600.0))?,
             },
             default_timeouts: Timeouts {
-                startup_grace_ms: seconds("startup-grace", self.startup_grace)?,
-                heartbeat_timeout_ms: seconds("heartbeat-timeout", self.heartbeat_timeout)?,
-                stop_grace_ms: seconds("stop-grace", self.stop_grace)?,
+                startup_grace_ms: seconds("startup-grace", self.startup_grace.unwrap_or(300.0))?,
+                heartbeat_timeout_ms: seconds("heartbeat-timeout", self.heartbeat_timeout.unwrap_or(600.0))?,
+                stop_grace_ms: seconds("stop-grace", self.stop_grace.unwrap_or(30.0))?,
                 pause_timeout_ms: 3_600_000,
             },
             test_hooks: self.test_hooks,
@@ -196,5 +247,40 @@ pub fn default_socket() -> PathBuf {
         PathBuf::from("/run/trainerd/trainerd.sock")
     } else {
         user_dir("XDG_RUNTIME_DIR", ".local/run").join("trainerd/trainerd.sock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(args: &[&str]) -> Flags {
+        Flags::try_parse_from(std::iter::once("trainerd").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.toml");
+        std::fs::write(&file, "slots = 7\nstop-grace = 2.5\ngpus = \"none\"\n").unwrap();
+        let config =
+            flags(&["--config", file.to_str().unwrap(), "--slots", "3"]).with_file().unwrap().resolve().unwrap();
+        assert_eq!((config.slots, config.default_timeouts.stop_grace_ms, config.gpus.len()), (3, 2500, 0));
+        std::fs::write(&file, "slot = 7\n").unwrap();
+        let err = flags(&["--config", file.to_str().unwrap()]).with_file().unwrap_err();
+        assert!(err.contains("unknown field `slot`"), "{err}");
+        let err = flags(&["--config", "/nonexistent/trainerd.toml"]).with_file().unwrap_err();
+        assert!(err.contains("cannot read the configuration file"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_flag_named() {
+        let err = flags(&["--slots", "0", "--gpus", "none"]).resolve().unwrap_err();
+        assert_eq!(err, "--slots must be at least 1");
+        let err = flags(&["--gpus", "0,zero"]).resolve().unwrap_err();
+        assert!(err.contains("give GPU indices"), "{err}");
+        let long = format!("/tmp/{}/s.sock", "x".repeat(120));
+        let err = flags(&["--socket", &long, "--gpus", "none"]).resolve().unwrap_err();
+        assert!(err.contains("at most 107 bytes"), "{err}");
     }
 }

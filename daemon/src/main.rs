@@ -8,7 +8,7 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TRAINERD_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let config = match flags.resolve() {
+    let config = match flags.with_file().and_then(trainerd::config::Flags::resolve) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("trainerd: {e}");

@@ -186,3 +186,45 @@ fn a_second_daemon_on_the_same_state_dir_refuses_and_a_stale_socket_is_replaced(
     let out = Command::new(bin("trainctl")).arg("info").env("TRAINERD_SOCKET", daemon.socket()).output().unwrap();
     assert!(out.status.success());
 }
+
+#[test]
+fn the_json_socket_pauses_resumes_and_streams_logs() {
+    let daemon = Daemon::start(&["--slots", "1"]);
+    let mut c = Control::connect(&daemon);
+    let blocker = c.ask(json!({"op": "submit", "command": [fake()], "env": {"FAKE_STEPS": "20"}}));
+    let job = c.ask(json!({"op": "submit", "command": [fake()], "env": {"FAKE_STEPS": "4", "FAKE_PRINT_BYTES": "10"}}));
+    let id = job["job"]["id"].as_str().unwrap().to_string();
+    assert_eq!(c.ask(json!({"op": "pause", "id": id}))["job"]["state"], "paused");
+    assert_eq!(c.ask(json!({"op": "resume", "id": id}))["job"]["state"], "queued");
+    c.send_raw(&json!({"op": "logs", "id": id, "follow": true}).to_string());
+    let mut bytes = 0;
+    loop {
+        let line = c.read();
+        assert_eq!(line["ok"], true, "{line}");
+        if line["end"] == true {
+            break;
+        }
+        bytes += line["data"].as_str().unwrap().len();
+    }
+    assert_eq!(bytes, 40, "4 steps of 10 bytes, followed to the end");
+    let blocker = c.ask(json!({"op": "get", "id": blocker["job"]["id"]}));
+    assert_eq!(blocker["job"]["state"], "completed");
+}
+
+#[test]
+fn the_daemon_reads_its_configuration_file_and_flags_win() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "slots = 3\nstop-grace = 7\ngpus = \"none\"\n").unwrap();
+    let daemon = Daemon::start(&["--config", config.to_str().unwrap(), "--slots", "2"]);
+    let mut c = Control::connect(&daemon);
+    assert_eq!(c.ask(json!({"op": "info"}))["slots"], 2);
+    std::fs::write(&config, "slot = 3\n").unwrap();
+    let out = Command::new(bin("trainerd"))
+        .args(["--config", config.to_str().unwrap(), "--state-dir", dir.path().join("s").to_str().unwrap()])
+        .args(["--socket", dir.path().join("x.sock").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `slot`"));
+}

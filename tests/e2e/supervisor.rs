@@ -272,3 +272,26 @@ async fn a_flooding_trainer_has_its_logs_capped() {
     let kinds: Vec<String> = events(&mut client, &job.id).await.into_iter().map(|e| e.0).collect();
     assert!(kinds.contains(&"log_rotated".to_string()), "{kinds:?}");
 }
+
+#[tokio::test]
+async fn the_queue_survives_a_daemon_restart_in_its_order() {
+    let mut daemon = Daemon::start(&["--slots", "1"]);
+    let mut client = daemon.client().await;
+    let mut ids = Vec::new();
+    for i in 0..4 {
+        ids.push(submit(&mut client, fake_job(&format!("q{i}"), &[("FAKE_STEPS", "15")])).await.id);
+    }
+    daemon.restart();
+    let mut client = daemon.client().await;
+    let mut admitted = Vec::new();
+    for id in &ids {
+        let last = watch_until(&mut client, id, LIMIT, ended).await.pop().unwrap();
+        assert_eq!(last.state(), JobState::Completed, "no queued job was lost");
+        let all = events(&mut client, id).await;
+        let at = client.list_events(pb::ListEventsRequest { id: id.clone() }).await.unwrap().into_inner().events;
+        let admissions: Vec<f64> = at.iter().filter(|e| e.kind == "admitted").map(|e| e.at).collect();
+        assert!(!admissions.is_empty(), "{all:?}");
+        admitted.push(*admissions.last().unwrap());
+    }
+    assert!(admitted.windows(2).all(|w| w[0] <= w[1]), "queue order changed across the restart: {admitted:?}");
+}

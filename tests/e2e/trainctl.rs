@@ -170,3 +170,36 @@ fn completions_and_man_page_are_generated() {
     let out = Command::new(bin("trainctl")).arg("man").output().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(".TH trainctl"));
 }
+
+#[test]
+fn pause_resume_and_paging_through_trainctl() {
+    let daemon = Daemon::start(&["--slots", "1"]);
+    let fake = bin("fake-trainer").display().to_string();
+    let blocker = ok(&daemon, &["submit", "--env", "FAKE_STEPS=30", "--", &fake]).trim().to_string();
+    let held = ok(&daemon, &["submit", "--env", "FAKE_STEPS=3", "--", &fake]).trim().to_string();
+    let waiting = json(&ok(&daemon, &["--json", "get", &held]));
+    assert_eq!(waiting["queue_position"], 1);
+    assert!(waiting["waiting_for"].as_str().unwrap().contains("a free slot"), "{waiting}");
+    assert_eq!(ok(&daemon, &["pause", &held]).trim(), format!("{held} paused"));
+    let (_, message) = err(&daemon, &["pause", &held]);
+    assert!(message.contains("is already paused"), "{message}");
+    assert_eq!(ok(&daemon, &["resume", &held]).trim(), format!("{held} queued"));
+    let out = trainctl(&daemon, &["watch", &held]);
+    assert!(out.status.success(), "the resumed job completes");
+    assert!(trainctl(&daemon, &["watch", &blocker]).status.success());
+
+    // Paging: newest first, a page at a time.
+    let page = |token: &str| {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let mut c = trainctl::connect_unix(&daemon.socket()).await.unwrap();
+            let req =
+                trainerd_proto::v1::ListJobsRequest { page_size: 1, page_token: token.into(), ..Default::default() };
+            c.list_jobs(req).await.unwrap().into_inner()
+        })
+    };
+    let first = page("");
+    assert_eq!(first.jobs[0].id, held, "newest first");
+    let second = page(&first.next_page_token);
+    assert_eq!((second.jobs[0].id.as_str(), second.next_page_token.as_str()), (blocker.as_str(), ""));
+}

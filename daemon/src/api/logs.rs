@@ -21,6 +21,9 @@ impl Api {
         let id = self.resolve(id)?;
         let paths = JobPaths::new(&self.config.state_dir, id);
         let tail = if tail == 0 { DEFAULT_TAIL } else { tail };
+        // A queued job has no directory yet; make it, so following can watch it from the start.
+        std::fs::create_dir_all(&paths.dir)
+            .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", paths.dir.display())))?;
         let (tx, rx) = mpsc::channel(16);
         let (job, updates) = self.watch(&id.to_string())?;
         let ended = is_terminal(job.state()) || job.state() == pb::JobState::Paused;

@@ -23,13 +23,24 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     pub extra: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 impl Daemon {
     /// Starts trainerd and waits for its readiness line.
     pub fn start(extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(extra, &[])
+    }
+
+    /// Starts trainerd with extra environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut daemon = Daemon { dir, child: None, extra: extra.iter().map(|s| s.to_string()).collect() };
+        let mut daemon = Daemon {
+            dir,
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
         daemon.launch();
         daemon
     }
@@ -51,6 +62,7 @@ impl Daemon {
             .arg("--socket")
             .arg(self.socket())
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("TRAINERD_LOG", "warn")
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::piped())

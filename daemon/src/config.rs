@@ -16,6 +16,9 @@ use std::time::Duration;
 checkpoint, detects hung trainers by their missing heartbeats, and keeps accurate state across its own restarts"
 )]
 pub struct Flags {
+    #[command(subcommand)]
+    #[serde(skip)]
+    pub command: Option<Subcommand>,
     /// A TOML file with any of these settings as kebab-case keys; flags win over it [default:
     /// /etc/trainerd/config.toml when it exists].
     #[arg(long)]
@@ -115,9 +118,21 @@ fn user_dir(var: &str, fallback: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into())).join(fallback))
 }
 
+/// What trainerd does besides serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Subcommand {
+    /// Validate the configuration (file and flags) and print it, without starting.
+    CheckConfig,
+}
+
 macro_rules! prefer_flags {
     ($flags:ident, $file:ident, $($field:ident),*) => {
-        Flags { config: $flags.config, test_hooks: $flags.test_hooks, $($field: $flags.$field.or($file.$field)),* }
+        Flags {
+            command: $flags.command,
+            config: $flags.config,
+            test_hooks: $flags.test_hooks,
+            $($field: $flags.$field.or($file.$field)),*
+        }
     };
 }
 

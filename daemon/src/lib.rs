@@ -9,7 +9,8 @@
 //! - [`policy`]: the restart-or-fail decision at the end of an attempt (pure).
 //! - [`process`]: process identity, process-group signals and liveness, from the kernel.
 //! - [`store`]: the durable job records in sled; the only module that touches sled.
-//! - [`config`]: flags and defaults.
+//! - [`config`]: flags, the TOML file and defaults.
+//! - [`systemd`]: READY/STATUS/WATCHDOG/STOPPING notifications.
 
 pub mod api;
 pub mod config;
@@ -21,3 +22,4 @@ pub mod process;
 pub mod run;
 pub mod store;
 pub mod supervisor;
+pub mod systemd;

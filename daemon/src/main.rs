@@ -4,6 +4,7 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let flags = trainerd::config::Flags::parse();
+    let command = flags.command.clone();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TRAINERD_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -15,6 +16,16 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    if matches!(command, Some(trainerd::config::Subcommand::CheckConfig)) {
+        let probe = config.state_dir.join(".trainerd-check-config");
+        if let Err(e) = std::fs::create_dir_all(&config.state_dir).and_then(|()| std::fs::write(&probe, b"")) {
+            eprintln!("trainerd: the state dir {} is not writable: {e}", config.state_dir.display());
+            return std::process::ExitCode::from(2);
+        }
+        let _ = std::fs::remove_file(&probe);
+        println!("configuration is valid:\n{config:#?}");
+        return std::process::ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -38,7 +38,9 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         None => None,
     };
     let config = Arc::new(config);
-    let shared = Arc::new(Shared { store: store.clone(), hub: Arc::new(Hub::default()), config: config.clone() });
+    let notifier = crate::systemd::Notifier::from_env();
+    let shared =
+        Arc::new(Shared { notifier, store: store.clone(), hub: Arc::new(Hub::default()), config: config.clone() });
     let (supervisor, supervisor_done) = Actor::spawn(Some("supervisor".into()), Supervisor, shared.clone())
         .await
         .context("cannot start the supervisor")?;
@@ -53,12 +55,14 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_shared = shared.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
         let _ = stop_tx.send(true);
+        stop_shared.notifier.notify("STOPPING=1");
         // A second signal forces the exit, whatever is still draining.
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         tracing::warn!("second signal: exiting now");
@@ -82,6 +86,10 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
             }
         });
     }
+    // The Supervisor's pre_start restored every job before spawn returned: what clients see now is
+    // what the store says.
+    let counts = store.list().map(|jobs| jobs.len()).unwrap_or(0);
+    shared.notifier.notify(&format!("READY=1\nSTATUS=serving; {counts} jobs in the store"));
     println!("trainerd ready: socket {} state dir {}", config.socket.display(), config.state_dir.display());
     tracing::info!(socket = %config.socket.display(), "serving");
     let server = tonic::transport::Server::builder()

@@ -43,6 +43,9 @@ pub enum SupervisorMsg {
     Exited { id: JobId, attempt: u32, status: Option<ExitStatus> },
     /// A JobActor finished its work (terminal or paused): its slot is free.
     Released { id: JobId },
+    /// Time to tell systemd's watchdog the actor tree is alive (sent by a timer into this loop, so a
+    /// wedged Supervisor misses it).
+    Watchdog,
 }
 
 /// A queued job.
@@ -61,6 +64,7 @@ impl Queued {
 
 /// What every actor and the API share.
 pub struct Shared {
+    pub notifier: crate::systemd::Notifier,
     pub store: Arc<Store>,
     pub hub: Arc<Hub>,
     pub config: Arc<DaemonConfig>,
@@ -119,6 +123,9 @@ impl Actor for Supervisor {
         }
         state.sort_queue();
         state.admit(&myself).await?;
+        if let Some(every) = crate::systemd::Notifier::watchdog_interval() {
+            myself.send_interval(every, || SupervisorMsg::Watchdog);
+        }
         Ok(state)
     }
 
@@ -147,6 +154,10 @@ impl Actor for Supervisor {
                 state.admit(&myself).await?;
             }
             SupervisorMsg::Exited { id, attempt, status } => state.deliver(id, JobMsg::Exited { attempt, status }),
+            SupervisorMsg::Watchdog => {
+                let status = format!("STATUS={} running, {} queued", state.actors.len(), state.queue.len());
+                state.shared.notifier.notify(&format!("WATCHDOG=1\n{status}"));
+            }
             SupervisorMsg::Released { id } => {
                 if let Some(actor) = state.actors.remove(&id) {
                     state.jobs_by_actor.remove(&actor.get_id());

@@ -227,4 +227,10 @@ fn the_daemon_reads_its_configuration_file_and_flags_win() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `slot`"));
+    let check = |args: &[&str]| Command::new(bin("trainerd")).args(args).arg("check-config").output().unwrap();
+    let out = check(&["--state-dir", dir.path().join("ok").to_str().unwrap(), "--gpus", "none"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+    let out = check(&["--state-dir", "/proc/no-such-dir", "--gpus", "none"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not writable"), "{out:?}");
 }

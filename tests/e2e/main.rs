@@ -4,4 +4,5 @@
 mod interfaces;
 mod pause_queue;
 mod supervisor;
+mod systemd;
 mod trainctl;

@@ -1,0 +1,62 @@
+//! trainerd under systemd: the notify protocol on a socket the test owns, and the unit file.
+
+use std::os::unix::net::UnixDatagram;
+use std::time::{Duration, Instant};
+use trainerd_tests::{bin, Daemon};
+
+fn receive(socket: &UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a notification before the read timeout");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[test]
+fn ready_after_restore_then_watchdog_pings_then_stopping_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut daemon =
+        Daemon::start_with_env(&[], &[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "200000")]);
+    let first = receive(&socket);
+    assert!(first.starts_with("READY=1\nSTATUS=serving"), "{first:?}");
+    let started = Instant::now();
+    let mut pings = 0;
+    while pings < 5 {
+        let message = receive(&socket);
+        assert!(message.starts_with("WATCHDOG=1\nSTATUS="), "{message:?}");
+        pings += 1;
+    }
+    // Half of WATCHDOG_USEC: a timer cannot fire early, so five pings take at least ~400 ms.
+    assert!(started.elapsed() >= Duration::from_millis(350), "pings come faster than half the watchdog period");
+    let child = daemon.child.take().unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut seen = Vec::new();
+    loop {
+        let message = receive(&socket);
+        if message == "STOPPING=1" {
+            break;
+        }
+        seen.push(message);
+        assert!(seen.len() < 50, "no STOPPING=1 after SIGTERM: {seen:?}");
+    }
+    let status = child.wait_with_output().unwrap().status;
+    assert!(status.success(), "an orderly shutdown exits 0: {status:?}");
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify_with_no_output() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/trainerd.service")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // verify insists that ExecStart exists: point it at the built binary.
+    let path = dir.path().join("trainerd.service");
+    std::fs::write(&path, unit.replace("/usr/bin/trainerd", &bin("trainerd").display().to_string())).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze (Debian package systemd) must be installed");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify said: {text}");
+}

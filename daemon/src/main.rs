@@ -9,7 +9,7 @@ fn main() -> std::process::ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TRAINERD_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let config = match flags.with_file().and_then(trainerd::config::Flags::resolve) {
+    let config = match flags.clone().with_file().and_then(trainerd::config::Flags::resolve) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("trainerd: {e}");
@@ -33,7 +33,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(trainerd::run::run(config)) {
+    match runtime.block_on(trainerd::run::run(config, flags)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("trainerd: {e:#}");

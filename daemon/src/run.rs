@@ -7,7 +7,7 @@
 
 use crate::api::grpc::GrpcService;
 use crate::api::Api;
-use crate::config::DaemonConfig;
+use crate::config::{DaemonConfig, Flags};
 use crate::hub::Hub;
 use crate::store::Store;
 use crate::supervisor::{Shared, Supervisor};
@@ -24,7 +24,7 @@ use trainerd_proto::v1::trainerd_server::TrainerdServer;
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs trainerd until a shutdown signal.
-pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
+pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create the state dir {}", config.state_dir.display()))?;
@@ -39,8 +39,12 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     };
     let config = Arc::new(config);
     let notifier = crate::systemd::Notifier::from_env();
-    let shared =
-        Arc::new(Shared { notifier, store: store.clone(), hub: Arc::new(Hub::default()), config: config.clone() });
+    let shared = Arc::new(Shared {
+        notifier,
+        store: store.clone(),
+        hub: Arc::new(Hub::default()),
+        config: std::sync::RwLock::new(config.clone()),
+    });
     let (supervisor, supervisor_done) = Actor::spawn(Some("supervisor".into()), Supervisor, shared.clone())
         .await
         .context("cannot start the supervisor")?;
@@ -48,8 +52,16 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         store: store.clone(),
         hub: shared.hub.clone(),
         supervisor: supervisor.clone(),
-        config: config.clone(),
+        shared: shared.clone(),
         started,
+    });
+    let mut hup = signal(SignalKind::hangup())?;
+    let (reload_shared, reload_supervisor) = (shared.clone(), supervisor.clone());
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload(&flags, &reload_shared);
+            let _ = reload_supervisor.cast(crate::supervisor::SupervisorMsg::Reloaded);
+        }
     });
 
     let mut term = signal(SignalKind::terminate())?;
@@ -113,6 +125,49 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&config.control_socket);
     tracing::info!("stopped; the store is flushed");
     Ok(())
+}
+
+/// SIGHUP: reads the configuration file again (under the original flags) and applies what can change
+/// while running: slots, job defaults, the heartbeat interval, log caps. Paths, listeners and the GPU
+/// pool keep their values, with a warning naming each change that needs a restart.
+fn reload(flags: &Flags, shared: &Shared) {
+    let new = match flags.clone().with_file().and_then(Flags::resolve) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("SIGHUP: the configuration is invalid, nothing changed: {e}");
+            return;
+        }
+    };
+    let old = shared.config();
+    let mut fixed = Vec::new();
+    if new.state_dir != old.state_dir {
+        fixed.push("state-dir");
+    }
+    if new.socket != old.socket {
+        fixed.push("socket");
+    }
+    if new.control_socket != old.control_socket {
+        fixed.push("control-socket");
+    }
+    if new.listen != old.listen {
+        fixed.push("listen");
+    }
+    if new.gpus != old.gpus {
+        fixed.push("gpus");
+    }
+    if !fixed.is_empty() {
+        tracing::warn!("SIGHUP: {} cannot change while trainerd runs; restart it to apply", fixed.join(", "));
+    }
+    let applied = DaemonConfig {
+        state_dir: old.state_dir.clone(),
+        socket: old.socket.clone(),
+        control_socket: old.control_socket.clone(),
+        listen: old.listen,
+        gpus: old.gpus.clone(),
+        ..new
+    };
+    tracing::info!(slots = applied.slots, "SIGHUP: configuration reloaded");
+    *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(applied);
 }
 
 /// Binds the socket, replacing a stale file a dead daemon left. Called only after the store is open,

@@ -43,6 +43,8 @@ pub enum SupervisorMsg {
     Exited { id: JobId, attempt: u32, status: Option<ExitStatus> },
     /// A JobActor finished its work (terminal or paused): its slot is free.
     Released { id: JobId },
+    /// The configuration was reloaded: more slots may be free.
+    Reloaded,
     /// Time to tell systemd's watchdog the actor tree is alive (sent by a timer into this loop, so a
     /// wedged Supervisor misses it).
     Watchdog,
@@ -67,7 +69,15 @@ pub struct Shared {
     pub notifier: crate::systemd::Notifier,
     pub store: Arc<Store>,
     pub hub: Arc<Hub>,
-    pub config: Arc<DaemonConfig>,
+    /// The configuration; SIGHUP replaces it (see `run::reload`).
+    pub config: std::sync::RwLock<Arc<DaemonConfig>>,
+}
+
+impl Shared {
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<DaemonConfig> {
+        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// The actor (configuration only).
@@ -101,7 +111,7 @@ impl Actor for Supervisor {
         myself: ActorRef<SupervisorMsg>,
         shared: Arc<Shared>,
     ) -> Result<State, ActorProcessingErr> {
-        let shared_gpus = shared.config.gpus.clone();
+        let shared_gpus = shared.config().gpus.clone();
         let mut state = State {
             shared,
             actors: HashMap::new(),
@@ -154,6 +164,7 @@ impl Actor for Supervisor {
                 state.admit(&myself).await?;
             }
             SupervisorMsg::Exited { id, attempt, status } => state.deliver(id, JobMsg::Exited { attempt, status }),
+            SupervisorMsg::Reloaded => state.admit(&myself).await?,
             SupervisorMsg::Watchdog => {
                 let status = format!("STATUS={} running, {} queued", state.actors.len(), state.queue.len());
                 state.shared.notifier.notify(&format!("WATCHDOG=1\n{status}"));
@@ -231,7 +242,7 @@ impl State {
 
     /// Tells the hub the queue order and what each queued job waits for.
     fn publish_queue(&self) {
-        let slots = self.shared.config.slots as usize;
+        let slots = self.shared.config().slots as usize;
         let waiting = self
             .queue
             .iter()
@@ -276,7 +287,7 @@ impl State {
     /// Starts queued jobs while slots are free.
     async fn admit(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
         // Strict FIFO within a priority: the head waits for its GPUs rather than being overtaken.
-        while self.actors.len() < self.shared.config.slots as usize {
+        while self.actors.len() < self.shared.config().slots as usize {
             let Some(head) = self.queue.first().copied() else { break };
             if head.gpus as usize > self.gpus.free() {
                 break;
@@ -285,7 +296,7 @@ impl State {
             let event = crate::store::records::Event {
                 at: unix_now(),
                 kind: "admitted".into(),
-                message: format!("given a slot ({} of {} busy before)", self.actors.len(), self.shared.config.slots),
+                message: format!("given a slot ({} of {} busy before)", self.actors.len(), self.shared.config().slots),
             };
             self.shared.store.append_event(head.id, &event)?;
             self.spawn_actor(myself, head, Mode::Admitted).await?;

@@ -60,3 +60,31 @@ fn the_unit_passes_systemd_analyze_verify_with_no_output() {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify said: {text}");
 }
+
+#[tokio::test]
+async fn sighup_reloads_a_changed_value() {
+    use trainerd_proto::v1 as pb;
+    use trainerd_tests::{fake_job, submit, watch_until};
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "slots = 1\ngpus = \"none\"\n").unwrap();
+    let daemon = Daemon::start(&["--config", config.to_str().unwrap()]);
+    let mut client = daemon.client().await;
+    let first = submit(&mut client, fake_job("first", &[("FAKE_FAULT", "hang@1")])).await;
+    let second = submit(&mut client, fake_job("second", &[("FAKE_STEPS", "3")])).await;
+    watch_until(&mut client, &first.id, Duration::from_secs(30), |j| j.state() == pb::JobState::Running).await;
+    let waiting = client.get_job(pb::GetJobRequest { id: second.id.clone() }).await.unwrap().into_inner();
+    assert_eq!(waiting.state(), pb::JobState::Queued, "one slot, taken by the hung job");
+    std::fs::write(&config, "slots = 2\ngpus = \"none\"\n").unwrap();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(daemon.child.as_ref().unwrap().id() as i32, libc::SIGHUP) };
+    let done = watch_until(&mut client, &second.id, Duration::from_secs(30), |j| {
+        trainerd_proto::state::is_terminal(j.state())
+    })
+    .await
+    .pop()
+    .unwrap();
+    assert_eq!(done.state(), pb::JobState::Completed, "the second slot opened without a restart");
+    let info = client.daemon_info(pb::DaemonInfoRequest {}).await.unwrap().into_inner();
+    assert_eq!(info.slots, 2);
+}

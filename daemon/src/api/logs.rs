@@ -19,7 +19,7 @@ impl Api {
     /// Starts streaming a job's logs; the receiver ends when the logs do (or at once without follow).
     pub fn logs(self: &Arc<Self>, id: &str, follow: bool, tail: u64) -> Result<mpsc::Receiver<pb::LogChunk>, ApiError> {
         let id = self.resolve(id)?;
-        let paths = JobPaths::new(&self.config.state_dir, id);
+        let paths = JobPaths::new(&self.config().state_dir, id);
         let tail = if tail == 0 { DEFAULT_TAIL } else { tail };
         // A queued job has no directory yet; make it, so following can watch it from the start.
         std::fs::create_dir_all(&paths.dir)

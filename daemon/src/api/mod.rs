@@ -54,7 +54,7 @@ pub struct Api {
     pub store: Arc<Store>,
     pub hub: Arc<Hub>,
     pub supervisor: ActorRef<SupervisorMsg>,
-    pub config: Arc<DaemonConfig>,
+    pub shared: Arc<crate::supervisor::Shared>,
     pub started: Instant,
 }
 
@@ -63,6 +63,10 @@ const MAX_ARGS_BYTES: usize = 128 * 1024;
 const MAX_ENV_BYTES: usize = 128 * 1024;
 
 impl Api {
+    fn config(&self) -> Arc<DaemonConfig> {
+        self.shared.config()
+    }
+
     /// Validates a submission and queues it (or returns the job its idempotency key names).
     pub async fn submit(&self, req: pb::SubmitJobRequest) -> Result<pb::SubmitJobResponse, ApiError> {
         let spec = self.validate(req)?;
@@ -96,7 +100,7 @@ impl Api {
             return Err(invalid("name", format!("{:?}: use 1 to {MAX_NAME} of A-Z a-z 0-9 . _ -", req.name)));
         }
         let workdir = if req.workdir.is_empty() {
-            self.config.state_dir.clone()
+            self.config().state_dir.clone()
         } else {
             let dir = PathBuf::from(&req.workdir);
             if !dir.is_absolute() {
@@ -123,24 +127,24 @@ impl Api {
         if env_bytes > MAX_ENV_BYTES {
             return Err(invalid("env", format!("is larger than {MAX_ENV_BYTES} bytes")));
         }
-        if req.gpus as usize > self.config.gpus.len() {
+        if req.gpus as usize > self.config().gpus.len() {
             return Err(invalid(
                 "gpus",
                 format!(
                     "asks for {} GPU(s); this trainerd has {} ({:?})",
                     req.gpus,
-                    self.config.gpus.len(),
-                    self.config.gpus
+                    self.config().gpus.len(),
+                    self.config().gpus
                 ),
             ));
         }
-        let defaults = &self.config.default_restart;
+        let defaults = &self.config().default_restart;
         let on_failure = match req.on_failure.as_deref() {
             None | Some("") | Some("restart") => OnFailure::Restart,
             Some("fail") => OnFailure::Fail,
             Some(other) => return Err(invalid("on_failure", format!("{other:?}: use restart or fail"))),
         };
-        let t = &self.config.default_timeouts;
+        let t = &self.config().default_timeouts;
         let positive = |field: &'static str, v: Option<u64>, default: u64| match v {
             Some(0) => Err(invalid(field, "must be positive")),
             Some(v) => Ok(v),
@@ -337,8 +341,8 @@ impl Api {
         pb::DaemonInfoResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_s: self.started.elapsed().as_secs_f64(),
-            slots: self.config.slots,
-            state_dir: self.config.state_dir.display().to_string(),
+            slots: self.config().slots,
+            state_dir: self.config().state_dir.display().to_string(),
             protocol_version: PROTOCOL_VERSION,
             pid: std::process::id(),
         }

@@ -115,7 +115,7 @@ impl Actor for JobActor {
 
     async fn pre_start(&self, myself: ActorRef<JobMsg>, args: JobArgs) -> Result<State, ActorProcessingErr> {
         let record = args.shared.store.get(args.id)?.ok_or_else(|| format!("job {} is not in the store", args.id))?;
-        let paths = JobPaths::new(&args.shared.config.state_dir, args.id);
+        let paths = JobPaths::new(&args.shared.config().state_dir, args.id);
         std::fs::create_dir_all(&paths.dir)?;
         let me = myself.clone();
         let watcher = match watch_progress(&paths.dir, move || {
@@ -312,8 +312,8 @@ impl State {
             paths: &self.paths,
             attempt: number,
             resume_from: resume.as_deref(),
-            heartbeat_interval: self.shared.config.heartbeat_interval,
-            gpus: (!self.shared.config.gpus.is_empty()).then_some(self.live.gpus.as_slice()),
+            heartbeat_interval: self.shared.config().heartbeat_interval,
+            gpus: (!self.shared.config().gpus.is_empty()).then_some(self.live.gpus.as_slice()),
             stop_grace_ms: self.record.spec.timeouts.stop_grace_ms,
         };
         let mut child = match spawn(&self.record.spec, &launch) {
@@ -421,7 +421,7 @@ impl State {
     /// With `--test-hooks`, a job whose env has TRAINERD_TEST_PANIC_AFTER_STEP=N panics its actor once
     /// when its progress reaches step N (a marker file makes it once per job, across re-creations).
     fn test_hook(&self, step: u64) {
-        if !self.shared.config.test_hooks {
+        if !self.shared.config().test_hooks {
             return;
         }
         let at = self.record.spec.env.iter().find(|(k, _)| k == "TRAINERD_TEST_PANIC_AFTER_STEP");
@@ -466,7 +466,7 @@ impl State {
             .and_then(|p| p.heartbeat_interval)
             .filter(|i| i.is_finite() && *i > 0.0)
             .map(Duration::from_secs_f64)
-            .unwrap_or(self.shared.config.heartbeat_interval);
+            .unwrap_or(self.shared.config().heartbeat_interval);
         let late_after = interval * 2;
         let quiet = silence(self);
         if self.last_beat.is_some() && quiet >= late_after && !self.live.stalled {
@@ -537,7 +537,7 @@ impl State {
         }
         self.logs_checked = Instant::now();
         for path in [&self.paths.stdout, &self.paths.stderr] {
-            match cap_log(path, self.shared.config.log_cap) {
+            match cap_log(path, self.shared.config().log_cap) {
                 Ok(true) => {
                     self.event("log_rotated", format!("{} reached its cap; older output is in .1", path.display()))
                 }
@@ -602,11 +602,25 @@ impl State {
             self.progress_changed(myself)?;
         }
         if let Some(pgid) = self.pgid.take() {
-            // The leader is gone; grandchildren may not be. None may outlive the attempt.
-            process::signal_group(pgid, libc::SIGKILL)?;
+            // The leader is gone; grandchildren may not be. None may outlive the attempt. Failures
+            // here are reported, not raised: the exit must still be recorded.
+            if let Err(e) = process::signal_group(pgid, libc::SIGKILL) {
+                tracing::error!(job = %self.id, "cannot signal process group {pgid}: {e}");
+            }
             let deadline = Instant::now() + Duration::from_secs(5);
-            while !process::live_group_members(pgid)?.is_empty() && Instant::now() < deadline {
-                tokio::time::sleep(ms(5)).await;
+            loop {
+                match process::live_group_members(pgid) {
+                    Ok(left) if left.is_empty() => break,
+                    Ok(left) if Instant::now() >= deadline => {
+                        self.event("group_survivors", format!("processes {left:?} of group {pgid} survived SIGKILL"));
+                        break;
+                    }
+                    Ok(_) => tokio::time::sleep(ms(5)).await,
+                    Err(e) => {
+                        tracing::error!(job = %self.id, "cannot list process group {pgid}: {e}");
+                        break;
+                    }
+                }
             }
         }
         self.tick_generation += 1;

@@ -38,6 +38,9 @@ pub struct Flags {
     /// Also serve gRPC on this TCP address (loopback only: 127.0.0.1:PORT or [::1]:PORT).
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Serve Prometheus metrics on this address (GET /metrics), like 127.0.0.1:9184 [default: off].
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// GPU indices jobs may be given, like 0,1,2,3; `auto` asks nvidia-smi (none on a CPU host);
     /// `none` gives none [default: auto].
     #[arg(long)]
@@ -87,6 +90,7 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub control_socket: PathBuf,
     pub listen: Option<std::net::SocketAddr>,
+    pub metrics: Option<std::net::SocketAddr>,
     pub slots: u32,
     /// The GPU indices of the pool.
     pub gpus: Vec<u32>,
@@ -161,6 +165,7 @@ impl Flags {
             socket,
             control_socket,
             listen,
+            metrics,
             gpus,
             slots,
             heartbeat_timeout,
@@ -233,6 +238,7 @@ impl Flags {
             socket,
             control_socket,
             listen: self.listen,
+            metrics: self.metrics,
             slots: self.slots.unwrap_or(4),
             gpus,
             heartbeat_interval: Duration::from_millis(interval),

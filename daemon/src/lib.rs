@@ -5,6 +5,7 @@
 //! - [`job`]: one job's runtime: its JobActor, its trainer process, its progress watcher.
 //! - [`api`]: the operations clients ask for, and their gRPC face.
 //! - [`gpus`]: the GPU pool: all-or-nothing assignment, never one GPU to two jobs.
+//! - [`metrics`]: Prometheus counters and histograms, and their text rendering.
 //! - [`hub`]: the live views of jobs and their broadcasts to watchers.
 //! - [`policy`]: the restart-or-fail decision at the end of an attempt (pure).
 //! - [`process`]: process identity, process-group signals and liveness, from the kernel.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod gpus;
 pub mod hub;
 pub mod job;
+pub mod metrics;
 pub mod policy;
 pub mod process;
 pub mod run;

@@ -40,6 +40,7 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let notifier = crate::systemd::Notifier::from_env();
     let shared = Arc::new(Shared {
+        metrics: crate::metrics::Metrics::default(),
         notifier,
         store: store.clone(),
         hub: Arc::new(Hub::default()),
@@ -84,6 +85,11 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let control_task = tokio::spawn(crate::api::jsonl::serve(control, api.clone()));
+    if let Some(addr) = config.metrics {
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot serve metrics on {addr}"))?;
+        tokio::spawn(serve_metrics(listener, shared.clone()));
+    }
     if let Some(tcp) = tcp {
         let service = TrainerdServer::new(GrpcService { api: api.clone() });
         let stop = stopped(stop_rx.clone());
@@ -127,6 +133,44 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Answers `GET /metrics` with the text exposition; anything else gets 404. One request per connection.
+async fn serve_metrics(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else { continue };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n = match tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let response = if request.starts_with("GET /metrics ") {
+                let records = shared.store.list().unwrap_or_default();
+                let counts: Vec<(&str, u64)> = trainerd_proto::state::ALL_STATES
+                    .iter()
+                    .map(|s| {
+                        (
+                            trainerd_proto::state::state_word(*s),
+                            records.iter().filter(|r| r.state() == *s).count() as u64,
+                        )
+                    })
+                    .collect();
+                let queued = counts.iter().find(|(s, _)| *s == "queued").map(|c| c.1).unwrap_or(0) as usize;
+                let body = shared.metrics.render(&counts, queued, shared.store.flush_histogram());
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+        });
+    }
+}
+
 /// SIGHUP: reads the configuration file again (under the original flags) and applies what can change
 /// while running: slots, job defaults, the heartbeat interval, log caps. Paths, listeners and the GPU
 /// pool keep their values, with a warning naming each change that needs a restart.
@@ -155,6 +199,9 @@ fn reload(flags: &Flags, shared: &Shared) {
     if new.gpus != old.gpus {
         fixed.push("gpus");
     }
+    if new.metrics != old.metrics {
+        fixed.push("metrics");
+    }
     if !fixed.is_empty() {
         tracing::warn!("SIGHUP: {} cannot change while trainerd runs; restart it to apply", fixed.join(", "));
     }
@@ -163,6 +210,7 @@ fn reload(flags: &Flags, shared: &Shared) {
         socket: old.socket.clone(),
         control_socket: old.control_socket.clone(),
         listen: old.listen,
+        metrics: old.metrics,
         gpus: old.gpus.clone(),
         ..new
     };

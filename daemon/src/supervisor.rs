@@ -40,7 +40,7 @@ pub enum SupervisorMsg {
     /// Queue a paused job again.
     Resume { id: JobId, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
     /// A trainer process ended (from its wait task).
-    Exited { id: JobId, attempt: u32, status: Option<ExitStatus> },
+    Exited { id: JobId, attempt: u32, status: Option<ExitStatus>, at: std::time::Instant },
     /// A JobActor finished its work (terminal or paused): its slot is free.
     Released { id: JobId },
     /// The configuration was reloaded: more slots may be free.
@@ -66,6 +66,7 @@ impl Queued {
 
 /// What every actor and the API share.
 pub struct Shared {
+    pub metrics: crate::metrics::Metrics,
     pub notifier: crate::systemd::Notifier,
     pub store: Arc<Store>,
     pub hub: Arc<Hub>,
@@ -163,7 +164,9 @@ impl Actor for Supervisor {
                 let _ = reply.send(result);
                 state.admit(&myself).await?;
             }
-            SupervisorMsg::Exited { id, attempt, status } => state.deliver(id, JobMsg::Exited { attempt, status }),
+            SupervisorMsg::Exited { id, attempt, status, at } => {
+                state.deliver(id, JobMsg::Exited { attempt, status, at: Some(at) })
+            }
             SupervisorMsg::Reloaded => state.admit(&myself).await?,
             SupervisorMsg::Watchdog => {
                 let status = format!("STATUS={} running, {} queued", state.actors.len(), state.queue.len());

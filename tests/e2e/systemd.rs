@@ -88,3 +88,35 @@ async fn sighup_reloads_a_changed_value() {
     let info = client.daemon_info(pb::DaemonInfoRequest {}).await.unwrap().into_inner();
     assert_eq!(info.slots, 2);
 }
+
+#[tokio::test]
+async fn the_metrics_endpoint_is_scraped_and_parsed() {
+    use std::io::{Read, Write};
+    use trainerd_proto::v1 as pb;
+    use trainerd_tests::{fake_job, submit, watch_until};
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let daemon = Daemon::start(&["--metrics", &addr]);
+    let mut client = daemon.client().await;
+    let job = submit(&mut client, fake_job("m", &[("FAKE_FAULT", "crash@3"), ("FAKE_STEPS", "6")])).await;
+    watch_until(&mut client, &job.id, Duration::from_secs(30), |j| j.state() == pb::JobState::Completed).await;
+    let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/plain; version=0.0.4"), "{head}");
+    let mut samples = std::collections::HashMap::new();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let (name, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("not a sample: {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number: {line:?}"));
+        samples.insert(name.to_string(), value);
+    }
+    assert_eq!(samples["trainerd_jobs{state=\"completed\"}"], 1.0);
+    assert_eq!(samples["trainerd_job_starts_total"], 2.0);
+    assert_eq!(samples["trainerd_job_restarts_total{reason=\"crashed\"}"], 1.0);
+    assert_eq!(samples["trainerd_exit_detection_seconds_count"], 2.0);
+    assert!(samples["trainerd_progress_propagation_seconds_count"] >= 6.0);
+    assert!(samples["trainerd_store_flush_seconds_count"] >= 5.0);
+    assert_eq!(samples["trainerd_queue_length"], 0.0);
+}

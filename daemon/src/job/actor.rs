@@ -29,7 +29,7 @@ pub enum JobMsg {
     /// Start an attempt: the job was admitted, or its backoff ended.
     Start,
     /// Attempt `attempt`'s process ended; `None` when its end could not be observed (lost).
-    Exited { attempt: u32, status: Option<ExitStatus> },
+    Exited { attempt: u32, status: Option<ExitStatus>, at: Option<Instant> },
     /// The job directory saw a new progress file.
     ProgressChanged,
     /// A heartbeat deadline may have passed (stale generations are ignored).
@@ -93,6 +93,9 @@ pub struct State {
     /// A pause asked for while the trainer had not heartbeated yet: SIGUSR1 goes at the first beat
     /// (before it, the trainer may not handle the signal, and its default action kills).
     pause_unsignalled: bool,
+    /// When the kernel reported the exit being handled: the exit-detection metric ends at the
+    /// transition that records it.
+    exit_seen_at: Option<Instant>,
     /// When the log sizes were last checked.
     logs_checked: Instant,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -146,6 +149,7 @@ impl Actor for JobActor {
             backoff_generation: 0,
             last_invalid: None,
             pause_unsignalled: false,
+            exit_seen_at: None,
             logs_checked: Instant::now(),
             _watcher: watcher,
         };
@@ -159,7 +163,7 @@ impl Actor for JobActor {
             }
             Mode::Lost if has_process(job_state) => {
                 let attempt = state.record.attempts.last().map(|a| a.number).unwrap_or(0);
-                myself.cast(JobMsg::Exited { attempt, status: None })?;
+                myself.cast(JobMsg::Exited { attempt, status: None, at: None })?;
             }
             _ if job_state == JobState::Backoff => {
                 let wait = state.record.next_restart_at.map(|t| (t - unix_now()).max(0.0)).unwrap_or(0.0);
@@ -193,7 +197,8 @@ impl State {
                     }
                 }
             }
-            JobMsg::Exited { attempt, status } if attempt == state.current_attempt() => {
+            JobMsg::Exited { attempt, status, at } if attempt == state.current_attempt() => {
+                state.exit_seen_at = at;
                 state.exited(&myself, status).await?
             }
             JobMsg::Exited { .. } => {}
@@ -247,6 +252,10 @@ impl State {
         edit: impl Fn(&mut JobRecord),
     ) -> Result<(), ActorProcessingErr> {
         self.record = self.shared.store.transition(self.id, to, reason, unix_now(), message, edit)?;
+        // Observed before the publish, so a client that sees the new state also sees it counted.
+        if let Some(at) = self.exit_seen_at.take() {
+            self.shared.metrics.exit_detection.observe(at.elapsed());
+        }
         self.publish("state");
         Ok(())
     }
@@ -317,7 +326,10 @@ impl State {
             stop_grace_ms: self.record.spec.timeouts.stop_grace_ms,
         };
         let mut child = match spawn(&self.record.spec, &launch) {
-            Ok(child) => child,
+            Ok(child) => {
+                self.shared.metrics.starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                child
+            }
             Err(e) => {
                 let message = format!("cannot start {:?}: {e}", self.record.spec.command[0]);
                 return self.finish(myself, JobState::Failed, Reason::SpawnFailed, &message, |r| {
@@ -350,7 +362,8 @@ impl State {
                     None
                 }
             };
-            let _ = supervisor.cast(SupervisorMsg::Exited { id, attempt: number, status });
+            let at = Instant::now();
+            let _ = supervisor.cast(SupervisorMsg::Exited { id, attempt: number, status, at });
         });
         self.arm_tick(myself, ms(self.record.spec.timeouts.startup_grace_ms));
         self.publish("state");
@@ -404,12 +417,17 @@ impl State {
             }
         }
         let step = progress.step;
+        let written_at = progress.updated_at;
         self.live.message = progress.message.clone();
         self.live.progress = Some(progress);
         if self.record.state() == JobState::Starting && beat {
             self.transition(JobState::Running, Reason::Unspecified, "first heartbeat", |_| {})?;
         } else {
             self.publish("progress");
+        }
+        let lag = unix_now() - written_at;
+        if lag.is_finite() && (0.0..3600.0).contains(&lag) {
+            self.shared.metrics.progress_propagation.observe(Duration::from_secs_f64(lag));
         }
         if self.pause_unsignalled && beat {
             self.signal_pause(myself)?;
@@ -456,6 +474,7 @@ impl State {
                 let message =
                     format!("no heartbeat for {:.1} s ({what}): stopping the trainer", silence(self).as_secs_f64());
                 self.event("stalled", message.clone());
+                self.shared.metrics.heartbeat_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return self.stop(myself, StopCause::Stall, &message);
             }
         }
@@ -685,6 +704,7 @@ impl State {
                 })?;
             }
             Decision::Restart { reason, delay, previous_checkpoint } => {
+                self.shared.metrics.restarted(trainerd_proto::json::reason_word(reason));
                 let what = policy::describe(&end, reason);
                 let message = format!("{what}; restarting in {:.1} s", delay.as_secs_f64());
                 let at = now + delay.as_secs_f64();

@@ -44,6 +44,8 @@ pub struct Store {
     idempotency: sled::Tree,
     /// Counters: `next_job` (the next JobId).
     meta: sled::Tree,
+    /// How long flushes take.
+    flushes: crate::metrics::Histogram,
 }
 
 fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
@@ -95,6 +97,7 @@ impl Store {
             events: db.open_tree("events")?,
             idempotency: db.open_tree("idempotency")?,
             meta: db.open_tree("meta")?,
+            flushes: crate::metrics::Histogram::default(),
             db,
         })
     }
@@ -237,7 +240,15 @@ impl Store {
 
     /// Writes everything to disk; returns the bytes flushed.
     pub fn flush(&self) -> Result<usize, StoreError> {
-        Ok(self.db.flush()?)
+        let started = std::time::Instant::now();
+        let bytes = self.db.flush()?;
+        self.flushes.observe(started.elapsed());
+        Ok(bytes)
+    }
+
+    /// The flush latency histogram.
+    pub fn flush_histogram(&self) -> &crate::metrics::Histogram {
+        &self.flushes
     }
 }
 

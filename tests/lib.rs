@@ -123,6 +123,41 @@ pub fn fake_job(name: &str, env: &[(&str, &str)]) -> pb::SubmitJobRequest {
     }
 }
 
+/// A submission of trainer-proc on a small task: `epochs` epochs of 20 steps, a periodic checkpoint
+/// every 7 steps, on the CPU (a second or two of real training).
+pub fn trainer_proc_job(name: &str, epochs: u32, env: &[(&str, &str)]) -> pb::SubmitJobRequest {
+    let epochs = epochs.to_string();
+    let args = [
+        "--epochs",
+        &epochs,
+        "--steps-per-epoch",
+        "20",
+        "--batch-size",
+        "32",
+        "--train-samples",
+        "1024",
+        "--val-samples",
+        "256",
+        "--hidden",
+        "32",
+        "--checkpoint-every",
+        "7",
+        "--patience",
+        "0",
+        "--device",
+        "cpu",
+    ];
+    pb::SubmitJobRequest {
+        name: name.into(),
+        command: std::iter::once(bin("trainer-proc").display().to_string())
+            .chain(args.iter().map(|a| a.to_string()))
+            .collect(),
+        env: env.iter().map(|(k, v)| pb::EnvVar { name: k.to_string(), value: v.to_string() }).collect(),
+        backoff_base_ms: Some(0),
+        ..Default::default()
+    }
+}
+
 /// Submits and returns the job.
 pub async fn submit(client: &mut Client, req: pb::SubmitJobRequest) -> pb::Job {
     client.submit_job(req).await.expect("submit").into_inner().job.expect("job")

@@ -333,28 +333,21 @@ impl State {
             actor.cast(JobMsg::Cancel { by, reply })?;
             return Ok(());
         }
-        let Some(record) = self.shared.store.get(id)? else {
-            let _ = reply.send(Err(ApiError::NotFound(format!("no job {id}"))));
-            return Ok(());
-        };
-        let state = record.state();
-        if !matches!(state, JobState::Queued | JobState::Paused) {
-            let _ = reply.send(Err(ApiError::FailedPrecondition(format!(
-                "job {id} is already {}; there is nothing to cancel",
-                state_word(state)
-            ))));
-            return Ok(());
-        }
         let message = format!("cancelled by {by}");
-        let record =
-            self.shared.store.transition(id, JobState::Cancelled, Reason::Cancelled, unix_now(), &message, |r| {
-                r.cancelled_by = Some(by.clone())
-            })?;
-        self.queue.retain(|q| q.id != id);
-        self.sort_queue();
-        let view = job_view(&record, &LiveFacts::default(), (0, String::new()));
-        self.shared.hub.publish(view.clone(), "state");
-        let _ = reply.send(Ok(view));
+        let result = self.settle_idle(
+            id,
+            JobState::Cancelled,
+            Reason::Cancelled,
+            &message,
+            |r| r.cancelled_by = Some(by.clone()),
+            |id, state| {
+                ApiError::FailedPrecondition(format!(
+                    "job {id} is already {}; there is nothing to cancel",
+                    state_word(state)
+                ))
+            },
+        );
+        let _ = reply.send(result);
         Ok(())
     }
 
@@ -368,23 +361,34 @@ impl State {
             actor.cast(JobMsg::Pause { by, reply })?;
             return Ok(());
         }
-        let Some(record) = self.shared.store.get(id)? else {
-            let _ = reply.send(Err(ApiError::NotFound(format!("no job {id}"))));
-            return Ok(());
-        };
-        if record.state() != JobState::Queued {
-            let _ = reply.send(Err(not_pausable(id, record.state())));
-            return Ok(());
-        }
         let message = format!("held in the queue by {by}; `trainctl resume {}` queues it again", id.0);
-        let record =
-            self.shared.store.transition(id, JobState::Paused, Reason::Paused, unix_now(), &message, |_| {})?;
+        let result = self.settle_idle(id, JobState::Paused, Reason::Paused, &message, |_| {}, not_pausable);
+        let _ = reply.send(result);
+        Ok(())
+    }
+
+    /// Moves a job without an actor (queued, or paused for a cancel) to `to`, out of the queue. A job
+    /// in a state the table does not allow leaving for `to` gets `refuse`'s error.
+    fn settle_idle(
+        &mut self,
+        id: JobId,
+        to: JobState,
+        reason: Reason,
+        message: &str,
+        edit: impl Fn(&mut JobRecord),
+        refuse: impl Fn(JobId, JobState) -> ApiError,
+    ) -> Result<pb::Job, ApiError> {
+        let record = self.shared.store.get(id)?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+        let from = record.state();
+        if !matches!(from, JobState::Queued | JobState::Paused) || !trainerd_proto::state::can_transition(from, to) {
+            return Err(refuse(id, from));
+        }
+        let record = self.shared.store.transition(id, to, reason, unix_now(), message, edit)?;
         self.queue.retain(|q| q.id != id);
         self.sort_queue();
         let view = job_view(&record, &LiveFacts::default(), (0, String::new()));
         self.shared.hub.publish(view.clone(), "state");
-        let _ = reply.send(Ok(view));
-        Ok(())
+        Ok(view)
     }
 
     /// PAUSED → QUEUED, after checking that what it resumes from is still there.

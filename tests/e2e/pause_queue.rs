@@ -3,44 +3,12 @@
 use std::time::Duration;
 use trainerd_proto::v1 as pb;
 use trainerd_proto::v1::{JobState, Reason};
-use trainerd_tests::{bin, events, fake_job, submit, watch_until, Daemon};
+use trainerd_tests::{events, fake_job, submit, trainer_proc_job, watch_until, Daemon};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
 fn ended(job: &pb::Job) -> bool {
     trainerd_proto::state::is_terminal(job.state())
-}
-
-fn trainer_proc(name: &str, epochs: &str, env: &[(&str, &str)]) -> pb::SubmitJobRequest {
-    let args = [
-        "--epochs",
-        epochs,
-        "--steps-per-epoch",
-        "20",
-        "--batch-size",
-        "32",
-        "--train-samples",
-        "1024",
-        "--val-samples",
-        "256",
-        "--hidden",
-        "32",
-        "--checkpoint-every",
-        "7",
-        "--patience",
-        "0",
-        "--device",
-        "cpu",
-    ];
-    pb::SubmitJobRequest {
-        name: name.into(),
-        command: std::iter::once(bin("trainer-proc").display().to_string())
-            .chain(args.iter().map(|a| a.to_string()))
-            .collect(),
-        env: env.iter().map(|(k, v)| pb::EnvVar { name: k.to_string(), value: v.to_string() }).collect(),
-        backoff_base_ms: Some(0),
-        ..Default::default()
-    }
 }
 
 /// Pauses a running job and waits for PAUSED; returns the pause checkpoint's step.
@@ -57,11 +25,11 @@ async fn pause_when_running(client: &mut trainctl::Client, id: &str) -> u64 {
 async fn pause_and_resume_three_times_ends_with_the_uninterrupted_weights() {
     let daemon = Daemon::start(&[]);
     let mut client = daemon.client().await;
-    let reference = submit(&mut client, trainer_proc("reference", "4", &[])).await;
+    let reference = submit(&mut client, trainer_proc_job("reference", 4, &[])).await;
     // Every evaluation takes a second, so each pause request lands inside the epoch it was sent in.
     let paused = submit(
         &mut client,
-        trainer_proc("paused", "4", &[("TRAINER_FAULT", "slow-eval@1"), ("TRAINER_FAULT_EVERY_ATTEMPT", "1")]),
+        trainer_proc_job("paused", 4, &[("TRAINER_FAULT", "slow-eval@1"), ("TRAINER_FAULT_EVERY_ATTEMPT", "1")]),
     )
     .await;
     let mut steps = Vec::new();
@@ -107,7 +75,7 @@ async fn pausing_a_queued_a_completed_and_a_paused_job() {
 async fn a_resume_whose_checkpoint_is_gone_is_refused() {
     let daemon = Daemon::start(&[]);
     let mut client = daemon.client().await;
-    let job = submit(&mut client, trainer_proc("gone", "3", &[("TRAINER_FAULT", "slow-eval@1")])).await;
+    let job = submit(&mut client, trainer_proc_job("gone", 3, &[("TRAINER_FAULT", "slow-eval@1")])).await;
     pause_when_running(&mut client, &job.id).await;
     let paused = client.get_job(pb::GetJobRequest { id: job.id.clone() }).await.unwrap().into_inner();
     std::fs::remove_dir_all(&paused.latest_checkpoint.unwrap().path).unwrap();

@@ -4,7 +4,7 @@
 use std::time::Duration;
 use trainerd_proto::v1 as pb;
 use trainerd_proto::v1::{JobState, Reason};
-use trainerd_tests::{bin, events, fake_job, submit, watch_until, Daemon};
+use trainerd_tests::{events, fake_job, submit, trainer_proc_job, watch_until, Daemon};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -194,34 +194,8 @@ async fn a_job_actor_panic_neither_loses_nor_duplicates_the_job() {
 async fn trainer_proc_killed_mid_epoch_resumes_to_the_same_weights() {
     let daemon = Daemon::start(&[]);
     let mut client = daemon.client().await;
-    let args = [
-        "--epochs",
-        "3",
-        "--steps-per-epoch",
-        "20",
-        "--batch-size",
-        "32",
-        "--train-samples",
-        "1024",
-        "--val-samples",
-        "256",
-        "--hidden",
-        "32",
-        "--checkpoint-every",
-        "7",
-        "--patience",
-        "0",
-        "--device",
-        "cpu",
-    ];
-    let job = |name: &str, fault: Option<&str>| pb::SubmitJobRequest {
-        name: name.into(),
-        command: std::iter::once(bin("trainer-proc").display().to_string())
-            .chain(args.iter().map(|a| a.to_string()))
-            .collect(),
-        env: fault.map(|f| pb::EnvVar { name: "TRAINER_FAULT".into(), value: f.into() }).into_iter().collect(),
-        backoff_base_ms: Some(0),
-        ..Default::default()
+    let job = |name: &str, fault: Option<&str>| {
+        trainer_proc_job(name, 3, &fault.map(|f| ("TRAINER_FAULT", f)).into_iter().collect::<Vec<_>>())
     };
     let reference = submit(&mut client, job("reference", None)).await;
     let crashed = submit(&mut client, job("crashed", Some("crash@31"))).await;

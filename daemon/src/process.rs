@@ -33,6 +33,16 @@ pub fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
 /// memory, GPU memory included, so a group of zombies is an empty group.
 pub fn live_group_members(pgid: u32) -> io::Result<Vec<u32>> {
     let mut members = Vec::new();
+    // Fast path: a group with no process at all (the common end of an attempt) needs no /proc scan.
+    if let Ok(group) = i32::try_from(pgid) {
+        // SAFETY: kill(2) with signal 0 only checks for existence.
+        if group > 1
+            && unsafe { libc::kill(-group, 0) } != 0
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+        {
+            return Ok(members);
+        }
+    }
     for entry in std::fs::read_dir("/proc")? {
         let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;

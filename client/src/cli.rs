@@ -89,6 +89,10 @@ pub struct Submit {
     /// SIGTERM to SIGKILL [default: the daemon's].
     #[arg(long, value_parser = crate::format::parse_duration_ms)]
     pub stop_grace: Option<u64>,
+    /// How long a pause may take before the trainer is stopped and the job paused at its latest
+    /// checkpoint [default: the daemon's, 1h].
+    #[arg(long, value_parser = crate::format::parse_duration_ms)]
+    pub pause_timeout: Option<u64>,
     /// The same key returns the existing job instead of starting a second one.
     #[arg(long)]
     pub idempotency_key: Option<String>,

@@ -273,6 +273,7 @@ fn submission(s: cli::Submit) -> Result<pb::SubmitJobRequest, Failure> {
         heartbeat_timeout_ms: s.heartbeat_timeout,
         startup_grace_ms: s.startup_grace,
         stop_grace_ms: s.stop_grace,
+        pause_timeout_ms: s.pause_timeout,
         ..Default::default()
     })
 }

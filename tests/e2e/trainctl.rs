@@ -84,6 +84,7 @@ fn submit_watch_get_ls_events_with_human_and_json_output() {
     let first = json(ok(&daemon, &["--json", "events", &id]).lines().next().unwrap());
     assert_eq!(first["kind"], "submitted");
 
+    assert!(ok(&daemon, &["health"]).contains("completed 1"), "human health lists jobs by state");
     let health = json(&ok(&daemon, &["--json", "health"]));
     assert_eq!((health["status"].as_str(), health["jobs"]["completed"].as_u64()), (Some("ok"), Some(1)));
     let info = json(&ok(&daemon, &["--json", "info"]));
@@ -108,7 +109,8 @@ fn watch_exit_status_tells_the_outcome_and_cancel_records_who() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let cancelled = json(&ok(&daemon, &["--json", "cancel", &hung]));
+    assert_eq!(ok(&daemon, &["cancel", &hung]).trim(), format!("{hung} cancelled"));
+    let cancelled = json(&ok(&daemon, &["--json", "get", &hung]));
     assert_eq!(cancelled["state"], "cancelled");
     let out = watcher.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "a cancelled job's watch exits 3");

@@ -93,6 +93,7 @@ struct Submit {
     heartbeat_timeout_ms: Option<u64>,
     startup_grace_ms: Option<u64>,
     stop_grace_ms: Option<u64>,
+    pause_timeout_ms: Option<u64>,
 }
 
 fn error(e: &ApiError) -> Value {
@@ -188,6 +189,7 @@ async fn handle(
                 heartbeat_timeout_ms: s.heartbeat_timeout_ms,
                 startup_grace_ms: s.startup_grace_ms,
                 stop_grace_ms: s.stop_grace_ms,
+                pause_timeout_ms: s.pause_timeout_ms,
                 ..Default::default()
             };
             api.submit(req)

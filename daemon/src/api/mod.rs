@@ -174,7 +174,7 @@ impl Api {
                     t.heartbeat_timeout_ms,
                 )?,
                 stop_grace_ms: positive("stop_grace_ms", req.stop_grace_ms, t.stop_grace_ms)?,
-                pause_timeout_ms: t.pause_timeout_ms,
+                pause_timeout_ms: positive("pause_timeout_ms", req.pause_timeout_ms, t.pause_timeout_ms)?,
             },
         })
     }

@@ -39,7 +39,7 @@ impl Hub {
     /// closes after it, which ends every watch stream (a resumed job gets a new channel).
     pub fn publish(&self, job: pb::Job, kind: &str) {
         let id = parse_id(&job.id);
-        let terminal = is_terminal(job.state()) || job.state() == pb::JobState::Paused;
+        let terminal = ends_watch(job.state());
         let mut jobs = lock(&self.jobs);
         let live = jobs.entry(id).or_insert_with(|| Live { latest: job.clone(), tx: broadcast::channel(BACKLOG).0 });
         live.latest = job.clone();
@@ -70,6 +70,11 @@ impl Hub {
         let queue = lock(&self.queue);
         queue.iter().position(|q| q.0 == id).map(|p| (p as u32 + 1, queue[p].1.clone())).unwrap_or((0, String::new()))
     }
+}
+
+/// Whether a state ends a job's update stream: it ended, or paused (a resumed job streams anew).
+pub fn ends_watch(state: pb::JobState) -> bool {
+    is_terminal(state) || state == pb::JobState::Paused
 }
 
 /// Parses the 12-hex-digit form of a job id.

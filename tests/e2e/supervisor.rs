@@ -167,6 +167,8 @@ async fn cancel_leaves_no_process_of_the_group_and_records_who() {
     let running = watch_until(&mut client, &job.id, LIMIT, |j| j.state() == JobState::Running && j.step >= 3).await;
     let pgid = running.last().unwrap().pid.expect("a running job shows its pid");
     assert_eq!(live_members(pgid).len(), 3, "the trainer and its two grandchildren");
+    let health = client.health(pb::HealthRequest {}).await.unwrap().into_inner();
+    assert_eq!((health.divergent, health.status.as_str()), (0, "ok"), "a running job's record matches its process");
     let cancelled = client.cancel_job(pb::CancelJobRequest { id: job.id.clone() }).await.unwrap().into_inner();
     assert_eq!(cancelled.state(), JobState::Cancelled, "the reply comes once the job is cancelled");
     assert!(live_members(pgid).is_empty(), "left alive: {:?}", live_members(pgid));

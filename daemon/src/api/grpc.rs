@@ -4,10 +4,8 @@
 use super::{Api, ApiError};
 use std::pin::Pin;
 use std::sync::Arc;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
-use trainerd_proto::state::is_terminal;
 use trainerd_proto::v1 as pb;
 use trainerd_proto::v1::trainerd_server::Trainerd;
 
@@ -57,10 +55,17 @@ impl Trainerd for GrpcService {
     type WatchJobStream = WatchStream;
 
     async fn watch_job(&self, req: Request<pb::WatchJobRequest>) -> Result<Response<WatchStream>, Status> {
-        let (snapshot, rx) = self.api.watch(&req.into_inner().id)?;
-        let api = self.api.clone();
-        let stream = async_stream(snapshot, rx, api);
-        Ok(Response::new(Box::pin(stream)))
+        let mut updates = self.api.watch(&req.into_inner().id)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(update) = updates.next().await {
+                // A client that went away ends the task; nothing else notices.
+                if tx.send(Ok(update)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn list_events(
@@ -103,48 +108,4 @@ impl Trainerd for GrpcService {
     async fn daemon_info(&self, _: Request<pb::DaemonInfoRequest>) -> Result<Response<pb::DaemonInfoResponse>, Status> {
         Ok(Response::new(self.api.info()))
     }
-}
-
-/// The snapshot, then every update until the job ends. A watcher that falls too far behind gets a
-/// fresh snapshot instead of the updates it missed.
-fn async_stream(
-    snapshot: pb::Job,
-    rx: Option<tokio::sync::broadcast::Receiver<pb::JobUpdate>>,
-    api: Arc<Api>,
-) -> impl Stream<Item = Result<pb::JobUpdate, Status>> + Send {
-    let first = pb::JobUpdate { job: Some(snapshot.clone()), kind: "snapshot".into() };
-    let done = is_terminal(snapshot.state()) || snapshot.state() == pb::JobState::Paused || rx.is_none();
-    let id = snapshot.id.clone();
-    futures_stream(first, done, rx, move || api.get(&id).ok())
-}
-
-fn futures_stream(
-    first: pb::JobUpdate,
-    done: bool,
-    rx: Option<tokio::sync::broadcast::Receiver<pb::JobUpdate>>,
-    refresh: impl Fn() -> Option<pb::Job> + Send + 'static,
-) -> impl Stream<Item = Result<pb::JobUpdate, Status>> + Send {
-    let (tx, out) = tokio::sync::mpsc::channel(16);
-    tokio::spawn(async move {
-        if tx.send(Ok(first)).await.is_err() || done {
-            return;
-        }
-        let Some(mut rx) = rx else { return };
-        loop {
-            let update = match rx.recv().await {
-                Ok(update) => update,
-                Err(RecvError::Lagged(_)) => match refresh() {
-                    Some(job) => pb::JobUpdate { job: Some(job), kind: "snapshot".into() },
-                    None => return,
-                },
-                Err(RecvError::Closed) => return,
-            };
-            let end = update.job.as_ref().is_some_and(|j| is_terminal(j.state()) || j.state() == pb::JobState::Paused);
-            // A client that went away ends the task; nothing else notices.
-            if tx.send(Ok(update)).await.is_err() || end {
-                return;
-            }
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(out)
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use trainerd_proto::json::job_json;
-use trainerd_proto::state::{is_terminal, parse_state_word};
+use trainerd_proto::state::parse_state_word;
 use trainerd_proto::v1 as pb;
 
 /// The longest request line.
@@ -257,24 +257,13 @@ async fn handle(
 
 /// Streams the snapshot and every update until the job ends, one line each.
 async fn watch(api: &Arc<Api>, id: &str, write: &mut (impl AsyncWriteExt + Unpin)) -> std::io::Result<()> {
-    let (snapshot, rx) = match api.watch(id) {
-        Ok(w) => w,
+    let mut updates = match api.watch(id) {
+        Ok(updates) => updates,
         Err(e) => return send(write, &error(&e)).await,
     };
-    send(write, &json!({"ok": true, "update": "snapshot", "job": job_json(&snapshot)})).await?;
-    let Some(mut rx) = rx else { return Ok(()) };
-    loop {
-        let (kind, job) = match rx.recv().await {
-            Ok(update) => (update.kind, update.job.unwrap_or_default()),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => match api.get(id) {
-                Ok(job) => ("snapshot".to_string(), job),
-                Err(_) => return Ok(()),
-            },
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
-        };
-        send(write, &json!({"ok": true, "update": kind, "job": job_json(&job)})).await?;
-        if is_terminal(job.state()) || job.state() == pb::JobState::Paused {
-            return Ok(());
-        }
+    while let Some(update) = updates.next().await {
+        let job = update.job.unwrap_or_default();
+        send(write, &json!({"ok": true, "update": update.kind, "job": job_json(&job)})).await?;
     }
+    Ok(())
 }

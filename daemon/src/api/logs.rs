@@ -3,13 +3,13 @@
 //! shrank was rotated (see `job::cap_log`) and is read again from its start.
 
 use super::{Api, ApiError};
+use crate::hub::ends_watch;
 use crate::job::JobPaths;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::mpsc;
-use trainerd_proto::state::is_terminal;
 use trainerd_proto::v1 as pb;
 
 const DEFAULT_TAIL: u64 = 64 * 1024;
@@ -25,8 +25,8 @@ impl Api {
         std::fs::create_dir_all(&paths.dir)
             .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", paths.dir.display())))?;
         let (tx, rx) = mpsc::channel(16);
-        let (job, updates) = self.watch(&id.to_string())?;
-        let ended = is_terminal(job.state()) || job.state() == pb::JobState::Paused;
+        let (job, updates) = self.subscribe(&id.to_string())?;
+        let ended = ends_watch(job.state());
         tokio::spawn(async move {
             let files = [("stdout", paths.stdout.clone()), ("stderr", paths.stderr.clone())];
             let mut offsets = [0u64; 2];
@@ -50,7 +50,7 @@ impl Api {
                 let done = tokio::select! {
                     _ = wake.recv() => false,
                     update = updates.recv() => match update {
-                        Ok(u) => u.job.is_some_and(|j| is_terminal(j.state()) || j.state() == pb::JobState::Paused),
+                        Ok(u) => u.job.is_some_and(|j| ends_watch(j.state())),
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => false,
                         Err(_) => true,
                     },

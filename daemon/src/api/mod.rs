@@ -7,7 +7,7 @@ pub mod jsonl;
 mod logs;
 
 use crate::config::DaemonConfig;
-use crate::hub::{job_view, Hub, LiveFacts};
+use crate::hub::{ends_watch, job_view, Hub, LiveFacts};
 use crate::store::records::{JobId, JobRecord, JobSpec, OnFailure, RestartPolicy, Timeouts};
 use crate::store::{Store, StoreError};
 use crate::supervisor::SupervisorMsg;
@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
-use trainerd_proto::state::{is_terminal, ALL_STATES};
+use trainerd_proto::state::{has_process, ALL_STATES};
 use trainerd_proto::trainer::PROTOCOL_VERSION;
 use trainerd_proto::v1 as pb;
+use trainerd_proto::v1::JobState;
 
 /// Why a request failed; each maps to one gRPC code in `grpc.rs`.
 #[derive(Debug, thiserror::Error)]
@@ -259,8 +260,18 @@ impl Api {
         Ok(pb::ListJobsResponse { jobs, next_page_token })
     }
 
+    /// A job's updates as WatchJob delivers them: the current view, then every update until the job
+    /// ends or pauses.
+    pub fn watch(self: &Arc<Self>, id: &str) -> Result<Updates, ApiError> {
+        let (snapshot, rx) = self.subscribe(id)?;
+        let rx = if ends_watch(snapshot.state()) { None } else { rx };
+        let id = snapshot.id.clone();
+        let first = pb::JobUpdate { job: Some(snapshot), kind: "snapshot".into() };
+        Ok(Updates { api: self.clone(), id, first: Some(first), rx })
+    }
+
     /// The current view and, unless the job has ended, a receiver of every later update.
-    pub fn watch(&self, id: &str) -> Result<(pb::Job, Option<broadcast::Receiver<pb::JobUpdate>>), ApiError> {
+    fn subscribe(&self, id: &str) -> Result<(pb::Job, Option<broadcast::Receiver<pb::JobUpdate>>), ApiError> {
         let id = self.resolve(id)?;
         if let Some((job, rx)) = self.hub.subscribe(id.0) {
             return Ok((job, Some(rx)));
@@ -268,7 +279,7 @@ impl Api {
         let job = self.get(&id.to_string())?;
         // Not live yet (queued before any publish) or ended. A queued job gets a channel on first
         // publish; subscribe again after reading, so nothing published in between is missed.
-        if is_terminal(job.state()) || job.state() == pb::JobState::Paused {
+        if ends_watch(job.state()) {
             return Ok((job, None));
         }
         self.hub.publish(job.clone(), "snapshot");
@@ -333,7 +344,23 @@ impl Api {
             })
             .filter(|c| c.count > 0)
             .collect();
-        Ok(pb::HealthResponse { jobs, divergent: 0, status: "ok".into() })
+        // Records that claim a trainer runs must name a live process that is still that trainer
+        // (pid and start time). A job caught between its trainer's exit and the record of it counts
+        // for that instant; a lasting count is a fault.
+        let divergent = records
+            .iter()
+            .filter(|r| has_process(r.state()))
+            .filter(|r| {
+                let attempt = r.attempts.last();
+                match (attempt.and_then(|a| a.pid), attempt.and_then(|a| a.pid_start_ticks)) {
+                    (Some(pid), Some(ticks)) => crate::process::start_ticks(pid).ok() != Some(ticks),
+                    // Starting: the pid is recorded right after the spawn.
+                    _ => r.state() != JobState::Starting,
+                }
+            })
+            .count() as u32;
+        let status = if divergent == 0 { "ok" } else { "divergent" };
+        Ok(pb::HealthResponse { jobs, divergent, status: status.into() })
     }
 
     /// What this daemon is.
@@ -346,6 +373,38 @@ impl Api {
             protocol_version: PROTOCOL_VERSION,
             pid: std::process::id(),
         }
+    }
+}
+
+/// The stream behind WatchJob and the control socket's `watch`, written once for both.
+pub struct Updates {
+    api: Arc<Api>,
+    id: String,
+    first: Option<pb::JobUpdate>,
+    rx: Option<broadcast::Receiver<pb::JobUpdate>>,
+}
+
+impl Updates {
+    /// The next update; None after the one that ends the job. A watcher that fell too far behind
+    /// gets a fresh snapshot instead of the updates it missed.
+    pub async fn next(&mut self) -> Option<pb::JobUpdate> {
+        let update = match self.first.take() {
+            Some(first) => first,
+            None => {
+                let rx = self.rx.as_mut()?;
+                match rx.recv().await {
+                    Ok(update) => update,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        pb::JobUpdate { job: Some(self.api.get(&self.id).ok()?), kind: "snapshot".into() }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        };
+        if update.job.as_ref().is_none_or(|j| ends_watch(j.state())) {
+            self.rx = None;
+        }
+        Some(update)
     }
 }
 

@@ -7,7 +7,11 @@
 //!   `exit@N:CODE`, `garbage@N` (write an invalid progress file once), `huge@N` (an oversized one);
 //!   on attempt 1 only unless `FAKE_FAULT_EVERY_ATTEMPT=1`;
 //! - `FAKE_CHILDREN=K`: start K grandchildren (`sleep`) in the process group;
-//! - `FAKE_PRINT_BYTES=B`: print B bytes to stdout at every step (a flooding trainer).
+//! - `FAKE_PRINT_BYTES=B`: print B bytes to stdout at every step (a flooding trainer);
+//! - `FAKE_START_MS=T`: wait T ms before the first heartbeat (a slow start).
+//!
+//! Like any protocol trainer it answers SIGUSR1 (pause at the next checkpoint step, exit 0 paused) and
+//! SIGTERM (checkpoint now, exit 75 stopped).
 //!
 //! On completion `weights_sha256` is `fake-<steps>-<first step of this attempt>`, so a test can tell a
 //! resumed run (first step > 0) from a fresh one.
@@ -48,6 +52,11 @@ fn main() {
         }
         Err(_) => 0,
     };
+    let pause = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, pause.clone()).expect("SIGUSR1 handler");
+    signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone()).expect("SIGTERM handler");
+    std::thread::sleep(Duration::from_millis(var("FAKE_START_MS", 0)));
     let mut initial = Progress::starting(unix_now());
     initial.total_steps = steps;
     initial.step = start;
@@ -86,12 +95,22 @@ fn main() {
             p.state = TrainerState::Running;
             p.step = step;
         }
-        if every > 0 && step % every == 0 {
+        let stopping = stop.load(Ordering::SeqCst) && fault.as_deref().is_none_or(|f| !f.starts_with("hang"));
+        let pausing = pause.load(Ordering::SeqCst) && (every == 0 || step % every == 0);
+        if (every > 0 && step % every == 0) || stopping || pausing {
             let path = checkpoints.join(format!("step-{step}.json"));
             trainerd_proto::atomic::write_atomic(&path, step.to_string().as_bytes()).expect("checkpoint");
             progress.lock().unwrap().latest_checkpoint = Some(CheckpointRef { path, step, epoch: 1 });
         }
         write();
+        if stopping || pausing {
+            let mut p = progress.lock().unwrap();
+            p.state = if stopping { TrainerState::Stopped } else { TrainerState::Paused };
+            p.heartbeat_seq += 1;
+            p.updated_at = unix_now();
+            p.write(std::path::Path::new(&progress_path)).expect("progress write");
+            std::process::exit(if stopping { 75 } else { 0 });
+        }
         if fault_at("crash").is_some_and(|(at, _)| at == step) {
             // SAFETY: kill(2) on our own pid.
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };

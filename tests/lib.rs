@@ -88,6 +88,32 @@ impl Daemon {
         self.launch();
     }
 
+    /// Starts trainerd again (after [`Daemon::kill`] or [`Daemon::terminate`]) on the same state dir.
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "trainerd is still running");
+        self.launch();
+    }
+
+    /// SIGTERM: an orderly shutdown under trainerd's shutdown policy; returns its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("trainerd is running");
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().expect("wait for trainerd")
+    }
+
+    /// The directory of job `id` (its 12-digit form).
+    pub fn job_dir(&self, id: &str) -> PathBuf {
+        self.state_dir().join("jobs").join(id)
+    }
+
+    /// The shim pid that job `id`'s shim recorded for its current attempt.
+    pub fn shim_pid(&self, id: &str) -> u32 {
+        let text = std::fs::read_to_string(self.job_dir(id).join("shim.json")).expect("shim.json");
+        let value: serde_json::Value = serde_json::from_str(&text).expect("shim.json is JSON");
+        value["shim_pid"].as_u64().expect("shim_pid") as u32
+    }
+
     /// A fresh client.
     pub async fn client(&self) -> Client {
         trainctl::connect_unix(&self.socket()).await.expect("connect")
@@ -193,4 +219,45 @@ pub async fn watch_until(
 pub async fn events(client: &mut Client, id: &str) -> Vec<(String, String)> {
     let events = client.list_events(pb::ListEventsRequest { id: id.into() }).await.expect("events").into_inner();
     events.events.into_iter().map(|e| (e.kind, e.message)).collect()
+}
+
+/// Waits, by pidfd (no polling), until process `pid` has exited, at most `limit`. A process that is
+/// already gone returns at once. Panics when it is still alive at the deadline.
+pub fn wait_gone(pid: u32, limit: Duration) {
+    // SAFETY: pidfd_open takes a pid and flags.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return;
+    }
+    let mut poll = libc::pollfd { fd: fd as i32, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd we own; the descriptor is closed right after.
+    let ready = unsafe { libc::poll(&mut poll, 1, limit.as_millis() as i32) };
+    unsafe { libc::close(fd as i32) };
+    assert!(ready == 1, "process {pid} still runs after {limit:?}");
+}
+
+/// The live (not zombie) processes started for job `id` by the trainerd on `state_dir`: trainers,
+/// their children and shims, found by the job's progress file in their environment.
+pub fn job_processes(state_dir: &Path, id: &str) -> Vec<u32> {
+    let marker = format!("TRAINERD_PROGRESS_FILE={}", state_dir.join("jobs").join(id).join("progress.json").display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        if !environ.split(|b| *b == 0).any(|var| var == marker.as_bytes()) {
+            continue;
+        }
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()));
+        if !matches!(state, Some('Z') | Some('X') | None) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// GetJob.
+pub async fn get(client: &mut Client, id: &str) -> pb::Job {
+    client.get_job(pb::GetJobRequest { id: id.into() }).await.expect("get").into_inner()
 }

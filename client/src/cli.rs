@@ -52,8 +52,11 @@ pub enum Command {
     Pause { id: String },
     /// Queue a paused job again; it continues from its pause checkpoint.
     Resume { id: String },
-    /// Jobs by state, and whether records and reality agree.
+    /// Jobs by state, whether records and reality agree, and the last reconciliation.
     Health,
+    /// Check every unfinished job against reality now (processes, actors, the queue) and fix what
+    /// disagrees; prints each fix (none is the normal answer).
+    Reconcile,
     /// What the daemon is: version, uptime, slots, state dir.
     Info,
     /// Print a shell completion script.

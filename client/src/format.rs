@@ -25,7 +25,8 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     Ok(ms.round() as u64)
 }
 
-fn ago(t: f64) -> String {
+/// How long ago Unix time `t` was, in words (`3s`, `4m`, `2h`, `5d`).
+pub fn ago(t: f64) -> String {
     let secs = (trainerd_proto::trainer::unix_now() - t).max(0.0);
     match secs {
         s if s < 120.0 => format!("{s:.0}s"),

@@ -203,16 +203,27 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .iter()
                 .map(|c| (trainerd_proto::state::state_word(c.state()).to_string(), c.count))
                 .collect();
+            let last = health.last_reconcile.unwrap_or_default();
             if json {
                 let jobs: serde_json::Map<String, serde_json::Value> =
                     counts.iter().map(|(s, n)| (s.clone(), (*n).into())).collect();
-                print_json(&serde_json::json!({"status": health.status, "divergent": health.divergent, "jobs": jobs}));
+                print_json(&serde_json::json!({"status": health.status, "divergent": health.divergent, "jobs": jobs,
+                    "last_reconcile": reconcile_json(&last)}));
             } else {
                 println!("status    {}", health.status);
                 println!("divergent {}", health.divergent);
                 for (state, n) in counts {
                     println!("{state:<10}{n}");
                 }
+                print_reconcile("reconciled", &last);
+            }
+        }
+        Command::Reconcile => {
+            let report = client.reconcile(pb::ReconcileRequest {}).await?.into_inner();
+            if json {
+                print_json(&reconcile_json(&report));
+            } else {
+                print_reconcile("reconciled", &report);
             }
         }
         Command::Info => {
@@ -325,5 +336,21 @@ fn update_kind(job: &pb::Job, last: Option<&pb::Job>) -> &'static str {
         None => "snapshot",
         Some(l) if l.state != job.state => "state",
         Some(_) => "progress",
+    }
+}
+
+fn reconcile_json(r: &pb::ReconcileResponse) -> serde_json::Value {
+    serde_json::json!({"at": r.at, "checked": r.checked, "fixes": r.fixes, "count": r.count})
+}
+
+/// One line for the reconciliation (its age and how many fixes), then one per fix.
+fn print_reconcile(label: &str, r: &pb::ReconcileResponse) {
+    if r.count == 0 {
+        println!("{label:<10}never");
+        return;
+    }
+    println!("{label:<10}{} ago, {} job(s) checked, {} fix(es)", format::ago(r.at), r.checked, r.fixes.len());
+    for fix in &r.fixes {
+        println!("  fixed   {fix}");
     }
 }

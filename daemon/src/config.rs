@@ -76,11 +76,38 @@ pub struct Flags {
     /// rotation, NAME.1, is kept). [default: 64].
     #[arg(long)]
     pub log_cap_mib: Option<u64>,
+    /// What trainerd does with running jobs when it is stopped (SIGTERM, `systemctl stop`): `leave`
+    /// them running under their shims for the next trainerd to re-adopt (for upgrades), `pause` them
+    /// at their epoch boundary (PAUSED), or `stop` them now and queue them again, to resume from
+    /// their latest checkpoint at the next start. [default: leave].
+    #[arg(long, value_enum)]
+    pub shutdown_policy: Option<ShutdownPolicy>,
+    /// Seconds between reconciliations of the store with the processes (also `trainctl reconcile`).
+    /// [default: 30].
+    #[arg(long)]
+    pub reconcile_interval: Option<f64>,
+    /// The trainerd-shim executable that parents each trainer [default: trainerd-shim beside trainerd].
+    #[arg(long)]
+    pub shim: Option<PathBuf>,
     /// Enables test hooks (a job env TRAINERD_TEST_PANIC_AFTER_STEP=N panics its actor once). Never
     /// in production.
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub test_hooks: bool,
+}
+
+/// What happens to running jobs when trainerd stops (see `--shutdown-policy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ShutdownPolicy {
+    /// Trainers keep running under their shims; the next trainerd re-adopts them.
+    #[default]
+    Leave,
+    /// Every running job pauses at its epoch boundary and stays PAUSED.
+    Pause,
+    /// Every running trainer is stopped (SIGTERM, then SIGKILL after its stop grace) and its job
+    /// queued again, to resume from its latest checkpoint.
+    Stop,
 }
 
 /// The validated settings.
@@ -99,6 +126,10 @@ pub struct DaemonConfig {
     pub log_cap: u64,
     pub default_restart: RestartPolicy,
     pub default_timeouts: Timeouts,
+    pub shutdown_policy: ShutdownPolicy,
+    pub reconcile_interval: Duration,
+    /// The trainerd-shim executable.
+    pub shim: PathBuf,
     pub test_hooks: bool,
 }
 
@@ -176,7 +207,10 @@ impl Flags {
             backoff_base,
             backoff_max,
             heartbeat_interval,
-            log_cap_mib
+            log_cap_mib,
+            shutdown_policy,
+            reconcile_interval,
+            shim
         ))
     }
 
@@ -233,6 +267,16 @@ impl Flags {
         if interval == 0 {
             return Err("--heartbeat-interval must be positive".into());
         }
+        let reconcile = seconds("reconcile-interval", self.reconcile_interval.unwrap_or(30.0))?;
+        if reconcile < 100 {
+            return Err("--reconcile-interval must be at least 0.1 seconds".into());
+        }
+        let shim = match self.shim {
+            Some(path) => path,
+            None => std::env::current_exe()
+                .map_err(|e| format!("cannot tell where trainerd is installed ({e}); give --shim PATH"))?
+                .with_file_name("trainerd-shim"),
+        };
         Ok(DaemonConfig {
             state_dir,
             socket,
@@ -257,6 +301,9 @@ impl Flags {
                 stop_grace_ms: seconds("stop-grace", self.stop_grace.unwrap_or(30.0))?,
                 pause_timeout_ms: 3_600_000,
             },
+            shutdown_policy: self.shutdown_policy.unwrap_or_default(),
+            reconcile_interval: Duration::from_millis(reconcile),
+            shim,
             test_hooks: self.test_hooks,
         })
     }

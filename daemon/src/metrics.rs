@@ -51,6 +51,10 @@ pub struct Metrics {
     restarts: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Trainers stopped for silence.
     pub heartbeat_timeouts: AtomicU64,
+    /// Mismatches between records and reality that reconciliation fixed.
+    pub reconcile_fixes: AtomicU64,
+    /// Jobs re-adopted from a previous trainerd (their shim still ran).
+    pub adopted: AtomicU64,
     /// From the kernel reporting a trainer's exit to the job's new state being stored.
     pub exit_detection: Histogram,
     /// From a progress file's `updated_at` to its update reaching watchers.
@@ -92,6 +96,16 @@ impl Metrics {
             "# HELP trainerd_heartbeat_timeouts_total Trainers stopped for silence.\n# TYPE trainerd_heartbeat_timeouts_total counter"
         );
         let _ = writeln!(out, "trainerd_heartbeat_timeouts_total {}", self.heartbeat_timeouts.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP trainerd_reconcile_fixes_total Record/reality mismatches fixed by reconciliation.\n# TYPE trainerd_reconcile_fixes_total counter"
+        );
+        let _ = writeln!(out, "trainerd_reconcile_fixes_total {}", self.reconcile_fixes.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "# HELP trainerd_jobs_adopted_total Running jobs re-adopted from a previous trainerd.\n# TYPE trainerd_jobs_adopted_total counter"
+        );
+        let _ = writeln!(out, "trainerd_jobs_adopted_total {}", self.adopted.load(Ordering::Relaxed));
         self.exit_detection.render(
             &mut out,
             "trainerd_exit_detection_seconds",

@@ -24,6 +24,8 @@ pub enum StopCause {
     /// A pause did not finish within `pause_timeout`: the documented rule keeps the latest checkpoint
     /// and ends PAUSED.
     PauseTimeout,
+    /// trainerd is stopping under `shutdown_policy = stop`: the job goes back to the queue.
+    Shutdown,
 }
 
 /// How an attempt ended, as far as the policy cares.
@@ -56,6 +58,8 @@ pub enum Decision {
     Complete,
     Pause,
     Cancel,
+    /// Queue the job again (trainerd is shutting down); it resumes from its latest checkpoint.
+    Requeue,
     /// Start again after `delay`; from the checkpoint before the latest when `previous_checkpoint`.
     Restart {
         reason: Reason,
@@ -74,6 +78,12 @@ pub fn decide(policy: &RestartPolicy, history: &mut History, end: &AttemptEnd, n
         Some(StopCause::Cancel) => return Decision::Cancel,
         Some(StopCause::PauseTimeout) => return Decision::Pause,
         Some(StopCause::Stall) => return failure(policy, history, end, now, jitter, Reason::Stalled, false),
+        // A trainer that finished before it saw the stop has completed; nothing else counts as a failure.
+        Some(StopCause::Shutdown) => {
+            let done =
+                end.exit == Some(ExitStatus::Code(exit::OK)) && end.trainer_state == Some(TrainerState::Completed);
+            return if done { Decision::Complete } else { Decision::Requeue };
+        }
         None => {}
     }
     let Some(status) = end.exit else {
@@ -241,6 +251,8 @@ mod tests {
         let killed = |cause| AttemptEnd { stopped_by_daemon: Some(cause), ..end(ExitStatus::Signal(9)) };
         assert_eq!(decide(&policy(), &mut h, &killed(StopCause::Cancel), 0.0, 0.0), Decision::Cancel);
         assert_eq!(decide(&policy(), &mut h, &killed(StopCause::PauseTimeout), 0.0, 0.0), Decision::Pause);
+        assert_eq!(decide(&policy(), &mut h, &killed(StopCause::Shutdown), 0.0, 0.0), Decision::Requeue);
+        assert_eq!(h, History::default(), "a shutdown stop is not a failure");
         assert_eq!(decide(&policy(), &mut h, &killed(StopCause::Stall), 0.0, 0.0), restart(Reason::Stalled, 500));
         let fail = RestartPolicy { on_failure: OnFailure::Fail, ..policy() };
         assert!(matches!(

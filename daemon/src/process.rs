@@ -12,6 +12,11 @@ pub fn start_ticks(pid: u32) -> io::Result<u64> {
     stat_fields(pid)?.start_ticks.ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat has no start time")))
 }
 
+/// Whether `pid` is a zombie (exited, not yet reaped). A missing process is not a zombie.
+pub fn is_zombie(pid: u32) -> bool {
+    stat_fields(pid).is_ok_and(|s| s.state == 'Z' || s.state == 'X')
+}
+
 /// Sends `signal` to every process in group `pgid`. A group with no process left is not an error.
 pub fn signal_group(pgid: u32, signal: i32) -> io::Result<()> {
     let pgid = i32::try_from(pgid).map_err(|_| io::Error::other(format!("process group {pgid} is out of range")))?;

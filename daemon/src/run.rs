@@ -2,8 +2,10 @@
 //! restore the jobs, serve, and on SIGTERM or SIGINT stop serving and flush. A second signal exits at
 //! once.
 //!
-//! Trainers are left running on shutdown (their own process groups outlive the daemon); the next
-//! trainerd resolves them at start-up (see `Supervisor::pre_start`).
+//! On shutdown the Supervisor applies the shutdown policy: by default trainers keep running under
+//! their shims and the next trainerd re-adopts them (see `Supervisor::pre_start`); `pause` and `stop`
+//! wait until every job has paused or gone back to the queue. The store is flushed before exit under
+//! every policy.
 
 use crate::api::grpc::GrpcService;
 use crate::api::Api;
@@ -26,6 +28,12 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Runs trainerd until a shutdown signal.
 pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     let started = Instant::now();
+    if !config.shim.is_file() {
+        anyhow::bail!(
+            "the shim {} does not exist; install trainerd-shim beside trainerd or give --shim PATH",
+            config.shim.display()
+        );
+    }
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create the state dir {}", config.state_dir.display()))?;
     let store = Arc::new(Store::open(&config.state_dir.join("store"))?);
@@ -45,6 +53,7 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
         store: store.clone(),
         hub: Arc::new(Hub::default()),
         config: std::sync::RwLock::new(config.clone()),
+        last_reconcile: std::sync::Mutex::new(Default::default()),
     });
     let (supervisor, supervisor_done) = Actor::spawn(Some("supervisor".into()), Supervisor, shared.clone())
         .await
@@ -124,6 +133,12 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
         } => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; closing their connections"),
     }
     control_task.abort();
+    let policy = shared.config().shutdown_policy;
+    shared.notifier.notify(&format!("STATUS=stopping: shutdown policy {policy:?}"));
+    match supervisor.call(|reply| crate::supervisor::SupervisorMsg::Shutdown { reply }, None).await {
+        Ok(ractor::rpc::CallResult::Success(())) => tracing::info!(?policy, "shutdown policy applied"),
+        other => tracing::error!(?policy, "the shutdown policy could not be applied: {other:?}"),
+    }
     supervisor.stop(None);
     let _ = supervisor_done.await;
     store.flush()?;

@@ -18,6 +18,7 @@ use crate::config::DaemonConfig;
 use crate::gpus::GpuPool;
 use crate::hub::{job_view, Hub, LiveFacts};
 use crate::job::actor::{JobActor, JobArgs, JobMsg, Mode};
+use crate::job::shim;
 use crate::process;
 use crate::store::records::{ExitStatus, JobId, JobRecord, JobSpec};
 use crate::store::Store;
@@ -48,6 +49,14 @@ pub enum SupervisorMsg {
     /// Time to tell systemd's watchdog the actor tree is alive (sent by a timer into this loop, so a
     /// wedged Supervisor misses it).
     Watchdog,
+    /// Check every unfinished record against reality and fix mismatches; the timer sends it with no
+    /// reply port, `trainctl reconcile` with one.
+    Reconcile { reply: Option<RpcReplyPort<pb::ReconcileResponse>> },
+    /// The JobActors answered their part of a reconciliation.
+    ReconcileDone { report: pb::ReconcileResponse, reply: Option<RpcReplyPort<pb::ReconcileResponse>> },
+    /// trainerd is stopping: apply the shutdown policy; the reply comes once no job needs an actor
+    /// any more (at once under `leave`).
+    Shutdown { reply: RpcReplyPort<()> },
 }
 
 /// A queued job.
@@ -72,6 +81,8 @@ pub struct Shared {
     pub hub: Arc<Hub>,
     /// The configuration; SIGHUP replaces it (see `run::reload`).
     pub config: std::sync::RwLock<Arc<DaemonConfig>>,
+    /// The last reconciliation's report, for Health.
+    pub last_reconcile: std::sync::Mutex<pb::ReconcileResponse>,
 }
 
 impl Shared {
@@ -96,6 +107,11 @@ pub struct State {
     gpus: GpuPool,
     /// Messages for a job whose actor is being re-created.
     pending: HashMap<JobId, Vec<JobMsg>>,
+    /// Set once trainerd is stopping: nothing more is admitted, and the reply goes out when the last
+    /// actor is gone.
+    shutdown: Option<Vec<RpcReplyPort<()>>>,
+    /// Reconciliations so far.
+    reconciliations: u64,
 }
 
 impl Actor for Supervisor {
@@ -104,9 +120,9 @@ impl Actor for Supervisor {
     type Arguments = Arc<Shared>;
 
     /// Restores every job from the store: queued jobs queue again in their order, backoffs resume
-    /// their stored countdown and count, and a job that had a process under a previous trainerd is
-    /// resolved (the process, if it is still that one, is stopped; the attempt is `lost` and the
-    /// restart policy decides).
+    /// their stored countdown and count, and a job with a process recorded gets an actor that re-adopts
+    /// its shim or resolves the attempt from what the shim left (`Mode::Restored`). Then reconciles
+    /// once, so that READY=1 follows a state that matches reality.
     async fn pre_start(
         &self,
         myself: ActorRef<SupervisorMsg>,
@@ -120,7 +136,10 @@ impl Actor for Supervisor {
             queue: Vec::new(),
             gpus: GpuPool::new(&shared_gpus),
             pending: HashMap::new(),
+            shutdown: None,
+            reconciliations: 0,
         };
+        let mut restored = Vec::new();
         for record in state.shared.store.list()? {
             let job_state = record.state();
             if job_state == JobState::Queued {
@@ -128,15 +147,24 @@ impl Actor for Supervisor {
             } else if job_state == JobState::Backoff {
                 state.spawn_actor(&myself, Queued::of(&record), Mode::Admitted).await?;
             } else if has_process(job_state) {
-                stop_orphan(&record);
-                state.spawn_actor(&myself, Queued::of(&record), Mode::Lost).await?;
+                state.spawn_actor(&myself, Queued::of(&record), Mode::Restored).await?;
+                restored.extend(state.actors.get(&record.id).cloned());
             }
         }
+        // A restored actor resolves an attempt that ended unseen with a message to itself; one round
+        // trip through each mailbox means those are handled before anyone is told we are ready.
+        for actor in restored {
+            let _ = actor.call(|reply| JobMsg::Check { reply }, Some(std::time::Duration::from_secs(10))).await;
+        }
         state.sort_queue();
+        let fixes = state.reconcile_records(&myself).await?;
+        state.record_reconciliation(pb::ReconcileResponse { at: unix_now(), checked: 0, fixes, count: 0 });
         state.admit(&myself).await?;
         if let Some(every) = crate::systemd::Notifier::watchdog_interval() {
             myself.send_interval(every, || SupervisorMsg::Watchdog);
         }
+        let every = state.shared.config().reconcile_interval;
+        myself.send_after(every, || SupervisorMsg::Reconcile { reply: None });
         Ok(state)
     }
 
@@ -178,6 +206,27 @@ impl Actor for Supervisor {
                 }
                 state.gpus.release(id);
                 state.admit(&myself).await?;
+            }
+            SupervisorMsg::Reconcile { reply } => state.reconcile(&myself, reply).await?,
+            SupervisorMsg::ReconcileDone { report, reply } => {
+                let report = state.record_reconciliation(report);
+                if let Some(reply) = reply {
+                    let _ = reply.send(report);
+                } else {
+                    let every = state.shared.config().reconcile_interval;
+                    myself.send_after(every, || SupervisorMsg::Reconcile { reply: None });
+                }
+            }
+            SupervisorMsg::Shutdown { reply } => {
+                let policy = state.shared.config().shutdown_policy;
+                tracing::info!(?policy, jobs = state.actors.len(), "applying the shutdown policy");
+                state.shutdown.get_or_insert_with(Vec::new).push(reply);
+                if policy != crate::config::ShutdownPolicy::Leave {
+                    for actor in state.actors.values() {
+                        let _ = actor.cast(JobMsg::Shutdown { policy });
+                    }
+                }
+                state.check_shutdown(policy);
             }
         }
         Ok(())
@@ -225,19 +274,124 @@ impl Actor for Supervisor {
     }
 }
 
-/// A process recorded by a previous trainerd that is still alive and still the same process (pid
-/// and start time) is stopped: without a shim (live restore comes later) its exit could not be
-/// observed, and two copies of one training must never run.
-fn stop_orphan(record: &JobRecord) {
-    let Some(attempt) = record.attempts.last() else { return };
-    let (Some(pid), Some(ticks)) = (attempt.pid, attempt.pid_start_ticks) else { return };
-    if process::start_ticks(pid).ok() == Some(ticks) {
-        tracing::warn!(job = %record.id, pid, "stopping the trainer a previous trainerd left running");
-        let _ = process::signal_group(pid, libc::SIGKILL);
+/// The processes of `record`'s last attempt that are still alive and still the same processes (pid
+/// and start time): its trainer and its shim. Empty when it cannot be told.
+fn live_processes(record: &JobRecord, state_dir: &std::path::Path) -> Vec<(&'static str, u32)> {
+    let Some(attempt) = record.attempts.last() else { return Vec::new() };
+    let dir = crate::job::JobPaths::new(state_dir, record.id).dir;
+    let identity = shim::read_identity(&dir, attempt.number);
+    let mut live = Vec::new();
+    let trainer =
+        attempt.pid.zip(attempt.pid_start_ticks).or(identity.and_then(|i| i.trainer_pid.zip(i.trainer_start_ticks)));
+    if let Some((pid, ticks)) = trainer {
+        if shim::is_alive(pid, ticks) == Some(true) {
+            live.push(("trainer", pid));
+        }
     }
+    if let Some(i) = identity {
+        if shim::is_alive(i.shim_pid, i.shim_start_ticks) == Some(true) {
+            live.push(("shim", i.shim_pid));
+        }
+    }
+    live
 }
 
 impl State {
+    /// The Supervisor's part of reconciliation, over every record: a record that needs an actor has
+    /// one (queued jobs are in the queue, backoffs and process states have an actor), and a job that
+    /// is finished or paused has no process left. Returns one line per fix, each also an event.
+    async fn reconcile_records(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<Vec<String>, ActorProcessingErr> {
+        let mut fixes = Vec::new();
+        let state_dir = self.shared.config().state_dir.clone();
+        for record in self.shared.store.list()? {
+            let id = record.id;
+            let job_state = record.state();
+            let has_actor = self.actors.contains_key(&id);
+            let fix = if job_state == JobState::Queued && !has_actor && !self.queue.iter().any(|q| q.id == id) {
+                self.queue.push(Queued::of(&record));
+                self.sort_queue();
+                Some(format!("job {id} is queued but was not in the queue; queued again in its order"))
+            } else if (job_state == JobState::Backoff || has_process(job_state)) && !has_actor {
+                let mode = if job_state == JobState::Backoff { Mode::Admitted } else { Mode::Restored };
+                self.spawn_actor(myself, Queued::of(&record), mode).await?;
+                Some(format!("job {id} is {} but had no actor; one now watches it", state_word(job_state)))
+            } else if (is_terminal(job_state) || job_state == JobState::Paused) && !has_actor {
+                let live = live_processes(&record, &state_dir);
+                if let Some((_, trainer)) = live.iter().find(|(what, _)| *what == "trainer") {
+                    // The shim, if any, exits once its trainer is gone.
+                    let _ = process::signal_group(*trainer, libc::SIGKILL);
+                }
+                if let Some((_, shim)) = live.iter().find(|(what, _)| *what == "shim").filter(|_| live.len() == 1) {
+                    // SAFETY: kill(2); the pid was just identified by its start time.
+                    unsafe { libc::kill(*shim as i32, libc::SIGKILL) };
+                }
+                (!live.is_empty()).then(|| {
+                    let what: Vec<String> = live.iter().map(|(w, p)| format!("{w} {p}")).collect();
+                    format!("job {id} is {} but {} still ran; stopped", state_word(job_state), what.join(" and "))
+                })
+            } else {
+                None
+            };
+            if let Some(fix) = fix {
+                tracing::warn!(job = %id, "reconciliation: {fix}");
+                let event =
+                    crate::store::records::Event { at: unix_now(), kind: "reconciled".into(), message: fix.clone() };
+                let _ = self.shared.store.append_event(id, &event);
+                fixes.push(fix);
+            }
+        }
+        Ok(fixes)
+    }
+
+    /// A full reconciliation: the records here, then each JobActor checks its own process in a task
+    /// (so this loop never waits on an actor), which reports back with `ReconcileDone`.
+    async fn reconcile(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        reply: Option<RpcReplyPort<pb::ReconcileResponse>>,
+    ) -> Result<(), ActorProcessingErr> {
+        let mut fixes = self.reconcile_records(myself).await?;
+        self.admit(myself).await?;
+        let checked = self.shared.store.list()?.iter().filter(|r| !is_terminal(r.state())).count() as u32;
+        let actors: Vec<(JobId, ActorRef<JobMsg>)> = self.actors.iter().map(|(id, a)| (*id, a.clone())).collect();
+        let supervisor = myself.clone();
+        tokio::spawn(async move {
+            for (id, actor) in actors {
+                match actor.call(|reply| JobMsg::Check { reply }, Some(std::time::Duration::from_secs(5))).await {
+                    Ok(ractor::rpc::CallResult::Success(found)) => fixes.extend(found),
+                    Ok(ractor::rpc::CallResult::Timeout) => {
+                        tracing::warn!(job = %id, "reconciliation: the job's actor did not answer within 5 s")
+                    }
+                    // The actor ended meanwhile (its job finished): nothing to check.
+                    _ => {}
+                }
+            }
+            let report = pb::ReconcileResponse { at: unix_now(), checked, fixes, count: 0 };
+            let _ = supervisor.cast(SupervisorMsg::ReconcileDone { report, reply });
+        });
+        Ok(())
+    }
+
+    /// Counts a finished reconciliation and publishes it for Health.
+    fn record_reconciliation(&mut self, mut report: pb::ReconcileResponse) -> pb::ReconcileResponse {
+        self.reconciliations += 1;
+        report.count = self.reconciliations;
+        self.shared.metrics.reconcile_fixes.fetch_add(report.fixes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        *self.shared.last_reconcile.lock().unwrap_or_else(|p| p.into_inner()) = report.clone();
+        report
+    }
+
+    /// Answers the shutdown request once no job needs its actor: at once under `leave`, else when
+    /// every job has paused or gone back to the queue.
+    fn check_shutdown(&mut self, policy: crate::config::ShutdownPolicy) {
+        let done = policy == crate::config::ShutdownPolicy::Leave || self.actors.is_empty();
+        if done {
+            for reply in self.shutdown.as_mut().map(std::mem::take).unwrap_or_default() {
+                let _ = reply.send(());
+            }
+        }
+    }
+
     fn sort_queue(&mut self) {
         self.queue.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
         self.publish_queue();
@@ -287,8 +441,12 @@ impl State {
         Ok(())
     }
 
-    /// Starts queued jobs while slots are free.
+    /// Starts queued jobs while slots are free (none once trainerd is stopping).
     async fn admit(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<(), ActorProcessingErr> {
+        if self.shutdown.is_some() {
+            self.check_shutdown(self.shared.config().shutdown_policy);
+            return Ok(());
+        }
         // Strict FIFO within a priority: the head waits for its GPUs rather than being overtaken.
         while self.actors.len() < self.shared.config().slots as usize {
             let Some(head) = self.queue.first().copied() else { break };

@@ -47,5 +47,6 @@ pub fn reason_word(reason: pb::Reason) -> &'static str {
         pb::Reason::Lost => "lost",
         pb::Reason::SpawnFailed => "spawn_failed",
         pb::Reason::RestartsExhausted => "restarts_exhausted",
+        pb::Reason::Shutdown => "shutdown",
     }
 }

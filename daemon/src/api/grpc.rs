@@ -105,6 +105,10 @@ impl Trainerd for GrpcService {
         Ok(Response::new(self.api.health()?))
     }
 
+    async fn reconcile(&self, _: Request<pb::ReconcileRequest>) -> Result<Response<pb::ReconcileResponse>, Status> {
+        Ok(Response::new(self.api.reconcile().await?))
+    }
+
     async fn daemon_info(&self, _: Request<pb::DaemonInfoRequest>) -> Result<Response<pb::DaemonInfoResponse>, Status> {
         Ok(Response::new(self.api.info()))
     }

@@ -38,6 +38,7 @@ enum Request {
     Pause(Id),
     Resume(Id),
     Health(Empty),
+    Reconcile(Empty),
     Info(Empty),
 }
 
@@ -244,8 +245,13 @@ async fn handle(
                 .iter()
                 .map(|c| (trainerd_proto::state::state_word(c.state()).to_string(), c.count.into()))
                 .collect();
-            json!({"ok": true, "status": h.status, "divergent": h.divergent, "jobs": jobs})
+            let last = h.last_reconcile.unwrap_or_default();
+            json!({"ok": true, "status": h.status, "divergent": h.divergent, "jobs": jobs,
+                "last_reconcile": reconcile_json(&last)})
         }),
+        Request::Reconcile(Empty {}) => {
+            api.reconcile().await.map(|r| json!({"ok": true, "reconcile": reconcile_json(&r)}))
+        }
         Request::Info(Empty {}) => {
             let i = api.info();
             Ok(json!({"ok": true, "version": i.version, "uptime_s": i.uptime_s, "slots": i.slots,
@@ -253,6 +259,10 @@ async fn handle(
         }
     };
     send(write, &reply.unwrap_or_else(|e| error(&e))).await
+}
+
+fn reconcile_json(r: &trainerd_proto::v1::ReconcileResponse) -> Value {
+    json!({"at": r.at, "checked": r.checked, "fixes": r.fixes, "count": r.count})
 }
 
 /// Streams the snapshot and every update until the job ends, one line each.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
-use trainerd_proto::state::{has_process, ALL_STATES};
+use trainerd_proto::state::{has_process, is_terminal, ALL_STATES};
 use trainerd_proto::trainer::PROTOCOL_VERSION;
 use trainerd_proto::v1 as pb;
 use trainerd_proto::v1::JobState;
@@ -359,8 +359,31 @@ impl Api {
                 }
             })
             .count() as u32;
+        // A finished or paused job must have no trainer left.
+        let leftover = records
+            .iter()
+            .filter(|r| is_terminal(r.state()) || r.state() == JobState::Paused)
+            .filter(|r| {
+                let attempt = r.attempts.last();
+                match (attempt.and_then(|a| a.pid), attempt.and_then(|a| a.pid_start_ticks)) {
+                    (Some(pid), Some(ticks)) => crate::job::shim::is_alive(pid, ticks) == Some(true),
+                    _ => false,
+                }
+            })
+            .count() as u32;
+        let divergent = divergent + leftover;
         let status = if divergent == 0 { "ok" } else { "divergent" };
-        Ok(pb::HealthResponse { jobs, divergent, status: status.into() })
+        let last_reconcile = Some(self.shared.last_reconcile.lock().unwrap_or_else(|p| p.into_inner()).clone());
+        Ok(pb::HealthResponse { jobs, divergent, status: status.into(), last_reconcile })
+    }
+
+    /// Reconciles now and says what was fixed.
+    pub async fn reconcile(&self) -> Result<pb::ReconcileResponse, ApiError> {
+        self.supervisor
+            .call(|reply| SupervisorMsg::Reconcile { reply: Some(reply) }, Some(Duration::from_secs(60)))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
+            .success_or_unavailable()
     }
 
     /// What this daemon is.

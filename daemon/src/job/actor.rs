@@ -2,13 +2,20 @@
 //! off, stopping). Child of the Supervisor, which spawns it when the job is admitted and re-creates
 //! it from the stored record if it panics.
 //!
-//! Every wait is a message: the process's exit comes from a task that awaits the child (the kernel
-//! tells tokio through pidfd/SIGCHLD) and reaches us through the Supervisor; progress comes from the
-//! notify watcher; deadlines come from `send_after`. No handler awaits anything unbounded.
+//! Every wait is a message: the attempt's end comes from a task that awaits its shim (tokio's child
+//! wait, or a pidfd for a shim a previous trainerd started; both from the kernel) and reaches us
+//! through the Supervisor; progress comes from the notify watcher; deadlines come from `send_after`.
+//! No handler awaits anything unbounded.
+//!
+//! A job found at start-up with a process recorded (Mode::Restored) is re-adopted when its shim still
+//! runs, with the stall clock taken from the progress file; when the shim is gone, its exit record
+//! decides exactly as if we had been watching, and without one the attempt is `lost`.
 
+use super::shim::{self, Found, Identity, Waiter};
 use super::watch::watch_progress;
 use super::{cap_log, read_progress, spawn, JobPaths, Launch, ReadError};
 use crate::api::ApiError;
+use crate::config::ShutdownPolicy;
 use crate::hub::{job_view, LiveFacts};
 use crate::policy::{self, AttemptEnd, Decision, History, StopCause};
 use crate::process;
@@ -44,6 +51,11 @@ pub enum JobMsg {
     Pause { by: String, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
     /// The pause of attempt `attempt` took longer than `pause_timeout`.
     PauseTimeout { attempt: u32 },
+    /// Reconciliation: check the record against the process and the progress file, fix what
+    /// disagrees, and reply with one line per fix.
+    Check { reply: RpcReplyPort<Vec<String>> },
+    /// trainerd is stopping under this policy.
+    Shutdown { policy: ShutdownPolicy },
 }
 
 /// How the actor comes to be.
@@ -53,9 +65,9 @@ pub enum Mode {
     Admitted,
     /// Re-created after a panic: a running process is still ours and its wait task still reports.
     Recreated,
-    /// Found at startup in a state with a process, which is gone or no longer ours: the attempt ended
-    /// unseen and is `lost`.
-    Lost,
+    /// Found in a state with a process that no actor of this trainerd watches (at start-up, or by
+    /// reconciliation): adopt its shim, or resolve the attempt from what the shim left.
+    Restored,
 }
 
 /// Spawn arguments.
@@ -81,6 +93,12 @@ pub struct State {
     live: LiveFacts,
     /// The process group of the running attempt (the trainer's pid).
     pgid: Option<u32>,
+    /// The running attempt's shim, when known.
+    identity: Option<Identity>,
+    /// An attempt is in flight: its end has not been handled yet.
+    awaiting_exit: bool,
+    /// Adoption could not tell whether the shim lives (a /proc or pidfd error): reconciliation retries.
+    unadopted: bool,
     attempt_started: Instant,
     /// The last heartbeat: its sequence number and when we saw it.
     last_beat: Option<(u64, Instant)>,
@@ -140,6 +158,9 @@ impl Actor for JobActor {
             record,
             live: LiveFacts { gpus: args.gpus, ..LiveFacts::default() },
             pgid: None,
+            identity: None,
+            awaiting_exit: false,
+            unadopted: false,
             attempt_started: Instant::now(),
             last_beat: None,
             stop_cause: None,
@@ -158,13 +179,12 @@ impl Actor for JobActor {
             Mode::Recreated if has_process(job_state) => {
                 state.pgid = pid;
                 state.live.pid = pid;
+                state.awaiting_exit = true;
+                state.identity = shim::read_identity(&state.paths.dir, state.current_attempt());
                 myself.cast(JobMsg::ProgressChanged)?;
                 state.arm_tick(&myself, ms(1));
             }
-            Mode::Lost if has_process(job_state) => {
-                let attempt = state.record.attempts.last().map(|a| a.number).unwrap_or(0);
-                myself.cast(JobMsg::Exited { attempt, status: None, at: None })?;
-            }
+            Mode::Restored if has_process(job_state) => state.restore(&myself)?,
             _ if job_state == JobState::Backoff => {
                 let wait = state.record.next_restart_at.map(|t| (t - unix_now()).max(0.0)).unwrap_or(0.0);
                 state.arm_backoff(&myself, Duration::from_secs_f64(wait));
@@ -185,7 +205,7 @@ impl State {
     async fn dispatch(&mut self, myself: ActorRef<JobMsg>, msg: JobMsg) -> Result<(), ActorProcessingErr> {
         let state = self;
         match msg {
-            JobMsg::Start => state.start(&myself)?,
+            JobMsg::Start => state.start(&myself).await?,
             JobMsg::ProgressChanged => state.progress_changed(&myself)?,
             JobMsg::Tick { generation } if generation == state.tick_generation => state.tick(&myself)?,
             JobMsg::Tick { .. } => {}
@@ -197,18 +217,26 @@ impl State {
                     }
                 }
             }
-            JobMsg::Exited { attempt, status, at } if attempt == state.current_attempt() => {
+            JobMsg::Exited { attempt, status, at } if attempt == state.current_attempt() && state.awaiting_exit => {
                 state.exit_seen_at = at;
                 state.exited(&myself, status).await?
             }
             JobMsg::Exited { .. } => {}
             JobMsg::BackoffOver { generation } => {
                 if generation == state.backoff_generation && state.record.state() == JobState::Backoff {
-                    state.start(&myself)?;
+                    state.start(&myself).await?;
                 }
             }
             JobMsg::Cancel { by, reply } => state.cancel(&myself, by, reply)?,
-            JobMsg::Pause { by, reply } => state.pause(&myself, by, reply)?,
+            JobMsg::Pause { by, reply } => {
+                let result = state.pause(&myself, &by)?;
+                let _ = reply.send(result);
+            }
+            JobMsg::Check { reply } => {
+                let fixes = state.check(&myself).await?;
+                let _ = reply.send(fixes);
+            }
+            JobMsg::Shutdown { policy } => state.shutdown(&myself, policy)?,
             JobMsg::PauseTimeout { attempt } => {
                 if attempt == state.current_attempt() && state.record.state() == JobState::Pausing {
                     let message = format!(
@@ -288,7 +316,7 @@ impl State {
         })
     }
 
-    fn start(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+    async fn start(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
         let resume = match self.resume_point() {
             Ok(r) => r,
             Err(message) => {
@@ -324,11 +352,12 @@ impl State {
             heartbeat_interval: self.shared.config().heartbeat_interval,
             gpus: (!self.shared.config().gpus.is_empty()).then_some(self.live.gpus.as_slice()),
             stop_grace_ms: self.record.spec.timeouts.stop_grace_ms,
+            shim: &self.shared.config().shim,
         };
-        let mut child = match spawn(&self.record.spec, &launch) {
-            Ok(child) => {
+        let started = match spawn(&self.record.spec, &launch).await {
+            Ok(started) => {
                 self.shared.metrics.starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                child
+                started
             }
             Err(e) => {
                 let message = format!("cannot start {:?}: {e}", self.record.spec.command[0]);
@@ -340,38 +369,153 @@ impl State {
                 });
             }
         };
-        let pid = child.id();
-        let ticks = pid.and_then(|p| process::start_ticks(p).ok());
+        let identity = started.identity;
+        self.record_pids(&identity)?;
+        self.pgid = identity.trainer_pid;
+        self.identity = Some(identity);
+        self.awaiting_exit = true;
+        self.live = LiveFacts { pid: self.pgid, gpus: std::mem::take(&mut self.live.gpus), ..LiveFacts::default() };
+        self.attempt_started = Instant::now();
+        self.last_beat = None;
+        self.last_invalid = None;
+        self.watch_exit(Waiter::Child(started.shim), number);
+        self.arm_tick(myself, ms(self.record.spec.timeouts.startup_grace_ms));
+        self.publish("state");
+        Ok(())
+    }
+
+    /// Stores the trainer's pid and start time in the attempt (for clients, and to identify it later).
+    fn record_pids(&mut self, identity: &Identity) -> Result<(), ActorProcessingErr> {
+        let Some(attempt) = self.record.attempts.last() else { return Ok(()) };
+        if attempt.pid == identity.trainer_pid && attempt.pid_start_ticks == identity.trainer_start_ticks {
+            return Ok(());
+        }
+        let (pid, ticks) = (identity.trainer_pid, identity.trainer_start_ticks);
         self.record = self.shared.store.update(self.id, |r| {
             if let Some(a) = r.attempts.last_mut() {
                 a.pid = pid;
                 a.pid_start_ticks = ticks;
             }
         })?;
-        self.pgid = pid;
-        self.live = LiveFacts { pid, gpus: std::mem::take(&mut self.live.gpus), ..LiveFacts::default() };
-        self.attempt_started = Instant::now();
-        self.last_beat = None;
-        self.last_invalid = None;
-        let (id, supervisor) = (self.id, self.supervisor.clone());
-        tokio::spawn(async move {
-            let status = match child.wait().await {
-                Ok(status) => Some(exit_status(status)),
-                Err(e) => {
-                    tracing::error!(job = %id, "cannot wait for the trainer: {e}");
-                    None
-                }
-            };
-            let at = Instant::now();
-            let _ = supervisor.cast(SupervisorMsg::Exited { id, attempt: number, status, at });
-        });
-        self.arm_tick(myself, ms(self.record.spec.timeouts.startup_grace_ms));
-        self.publish("state");
         Ok(())
     }
 
+    /// A task that waits for the shim's end and reports the attempt's exit record (None: the shim
+    /// ended without one, so the attempt's end was not observed).
+    fn watch_exit(&self, waiter: Waiter, attempt: u32) {
+        let (id, supervisor, dir) = (self.id, self.supervisor.clone(), self.paths.dir.clone());
+        tokio::spawn(async move {
+            if let Err(e) = waiter.wait().await {
+                tracing::error!(job = %id, "cannot wait for the shim of attempt {attempt}: {e}");
+            }
+            let at = Instant::now();
+            let status = shim::read_exit(&dir, attempt).map(|e| e.status());
+            if status.is_none() {
+                tracing::warn!(job = %id, "the shim of attempt {attempt} ended without an exit record");
+            }
+            let _ = supervisor.cast(SupervisorMsg::Exited { id, attempt, status, at });
+        });
+    }
+
+    /// Mode::Restored: adopt the attempt's shim if it still runs (pid and start time), else resolve
+    /// the attempt from the exit record it left, else as `lost` (stopping a trainer left orphaned).
+    fn restore(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+        let Some(attempt) = self.record.attempts.last().cloned() else {
+            // A process state with no attempt cannot be produced by this trainerd; resolve it as lost.
+            self.awaiting_exit = true;
+            myself.cast(JobMsg::Exited { attempt: 0, status: None, at: None })?;
+            return Ok(());
+        };
+        self.awaiting_exit = true;
+        self.unadopted = false;
+        self.attempt_started = instant_at(attempt.started_at);
+        let identity = shim::read_identity(&self.paths.dir, attempt.number);
+        let trainer = identity
+            .and_then(|i| i.trainer_pid.zip(i.trainer_start_ticks))
+            .or(attempt.pid.zip(attempt.pid_start_ticks));
+        self.pgid = trainer.map(|(pid, _)| pid);
+        match identity.map(|i| (i, shim::adopt(&i))) {
+            Some((identity, Found::Alive(waiter))) => {
+                self.record_pids(&identity)?;
+                self.identity = Some(identity);
+                self.live.pid = self.pgid;
+                self.shared.metrics.adopted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.watch_exit(waiter, attempt.number);
+                self.event(
+                    "adopted",
+                    format!(
+                        "re-adopted attempt {} (shim {}, trainer {})",
+                        attempt.number,
+                        identity.shim_pid,
+                        self.pgid.map_or("not started yet".into(), |p| p.to_string())
+                    ),
+                );
+                self.resume_clock();
+                match self.record.state() {
+                    JobState::Pausing if self.last_beat.is_some() => self.signal_pause(myself)?,
+                    JobState::Pausing => self.pause_unsignalled = true,
+                    JobState::Stopping => {
+                        let cause = match self.record.reason() {
+                            Reason::Cancelled => StopCause::Cancel,
+                            Reason::Stalled => StopCause::Stall,
+                            Reason::Shutdown => StopCause::Shutdown,
+                            _ => StopCause::PauseTimeout,
+                        };
+                        self.cancelled_by = self.record.cancelled_by.clone();
+                        self.stop(myself, cause, "")?;
+                    }
+                    _ => {}
+                }
+                self.arm_tick(myself, ms(1));
+            }
+            Some((_, Found::Unknown(e))) => {
+                // Not known to be dead is not dead: keep the record as it is and try again later.
+                self.unadopted = true;
+                self.event("adopt_unknown", format!("cannot tell whether attempt {}'s shim runs: {e}", attempt.number));
+            }
+            Some((_, Found::Gone)) | None => match shim::read_exit(&self.paths.dir, attempt.number) {
+                Some(exit) => {
+                    self.pgid = None;
+                    self.event(
+                        "ended_unseen",
+                        format!(
+                            "attempt {} ended while trainerd was not watching ({}); handled now",
+                            attempt.number,
+                            describe_status(exit.status())
+                        ),
+                    );
+                    myself.cast(JobMsg::Exited { attempt: attempt.number, status: Some(exit.status()), at: None })?;
+                }
+                None => {
+                    let orphan = trainer.filter(|(pid, ticks)| shim::is_alive(*pid, *ticks) == Some(true));
+                    self.pgid = orphan.map(|(pid, _)| pid);
+                    let message = match orphan {
+                        Some((pid, _)) => format!(
+                            "the shim of attempt {} is gone without an exit record; its trainer {pid} runs \
+                             unwatched and is stopped",
+                            attempt.number
+                        ),
+                        None => format!("attempt {} and its shim vanished without an exit record", attempt.number),
+                    };
+                    self.event("lost", message);
+                    myself.cast(JobMsg::Exited { attempt: attempt.number, status: None, at: None })?;
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// After adoption, the stall clock starts from the progress file's own time, not from our start:
+    /// a trainer silent for an hour before trainerd restarted is an hour late now.
+    fn resume_clock(&mut self) {
+        let Ok(progress) = read_progress(&self.paths.progress) else { return };
+        self.last_beat = Some((progress.heartbeat_seq, instant_at(progress.updated_at)));
+        self.live.message = progress.message.clone();
+        self.live.progress = Some(progress);
+    }
+
     fn progress_changed(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
-        if self.pgid.is_none() {
+        if !self.awaiting_exit {
             return Ok(());
         }
         let progress = match read_progress(&self.paths.progress) {
@@ -520,12 +664,7 @@ impl State {
         Ok(())
     }
 
-    fn pause(
-        &mut self,
-        myself: &ActorRef<JobMsg>,
-        by: String,
-        reply: RpcReplyPort<Result<pb::Job, ApiError>>,
-    ) -> Result<(), ActorProcessingErr> {
+    fn pause(&mut self, myself: &ActorRef<JobMsg>, by: &str) -> Result<Result<pb::Job, ApiError>, ActorProcessingErr> {
         let message = format!("pause requested by {by}: the trainer stops at the end of its epoch");
         match self.record.state() {
             JobState::Running if self.pgid.is_some() => {
@@ -540,13 +679,67 @@ impl State {
                 let message = format!("paused by {by} while backing off; it resumes from its latest checkpoint");
                 self.finish(myself, JobState::Paused, Reason::Paused, &message, |r| r.next_restart_at = None)?;
             }
-            other => {
-                let _ = reply.send(Err(crate::supervisor::not_pausable(self.id, other)));
-                return Ok(());
+            other => return Ok(Err(crate::supervisor::not_pausable(self.id, other))),
+        }
+        Ok(Ok(self.view()))
+    }
+
+    /// trainerd is stopping: pause the job, or stop it and queue it again, as the policy says.
+    fn shutdown(&mut self, myself: &ActorRef<JobMsg>, policy: ShutdownPolicy) -> Result<(), ActorProcessingErr> {
+        let state = self.record.state();
+        match policy {
+            ShutdownPolicy::Leave => {}
+            ShutdownPolicy::Pause if matches!(state, JobState::Running | JobState::Starting | JobState::Backoff) => {
+                let _ = self.pause(myself, "trainerd's shutdown (shutdown_policy = pause)")?;
+            }
+            ShutdownPolicy::Pause => {}
+            ShutdownPolicy::Stop if state == JobState::Backoff => {
+                let message = "queued again: trainerd is stopping (shutdown_policy = stop)";
+                self.finish(myself, JobState::Queued, Reason::Shutdown, message, |r| r.next_restart_at = None)?;
+            }
+            ShutdownPolicy::Stop if matches!(state, JobState::Starting | JobState::Running | JobState::Pausing) => {
+                let message = "trainerd is stopping (shutdown_policy = stop): the trainer is stopped and the job \
+                               queued again at its latest checkpoint";
+                self.stop(myself, StopCause::Shutdown, message)?;
+            }
+            ShutdownPolicy::Stop => {}
+        }
+        Ok(())
+    }
+
+    /// Reconciliation of this job: an attempt whose shim is gone but whose end never reached us is
+    /// resolved now; an adoption that could not tell is tried again; the heartbeat ladder is
+    /// re-evaluated from the progress file.
+    async fn check(&mut self, myself: &ActorRef<JobMsg>) -> Result<Vec<String>, ActorProcessingErr> {
+        let mut fixes = Vec::new();
+        if !self.awaiting_exit {
+            return Ok(fixes);
+        }
+        if self.unadopted {
+            self.restore(myself)?;
+            if !self.unadopted {
+                fixes.push(format!("job {}: its shim could not be observed before; now resolved", self.id));
+            }
+            return Ok(fixes);
+        }
+        if let Some(identity) = self.identity {
+            if shim::is_alive(identity.shim_pid, identity.shim_start_ticks) == Some(false) {
+                let attempt = self.current_attempt();
+                let status = shim::read_exit(&self.paths.dir, attempt).map(|e| e.status());
+                fixes.push(format!(
+                    "job {}: the shim of attempt {attempt} had ended unreported ({}); its end is handled now",
+                    self.id,
+                    status.map_or("no exit record".into(), describe_status)
+                ));
+                self.event("reconciled", fixes[0].clone());
+                self.exited(myself, status).await?;
+                return Ok(fixes);
             }
         }
-        let _ = reply.send(Ok(self.view()));
-        Ok(())
+        if self.stop_cause.is_none() && self.pgid.is_some() {
+            self.tick(myself)?;
+        }
+        Ok(fixes)
     }
 
     /// Rotates the job's logs that outgrew their cap; at most once a second, on progress and deadlines.
@@ -576,9 +769,15 @@ impl State {
             StopCause::Cancel => Reason::Cancelled,
             StopCause::Stall => Reason::Stalled,
             StopCause::PauseTimeout => Reason::Paused,
+            StopCause::Shutdown => Reason::Shutdown,
         };
         if self.record.state() != JobState::Stopping {
-            self.transition(JobState::Stopping, reason, message, |_| {})?;
+            let by = self.cancelled_by.clone().filter(|_| cause == StopCause::Cancel);
+            self.transition(JobState::Stopping, reason, message, |r| {
+                if by.is_some() {
+                    r.cancelled_by = by.clone();
+                }
+            })?;
         }
         process::signal_group(pgid, libc::SIGTERM)?;
         let attempt = self.current_attempt();
@@ -620,6 +819,8 @@ impl State {
         if status.is_some() {
             self.progress_changed(myself)?;
         }
+        self.awaiting_exit = false;
+        self.identity = None;
         if let Some(pgid) = self.pgid.take() {
             // The leader is gone; grandchildren may not be. None may outlive the attempt. Failures
             // here are reported, not raised: the exit must still be recorded.
@@ -695,6 +896,11 @@ impl State {
                     close(r, Reason::Paused)
                 })?;
             }
+            Decision::Requeue => {
+                let message = "queued again: trainerd stopped (shutdown_policy = stop); it resumes from its latest \
+                               checkpoint";
+                self.finish(myself, JobState::Queued, Reason::Shutdown, message, |r| close(r, Reason::Shutdown))?;
+            }
             Decision::Cancel => {
                 let by = self.cancelled_by.clone().unwrap_or_else(|| "unknown".into());
                 let message = format!("cancelled by {by}; no process of the job is left");
@@ -744,11 +950,18 @@ impl State {
     }
 }
 
-fn exit_status(status: std::process::ExitStatus) -> ExitStatus {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => ExitStatus::Code(code),
-        (None, Some(signal)) => ExitStatus::Signal(signal),
-        (None, None) => ExitStatus::Code(-1),
+fn describe_status(status: ExitStatus) -> String {
+    match status {
+        ExitStatus::Code(code) => format!("exited {code}"),
+        ExitStatus::Signal(signal) => format!("killed by signal {signal}"),
     }
+}
+
+/// The Instant that corresponds to Unix time `t` (now, for a time in the future or not a number).
+fn instant_at(t: f64) -> Instant {
+    let ago = unix_now() - t;
+    if !ago.is_finite() || ago <= 0.0 {
+        return Instant::now();
+    }
+    Instant::now().checked_sub(Duration::from_secs_f64(ago.min(1e9))).unwrap_or_else(Instant::now)
 }

@@ -1,16 +1,17 @@
 //! One job's runtime: its directory, the trainer process it starts, and the actor that owns both.
 //!
 //! - [`actor`]: the JobActor (one per active job), child of the Supervisor.
+//! - [`shim`]: the per-attempt shim's files, its start handshake, and waiting for its end.
 //! - [`watch`]: the progress-directory watcher that wakes the actor.
 
 pub mod actor;
+pub mod shim;
 pub mod watch;
 
 use crate::store::records::{JobId, JobSpec};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use trainerd_proto::trainer::{env, Progress, ProgressError, MAX_PROGRESS_BYTES};
 
 /// The files of one job under the state dir: `jobs/<id>/`.
@@ -73,22 +74,27 @@ pub struct Launch<'a> {
     /// The assigned GPUs, when this host has a GPU pool (an empty list hides every GPU).
     pub gpus: Option<&'a [u32]>,
     pub stop_grace_ms: u64,
+    /// The trainerd-shim executable.
+    pub shim: &'a Path,
 }
 
-/// Starts the trainer as the leader of a new process group, with the protocol's environment and its
-/// output appended to the job's log files. The old progress file is removed first, so nothing the
-/// previous attempt wrote is mistaken for this one's heartbeat.
-pub fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<tokio::process::Child> {
+/// Starts attempt `launch.attempt` under a new shim, which starts the trainer as the leader of its own
+/// process group, with the protocol's environment and its output appended to the job's log files.
+/// The previous attempt's progress file and shim files are removed first, so nothing it wrote is
+/// mistaken for this one's heartbeat or exit.
+pub async fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<shim::Started> {
     std::fs::create_dir_all(&launch.paths.checkpoints)?;
     match std::fs::remove_file(&launch.paths.progress) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let log = |path: &Path| std::fs::OpenOptions::new().create(true).append(true).open(path);
-    let (program, args) = spec.command.split_first().ok_or_else(|| std::io::Error::other("empty command"))?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .current_dir(&spec.workdir)
+    shim::clear(&launch.paths.dir)?;
+    if spec.command.is_empty() {
+        return Err(std::io::Error::other("empty command"));
+    }
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&launch.paths.stderr)?;
+    let mut cmd = tokio::process::Command::new(launch.shim);
+    cmd.current_dir(&spec.workdir)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env(env::JOB_ID, launch.id.to_string())
         .env(env::PROGRESS_FILE, &launch.paths.progress)
@@ -97,11 +103,7 @@ pub fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<tokio::proc
         .env(env::HEARTBEAT_INTERVAL, format!("{}", launch.heartbeat_interval.as_secs_f64()))
         .env(env::STOP_GRACE, format!("{}", launch.stop_grace_ms as f64 / 1000.0))
         .env_remove(env::RESUME_FROM)
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(log(&launch.paths.stdout)?)
-        .stderr(log(&launch.paths.stderr)?)
-        .kill_on_drop(false);
+        .stderr(stderr);
     if let Some(gpus) = launch.gpus {
         let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
         cmd.env("CUDA_VISIBLE_DEVICES", list.join(","));
@@ -109,7 +111,7 @@ pub fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<tokio::proc
     if let Some(path) = launch.resume_from {
         cmd.env(env::RESUME_FROM, path);
     }
-    cmd.spawn()
+    shim::start(cmd, &launch.paths.dir, launch.attempt, &launch.paths.stdout, &spec.command).await
 }
 
 /// Keeps a log file under `cap` bytes by copy-truncate: the newest half of its content moves to

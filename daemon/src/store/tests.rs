@@ -38,7 +38,7 @@ fn records_survive_reopening() {
         store.transition(job.id, JobState::Starting, Reason::Unspecified, 2.0, "", |_| {}).unwrap();
         job.id
     };
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     let job = store.get(id).unwrap().unwrap();
     assert_eq!((job.state(), job.spec.name.as_str(), job.updated_at), (JobState::Starting, "a", 2.0));
     let kinds: Vec<_> = store.events(id).unwrap().into_iter().map(|e| e.kind).collect();
@@ -56,7 +56,7 @@ fn ids_count_up_from_one_across_reopening() {
             assert_eq!(job.id, JobId(i as u64 + 1));
         }
     }
-    let store = Store::open(dir.path()).unwrap();
+    let store = reopen(dir.path());
     assert_eq!(store.create(spec("c", None), 1.0).unwrap().0.id, JobId(3));
 }
 
@@ -173,4 +173,17 @@ fn the_committed_format_1_fixture_still_decodes() {
     assert_eq!(bytes[0], 1, "the fixture is format 1");
     let decoded: JobRecord = codec::decode(&bytes).unwrap();
     assert_eq!(decoded, fixture_record());
+}
+
+/// Opens a store just dropped in this process: sled's background flusher may hold the file lock a
+/// moment longer (a daemon's restart is a new process, whose lock the kernel frees at exit).
+fn reopen(dir: &std::path::Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(dir) {
+            Ok(store) => return store,
+            Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(e) => panic!("cannot reopen the store: {e}"),
+        }
+    }
 }

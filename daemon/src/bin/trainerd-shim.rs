@@ -1,0 +1,162 @@
+//! trainerd-shim: the parent of one trainer attempt, in the manner of conmon and containerd-shim.
+//!
+//! trainerd starts one shim per attempt; the shim starts the trainer and outlives trainerd, so a
+//! restart or upgrade of trainerd never stops training, and the trainer's exact exit status is never
+//! lost. It uses no threads, no async runtime and no heap beyond its arguments.
+//!
+//! ```text
+//! trainerd-shim JOB_DIR ATTEMPT STDOUT_LOG -- PROGRAM [ARGS...]
+//! ```
+//!
+//! 1. Writes `JOB_DIR/shim.json` (its own pid and start time, for a later trainerd to find it), then
+//!    leaves trainerd's session (`setsid`) and becomes a child subreaper, so the trainer's orphaned
+//!    grandchildren are reparented to it rather than to init.
+//! 2. Starts PROGRAM as the leader of its own process group (trainerd signals that group), stdin
+//!    from /dev/null, stdout appended to STDOUT_LOG, stderr inherited (trainerd passes the job's
+//!    stderr log). The environment passes through unchanged.
+//! 3. Writes `started PID START_TICKS` on stdout (a pipe to trainerd) and `JOB_DIR/shim.json` again
+//!    with the trainer's identity, then closes stdout; on failure to start, `error MESSAGE` and exit 127.
+//! 4. Reaps children until the trainer itself exits, writes `JOB_DIR/exit.json` atomically (attempt,
+//!    pid, code or signal, time), SIGKILLs what is left of the trainer's process group, reaps every
+//!    remaining descendant (at most 30 s), and exits 0. Its own exit is how trainerd learns of the end.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let Some(split) = args.iter().position(|a| a == "--") else { usage() };
+    if split != 3 || args.len() <= split + 1 {
+        usage();
+    }
+    let dir = PathBuf::from(&args[0]);
+    let Some(attempt) = args[1].to_str().and_then(|a| a.parse::<u32>().ok()) else { usage() };
+    let stdout_log = PathBuf::from(&args[2]);
+    let (program, rest) = (&args[split + 1], &args[split + 2..]);
+
+    let me = std::process::id();
+    // Written before anything else, so a trainerd that dies before it learns our pid can still find us.
+    write_identity(&dir, attempt, me, None);
+    // SAFETY: setsid and prctl take no pointers. setsid fails only for a group leader, which trainerd
+    // does not make us; then we stay in its session, which is harmless.
+    unsafe {
+        libc::setsid();
+        libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+    }
+
+    let started = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&stdout_log)
+        .and_then(|log| Command::new(program).args(rest).process_group(0).stdin(Stdio::null()).stdout(log).spawn());
+    let mut handshake = std::io::stdout().lock();
+    let trainer = match started {
+        Ok(child) => child.id(),
+        Err(e) => {
+            let _ = writeln!(handshake, "error {e}");
+            std::process::exit(127);
+        }
+    };
+    // The trainer cannot be reaped before we wait, so its pid and start time still name it here.
+    let ticks = start_ticks(trainer).unwrap_or(0);
+    write_identity(&dir, attempt, me, Some((trainer, ticks)));
+    let _ = writeln!(handshake, "started {trainer} {ticks}");
+    let _ = handshake.flush();
+    drop(handshake);
+    // Nothing more is said on the pipe: point fd 1 at /dev/null so trainerd sees EOF.
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto our own stdout descriptor.
+        unsafe { libc::dup2(null.as_raw_fd(), 1) };
+    }
+
+    let status = loop {
+        let mut status = 0;
+        // SAFETY: waitpid writes only into `status`.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == trainer as i32 {
+            break status;
+        }
+        if pid < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            // ECHILD: the trainer is not our child any more, which cannot happen; record nothing.
+            std::process::exit(1);
+        }
+    };
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let (code, signal) = if libc::WIFEXITED(status) {
+        (libc::WEXITSTATUS(status).to_string(), "null".to_string())
+    } else {
+        ("null".to_string(), libc::WTERMSIG(status).to_string())
+    };
+    let record = format!(
+        "{{\"format\":1,\"attempt\":{attempt},\"pid\":{trainer},\"code\":{code},\"signal\":{signal},\"at\":{now:.6}}}\n"
+    );
+    write_atomic(&dir.join("exit.json"), record.as_bytes());
+
+    // No process of the attempt may outlive it, including those that left its group (they are ours
+    // as the subreaper). A descendant stuck in the kernel must not keep us forever: SIGALRM ends us.
+    // SAFETY: kill, alarm and waitpid take no pointers we do not own.
+    unsafe {
+        libc::alarm(30);
+        loop {
+            libc::kill(-(trainer as i32), libc::SIGKILL);
+            kill_children(me);
+            let mut status = 0;
+            let pid = libc::waitpid(-1, &mut status, 0);
+            if pid < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                break;
+            }
+        }
+    }
+}
+
+/// SIGKILLs our children: after the trainer's end, every one is a descendant it left behind (we are
+/// their subreaper); their own children become ours as they die, and the next round gets them.
+fn kill_children(me: u32) {
+    let Ok(list) = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")) else { return };
+    for pid in list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
+        // SAFETY: kill takes no pointers; these pids are our unreaped children, so they name them.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: trainerd-shim JOB_DIR ATTEMPT STDOUT_LOG -- PROGRAM [ARGS...] (started by trainerd, not by hand)"
+    );
+    std::process::exit(2);
+}
+
+fn write_identity(dir: &Path, attempt: u32, shim: u32, trainer: Option<(u32, u64)>) {
+    let ticks = start_ticks(shim).unwrap_or(0);
+    let (trainer_pid, trainer_ticks) = match trainer {
+        Some((pid, ticks)) => (pid.to_string(), ticks.to_string()),
+        None => ("null".to_string(), "null".to_string()),
+    };
+    let text = format!(
+        "{{\"format\":1,\"attempt\":{attempt},\"shim_pid\":{shim},\"shim_start_ticks\":{ticks},\
+         \"trainer_pid\":{trainer_pid},\"trainer_start_ticks\":{trainer_ticks}}}\n"
+    );
+    write_atomic(&dir.join("shim.json"), text.as_bytes());
+}
+
+/// Write-temp then rename: a reader sees the old file or the new one, never a part. No fsync: the
+/// reader is trainerd on the same machine, and a machine crash ends the attempt anyway.
+fn write_atomic(path: &Path, bytes: &[u8]) {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    if std::fs::write(&tmp, bytes).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// Field 22 of /proc/PID/stat (see trainerd's `process::start_ticks`).
+fn start_ticks(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = text.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}

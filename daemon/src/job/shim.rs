@@ -1,0 +1,200 @@
+//! trainerd's side of the shim (`src/bin/trainerd-shim.rs`): the files it writes in the job
+//! directory, the start handshake, and waiting for a shim's end whether it is our child (started by
+//! this trainerd) or an adopted one (started by a previous trainerd).
+//!
+//! The shim, not trainerd, is the trainer's parent, so the trainer outlives trainerd and its exit
+//! status is never lost: the shim writes it to `exit.json` before it exits. Its exit is how we learn
+//! of the end: tokio's child wait for our own children, a pidfd for adopted ones. Both come from the
+//! kernel; nothing here polls.
+
+use crate::process;
+use crate::store::records::ExitStatus;
+use serde::Deserialize;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+
+/// The shim's identity file in the job directory.
+pub const IDENTITY_NAME: &str = "shim.json";
+/// The exit record the shim writes when the trainer ends.
+pub const EXIT_NAME: &str = "exit.json";
+/// How long a shim has to report that it started the trainer.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `shim.json`: which shim runs attempt `attempt`, and its trainer once started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct Identity {
+    pub attempt: u32,
+    pub shim_pid: u32,
+    pub shim_start_ticks: u64,
+    pub trainer_pid: Option<u32>,
+    pub trainer_start_ticks: Option<u64>,
+}
+
+/// `exit.json`: how the trainer of attempt `attempt` ended.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+pub struct ExitRecord {
+    pub attempt: u32,
+    pub pid: u32,
+    pub code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Unix time of the end.
+    pub at: f64,
+}
+
+impl ExitRecord {
+    /// The status in the store's terms.
+    pub fn status(&self) -> ExitStatus {
+        match (self.code, self.signal) {
+            (Some(code), _) => ExitStatus::Code(code),
+            (None, Some(signal)) => ExitStatus::Signal(signal),
+            (None, None) => ExitStatus::Code(-1),
+        }
+    }
+}
+
+/// Reads a small JSON file the shim wrote; `None` when it is absent, unreadable or not for `attempt`.
+fn read_for<T: serde::de::DeserializeOwned>(dir: &Path, name: &str, attempt: u32, of: impl Fn(&T) -> u32) -> Option<T> {
+    let bytes = std::fs::read(dir.join(name)).ok()?;
+    if bytes.len() > 4096 {
+        return None;
+    }
+    let value: T = serde_json::from_slice(&bytes).ok()?;
+    (of(&value) == attempt).then_some(value)
+}
+
+/// The identity of attempt `attempt`'s shim, if it wrote one.
+pub fn read_identity(dir: &Path, attempt: u32) -> Option<Identity> {
+    read_for(dir, IDENTITY_NAME, attempt, |i: &Identity| i.attempt)
+}
+
+/// Attempt `attempt`'s exit record, if its shim wrote one.
+pub fn read_exit(dir: &Path, attempt: u32) -> Option<ExitRecord> {
+    read_for(dir, EXIT_NAME, attempt, |e: &ExitRecord| e.attempt)
+}
+
+/// Removes a previous attempt's shim files, so nothing of it is taken for the next attempt.
+pub fn clear(dir: &Path) -> io::Result<()> {
+    for name in [IDENTITY_NAME, EXIT_NAME] {
+        match std::fs::remove_file(dir.join(name)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// A started attempt: the shim (our child) and the trainer it reported.
+pub struct Started {
+    pub shim: tokio::process::Child,
+    pub identity: Identity,
+}
+
+/// Spawns the shim with `cmd` (already holding the trainer's environment and working directory as
+/// the shim's own, which it passes on) and waits, at most [`HANDSHAKE_TIMEOUT`], for its report.
+pub async fn start(
+    mut cmd: tokio::process::Command,
+    dir: &Path,
+    attempt: u32,
+    stdout_log: &Path,
+    command: &[String],
+) -> io::Result<Started> {
+    cmd.arg(dir).arg(attempt.to_string()).arg(stdout_log).arg("--").args(command);
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).kill_on_drop(false);
+    let mut shim = cmd.spawn()?;
+    let shim_pid = shim.id().ok_or_else(|| io::Error::other("the shim exited at once"))?;
+    let shim_start_ticks = process::start_ticks(shim_pid)?;
+    let stdout = shim.stdout.take().ok_or_else(|| io::Error::other("the shim has no stdout pipe"))?;
+    let mut line = String::new();
+    let mut reader = tokio::io::BufReader::new(stdout.take(4096));
+    let read = tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.read_line(&mut line)).await;
+    let report = match read {
+        Ok(Ok(_)) => line.trim_end().to_string(),
+        Ok(Err(e)) => return Err(abandon(shim, format!("cannot read the shim's report: {e}"))),
+        Err(_) => return Err(abandon(shim, format!("the shim did not report within {HANDSHAKE_TIMEOUT:?}"))),
+    };
+    if let Some(message) = report.strip_prefix("error ") {
+        let _ = shim.wait().await;
+        return Err(io::Error::other(message.to_string()));
+    }
+    let mut words = report.strip_prefix("started ").unwrap_or_default().split(' ');
+    let (Some(Ok(pid)), Some(Ok(ticks))) = (words.next().map(str::parse), words.next().map(str::parse)) else {
+        return Err(abandon(shim, format!("the shim's report {report:?} is not `started PID TICKS`")));
+    };
+    let identity =
+        Identity { attempt, shim_pid, shim_start_ticks, trainer_pid: Some(pid), trainer_start_ticks: Some(ticks) };
+    Ok(Started { shim, identity })
+}
+
+/// A shim that broke the handshake is killed (its trainer, if any, is then orphaned in its group and
+/// stopped by the caller's lost-attempt handling); the error says why.
+fn abandon(mut shim: tokio::process::Child, why: String) -> io::Error {
+    let _ = shim.start_kill();
+    io::Error::other(why)
+}
+
+/// Something that resolves when a shim exits.
+pub enum Waiter {
+    /// A shim this trainerd started: tokio reaps it.
+    Child(tokio::process::Child),
+    /// A shim a previous trainerd started: a pidfd, readable once it has exited.
+    Pidfd(tokio::io::unix::AsyncFd<OwnedFd>),
+}
+
+impl Waiter {
+    /// Waits for the shim's exit. An error means the end could not be observed.
+    pub async fn wait(self) -> io::Result<()> {
+        match self {
+            Waiter::Child(mut child) => child.wait().await.map(|_| ()),
+            Waiter::Pidfd(fd) => fd.readable().await.map(|_| ()),
+        }
+    }
+}
+
+/// What became of a shim a previous trainerd started.
+pub enum Found {
+    /// It runs: wait on this.
+    Alive(Waiter),
+    /// It is gone (or its pid names another process now).
+    Gone,
+    /// /proc or pidfd_open failed for another reason: not known to be dead.
+    Unknown(io::Error),
+}
+
+/// Finds the shim `identity` names. The pidfd is opened before the start time is compared, so a pid
+/// recycled in between is caught by the comparison and never waited on.
+pub fn adopt(identity: &Identity) -> Found {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, identity.shim_pid as libc::pid_t, 0) };
+    if fd < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ESRCH) { Found::Gone } else { Found::Unknown(e) };
+    }
+    // SAFETY: a descriptor pidfd_open just returned, owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    match process::start_ticks(identity.shim_pid) {
+        // A zombie has exited; only its parent (init, or a subreaper) has not reaped it yet.
+        Ok(ticks) if ticks == identity.shim_start_ticks && process::is_zombie(identity.shim_pid) => return Found::Gone,
+        Ok(ticks) if ticks == identity.shim_start_ticks => {}
+        Ok(_) => return Found::Gone,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Found::Gone,
+        Err(e) => return Found::Unknown(e),
+    }
+    // SAFETY: the AsyncFd owns the descriptor, so it stays open until the registration is dropped.
+    match unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) } {
+        Ok(fd) => Found::Alive(Waiter::Pidfd(fd)),
+        Err(e) => Found::Unknown(e.into()),
+    }
+}
+
+/// Whether the process `pid` with start time `ticks` is alive: `Some(false)` only when the kernel
+/// says it is gone or that pid is another process; `None` when it could not be told.
+pub fn is_alive(pid: u32, ticks: u64) -> Option<bool> {
+    match process::start_ticks(pid) {
+        Ok(t) => Some(t == ticks && !process::is_zombie(pid)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(false),
+        Err(_) => None,
+    }
+}

@@ -221,3 +221,211 @@ async fn sigkill_with_jobs_queued_starting_running_pausing_backing_off_and_compl
     }
     assert_state_is_reality(&daemon, &mut client, Duration::from_secs(10)).await;
 }
+
+/// splitmix64: a seeded, reproducible stream without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn crash_job(n: usize) -> pb::SubmitJobRequest {
+    let env = [("FAKE_STEPS", "100"), ("FAKE_STEP_MS", "15"), ("FAKE_CHECKPOINT_EVERY", "5")];
+    pb::SubmitJobRequest {
+        max_restarts: Some(10_000),
+        heartbeat_timeout_ms: Some(1500),
+        stop_grace_ms: Some(300),
+        ..fake_job(&format!("crash-{n}"), &env)
+    }
+}
+
+/// The invariants after a fault: no job lost, no finished job changed (never started again), and
+/// state equal to reality.
+async fn check_invariants(
+    daemon: &Daemon,
+    client: &mut Client,
+    submitted: &[String],
+    finished_jobs: &mut HashMap<String, (JobState, u32)>,
+    fault: &str,
+) {
+    let jobs = list(client).await;
+    let mut ids: Vec<&String> = jobs.iter().map(|j| &j.id).collect();
+    ids.sort();
+    let mut expected: Vec<&String> = submitted.iter().collect();
+    expected.sort();
+    assert_eq!(ids, expected, "after {fault}: jobs lost or invented");
+    for job in &jobs {
+        let now = (job.state(), job.attempt);
+        if let Some(before) = finished_jobs.get(&job.id) {
+            assert_eq!(*before, now, "after {fault}: finished job {} changed", job.id);
+        } else if finished(job) {
+            finished_jobs.insert(job.id.clone(), now);
+        }
+    }
+    assert_state_is_reality(daemon, client, Duration::from_secs(15)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn randomized_faults_never_lose_a_job_never_rerun_a_finished_one_and_keep_state_true() {
+    let seed = std::env::var("TRAINERD_CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    let faults: usize = std::env::var("TRAINERD_CRASH_FAULTS").ok().and_then(|s| s.parse().ok()).unwrap_or(100);
+    println!("crash suite: seed {seed}, {faults} faults (replay with TRAINERD_CRASH_SEED={seed})");
+    let mut rng = Rng(seed);
+    let mut daemon = Daemon::start(&["--heartbeat-interval", "0.1", "--gpus", "none", "--slots", "4"]);
+    let mut client = daemon.client().await;
+    let mut submitted = Vec::new();
+    let mut finished_jobs = HashMap::new();
+    let mut tally: HashMap<&str, usize> = HashMap::new();
+    for n in 0..faults {
+        // Keep about five jobs unfinished, so that faults find running trainers.
+        let open = list(&mut client).await.iter().filter(|j| !finished(j)).count();
+        for _ in open..5 {
+            let job = submit(&mut client, crash_job(submitted.len())).await;
+            submitted.push(job.id);
+        }
+        tokio::time::sleep(Duration::from_millis(rng.below(250) as u64)).await;
+        let running: Vec<pb::Job> =
+            list(&mut client).await.into_iter().filter(|j| j.state() == JobState::Running && j.pid.is_some()).collect();
+        let kinds =
+            ["kill trainerd", "kill a trainer", "hang a trainer", "corrupt a progress file", "restart trainerd"];
+        let mut kind = kinds[rng.below(kinds.len())];
+        if running.is_empty() && matches!(kind, "kill a trainer" | "hang a trainer" | "corrupt a progress file") {
+            kind = "kill trainerd";
+        }
+        let target = (!running.is_empty()).then(|| running[rng.below(running.len())].clone());
+        match (kind, target) {
+            ("kill trainerd", _) => {
+                daemon.kill();
+                daemon.relaunch();
+                client = daemon.client().await;
+            }
+            ("restart trainerd", _) => {
+                assert!(daemon.terminate().success(), "a graceful stop exits 0");
+                daemon.relaunch();
+                client = daemon.client().await;
+            }
+            ("kill a trainer", Some(job)) => signal(job.pid.unwrap(), libc::SIGKILL),
+            ("hang a trainer", Some(job)) => signal(job.pid.unwrap(), libc::SIGSTOP),
+            ("corrupt a progress file", Some(job)) => {
+                let path = daemon.job_dir(&job.id).join("progress.json");
+                let tmp = path.with_extension("corrupt");
+                std::fs::write(&tmp, b"{\"protocol\": 1, \"state\": \"runn").unwrap();
+                std::fs::rename(&tmp, &path).unwrap();
+            }
+            _ => unreachable!(),
+        }
+        *tally.entry(kind).or_default() += 1;
+        let what = format!("fault {n} ({kind}, seed {seed})");
+        check_invariants(&daemon, &mut client, &submitted, &mut finished_jobs, &what).await;
+    }
+    println!("crash suite: {tally:?}; {} jobs", submitted.len());
+    for id in &submitted {
+        let done = watch_until(&mut client, id, LIMIT, finished).await.pop().unwrap();
+        assert_eq!(done.state(), JobState::Completed, "seed {seed}: {done:?}");
+        assert!(done.weights_sha256.starts_with("fake-100-"), "{done:?}");
+    }
+    check_invariants(&daemon, &mut client, &submitted, &mut finished_jobs, "the end").await;
+}
+
+/// A job of 200 steps of 20 ms with a checkpoint every 10, watched until it runs past step 12.
+async fn job_past_step_12(client: &mut Client) -> pb::Job {
+    let env = [("FAKE_STEPS", "200"), ("FAKE_STEP_MS", "20"), ("FAKE_CHECKPOINT_EVERY", "10")];
+    let job = submit(client, fake_job("policy", &env)).await;
+    watch_until(client, &job.id, LIMIT, |j| j.state() == JobState::Running && j.step > 12).await.pop().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_policy_leave_keeps_trainers_running_for_the_next_trainerd() {
+    let mut daemon = Daemon::start(&["--heartbeat-interval", "0.1", "--gpus", "none"]);
+    let mut client = daemon.client().await;
+    let job = job_past_step_12(&mut client).await;
+    assert!(daemon.terminate().success());
+    assert!(job_processes(&daemon.state_dir(), &job.id).contains(&job.pid.unwrap()), "the trainer outlives trainerd");
+    daemon.relaunch();
+    let mut client = daemon.client().await;
+    let done = watch_until(&mut client, &job.id, LIMIT, finished).await.pop().unwrap();
+    assert_eq!((done.state(), done.attempt, done.weights_sha256.as_str()), (JobState::Completed, 1, "fake-200-0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_policy_pause_pauses_every_job_at_a_checkpoint_before_exiting() {
+    let mut daemon = Daemon::start(&["--heartbeat-interval", "0.1", "--gpus", "none", "--shutdown-policy", "pause"]);
+    let mut client = daemon.client().await;
+    let job = job_past_step_12(&mut client).await;
+    assert!(daemon.terminate().success());
+    assert!(job_processes(&daemon.state_dir(), &job.id).is_empty(), "no process of a paused job is left");
+    daemon.relaunch();
+    let mut client = daemon.client().await;
+    let paused = get(&mut client, &job.id).await;
+    assert_eq!((paused.state(), paused.reason()), (JobState::Paused, Reason::Paused), "{paused:?}");
+    assert_eq!(paused.step % 10, 0, "paused at a checkpoint step: {paused:?}");
+    client.resume_job(pb::ResumeJobRequest { id: job.id.clone() }).await.unwrap();
+    let done = watch_until(&mut client, &job.id, LIMIT, finished).await.pop().unwrap();
+    assert_eq!((done.state(), done.attempt), (JobState::Completed, 2));
+    assert_eq!(done.weights_sha256, format!("fake-200-{}", paused.step), "resumed from the pause checkpoint");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_policy_stop_stops_every_trainer_and_queues_its_job_again() {
+    let mut daemon = Daemon::start(&["--heartbeat-interval", "0.1", "--gpus", "none", "--shutdown-policy", "stop"]);
+    let mut client = daemon.client().await;
+    let job = job_past_step_12(&mut client).await;
+    let waiting = submit(
+        &mut client,
+        pb::SubmitJobRequest { backoff_base_ms: Some(60_000), ..fake_job("backoff", &[("FAKE_FAULT", "crash@2")]) },
+    )
+    .await;
+    watch_until(&mut client, &waiting.id, LIMIT, |j| j.state() == JobState::Backoff).await;
+    assert!(daemon.terminate().success());
+    assert!(job_processes(&daemon.state_dir(), &job.id).is_empty(), "the trainer was stopped");
+    daemon.relaunch();
+    let mut client = daemon.client().await;
+    let messages = events(&mut client, &job.id).await;
+    assert!(
+        messages.iter().any(|(_, m)| m.contains("stopping -> queued") && m.contains("shutdown_policy = stop")),
+        "{messages:?}"
+    );
+    let backoff_messages = events(&mut client, &waiting.id).await;
+    assert!(backoff_messages.iter().any(|(_, m)| m.contains("backoff -> queued")), "{backoff_messages:?}");
+    let done = watch_until(&mut client, &job.id, LIMIT, finished).await.pop().unwrap();
+    assert_eq!((done.state(), done.attempt), (JobState::Completed, 2), "{done:?}");
+    let start: u64 = done.weights_sha256.strip_prefix("fake-200-").unwrap().parse().unwrap();
+    assert!(start >= job.step, "resumed from the checkpoint written at the stop (step {start}), not from 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_restart_the_stall_clock_counts_from_the_last_heartbeat_not_from_trainerd_start() {
+    let mut daemon = Daemon::start(&["--heartbeat-interval", "0.1", "--gpus", "none"]);
+    let mut client = daemon.client().await;
+    let request = pb::SubmitJobRequest { heartbeat_timeout_ms: Some(2000), stop_grace_ms: Some(200), ..crash_job(0) };
+    let job = submit(&mut client, request).await;
+    let running = watch_until(&mut client, &job.id, LIMIT, |j| j.state() == JobState::Running && j.step > 5).await;
+    daemon.kill();
+    signal(running.last().unwrap().pid.unwrap(), libc::SIGSTOP);
+    // Silent for longer than the timeout while nobody watches.
+    std::thread::sleep(Duration::from_millis(3000));
+    daemon.relaunch();
+    let mut client = daemon.client().await;
+    let done = watch_until(&mut client, &job.id, LIMIT, finished).await.pop().unwrap();
+    assert_eq!((done.state(), done.attempt), (JobState::Completed, 2));
+    let messages = events(&mut client, &job.id).await;
+    let (_, stalled) = messages.iter().find(|(k, _)| k == "stalled").expect("a stall event");
+    let silence: f64 = stalled
+        .strip_prefix("no heartbeat for ")
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{stalled}"));
+    assert!(silence >= 3.0, "the silence ({silence} s) includes the time trainerd was down: {stalled}");
+}

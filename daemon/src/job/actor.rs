@@ -507,11 +507,27 @@ impl State {
 
     /// After adoption, the stall clock starts from the progress file's own time, not from our start:
     /// a trainer silent for an hour before trainerd restarted is an hour late now.
+    /// A file that cannot be read now (corrupt, or replaced mid-way) still dates the last beat by its
+    /// modification time, for a trainer past its first heartbeat: otherwise the start-up grace would
+    /// apply again, and a hung trainer could hide behind a corrupt file for that long.
     fn resume_clock(&mut self) {
-        let Ok(progress) = read_progress(&self.paths.progress) else { return };
-        self.last_beat = Some((progress.heartbeat_seq, instant_at(progress.updated_at)));
-        self.live.message = progress.message.clone();
-        self.live.progress = Some(progress);
+        match read_progress(&self.paths.progress) {
+            Ok(progress) => {
+                self.last_beat = Some((progress.heartbeat_seq, instant_at(progress.updated_at)));
+                self.live.message = progress.message.clone();
+                self.live.progress = Some(progress);
+            }
+            Err(_) if self.record.state() != JobState::Starting => {
+                let modified = std::fs::metadata(&self.paths.progress)
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs_f64());
+                // No sequence number was read: any valid file that comes next counts as a beat.
+                self.last_beat = Some((u64::MAX, instant_at(modified.unwrap_or(self.record.updated_at))));
+            }
+            Err(_) => {}
+        }
     }
 
     fn progress_changed(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {

@@ -86,6 +86,10 @@ pub struct Flags {
     /// [default: 30].
     #[arg(long)]
     pub reconcile_interval: Option<f64>,
+    /// trainerd's own log: `auto` (journald when systemd connected stderr to it, else human),
+    /// `human`, `json` (one object per line) or `journal`. The level filter is TRAINERD_LOG. [default: auto].
+    #[arg(long, value_enum)]
+    pub log_format: Option<crate::logging::LogFormat>,
     /// The trainerd-shim executable that parents each trainer [default: trainerd-shim beside trainerd].
     #[arg(long)]
     pub shim: Option<PathBuf>,
@@ -187,7 +191,7 @@ impl Flags {
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(self),
             Err(e) => return Err(format!("cannot read the configuration file {}: {e}", path.display())),
         };
-        let file: Flags = toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file: Flags = toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), with_suggestion(e)))?;
         let flags = self;
         Ok(prefer_flags!(
             flags,
@@ -210,7 +214,8 @@ impl Flags {
             log_cap_mib,
             shutdown_policy,
             reconcile_interval,
-            shim
+            shim,
+            log_format
         ))
     }
 
@@ -309,6 +314,41 @@ impl Flags {
     }
 }
 
+/// toml's "unknown field `slot`, expected one of ..." plus the nearest key, when one is close.
+fn with_suggestion(error: toml::de::Error) -> String {
+    let text = error.to_string();
+    let unknown = text.split_once("unknown field `").and_then(|(_, rest)| rest.split_once('`')).map(|(key, _)| key);
+    let Some(unknown) = unknown else { return text };
+    let keys = <Flags as clap::CommandFactory>::command()
+        .get_arguments()
+        .filter_map(|a| a.get_long().map(str::to_string))
+        .filter(|k| !matches!(k.as_str(), "config" | "test-hooks" | "help" | "version"))
+        .collect::<Vec<_>>();
+    let best = keys.iter().map(|k| (edit_distance(unknown, k), k)).min();
+    match best {
+        Some((distance, key)) if distance <= 2.max(unknown.len() / 3) => {
+            format!("{}\ndid you mean `{key}`?", text.trim_end())
+        }
+        _ => text,
+    }
+}
+
+/// Levenshtein distance, for suggestions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1).min(row[j] + 1).min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
 /// The socket a client looks for when told nothing: the same rule as the daemon's default.
 pub fn default_socket() -> PathBuf {
     if is_root() {
@@ -336,7 +376,13 @@ mod tests {
         assert_eq!((config.slots, config.default_timeouts.stop_grace_ms, config.gpus.len()), (3, 2500, 0));
         std::fs::write(&file, "slot = 7\n").unwrap();
         let err = flags(&["--config", file.to_str().unwrap()]).with_file().unwrap_err();
-        assert!(err.contains("unknown field `slot`"), "{err}");
+        assert!(err.contains("unknown field `slot`") && err.ends_with("did you mean `slots`?"), "{err}");
+        std::fs::write(&file, "shutdown_policy = \"pause\"\n").unwrap();
+        let err = flags(&["--config", file.to_str().unwrap()]).with_file().unwrap_err();
+        assert!(err.ends_with("did you mean `shutdown-policy`?"), "{err}");
+        std::fs::write(&file, "frobnicate = 1\n").unwrap();
+        let err = flags(&["--config", file.to_str().unwrap()]).with_file().unwrap_err();
+        assert!(!err.contains("did you mean"), "no suggestion when nothing is close: {err}");
         let err = flags(&["--config", "/nonexistent/trainerd.toml"]).with_file().unwrap_err();
         assert!(err.contains("cannot read the configuration file"), "{err}");
     }

@@ -12,12 +12,14 @@
 //! - [`store`]: the durable job records in sled; the only module that touches sled.
 //! - [`config`]: flags, the TOML file and defaults.
 //! - [`systemd`]: READY/STATUS/WATCHDOG/STOPPING notifications.
+//! - [`logging`]: trainerd's own log: journald, human text or JSON.
 
 pub mod api;
 pub mod config;
 pub mod gpus;
 pub mod hub;
 pub mod job;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod process;

@@ -5,11 +5,15 @@ use clap::Parser;
 fn main() -> std::process::ExitCode {
     let flags = trainerd::config::Flags::parse();
     let command = flags.command.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TRAINERD_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
-    let config = match flags.clone().with_file().and_then(trainerd::config::Flags::resolve) {
+    let merged = match flags.clone().with_file() {
+        Ok(merged) => merged,
+        Err(e) => {
+            eprintln!("trainerd: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    trainerd::logging::init(merged.log_format.unwrap_or_default());
+    let config = match merged.resolve() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("trainerd: {e}");

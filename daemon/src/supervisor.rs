@@ -158,7 +158,8 @@ impl Actor for Supervisor {
         }
         state.sort_queue();
         let fixes = state.reconcile_records(&myself).await?;
-        state.record_reconciliation(pb::ReconcileResponse { at: unix_now(), checked: 0, fixes, count: 0 });
+        let checked = state.shared.store.list()?.iter().filter(|r| !is_terminal(r.state())).count() as u32;
+        state.record_reconciliation(pb::ReconcileResponse { at: unix_now(), checked, fixes, count: 0 });
         state.admit(&myself).await?;
         if let Some(every) = crate::systemd::Notifier::watchdog_interval() {
             myself.send_interval(every, || SupervisorMsg::Watchdog);

@@ -120,3 +120,49 @@ async fn the_metrics_endpoint_is_scraped_and_parsed() {
     assert!(samples["trainerd_store_flush_seconds_count"] >= 5.0);
     assert_eq!(samples["trainerd_queue_length"], 0.0);
 }
+
+/// Starts trainerd with stderr in a file and `extra` settings, waits for readiness, stops it, and
+/// returns what it logged.
+fn log_of(extra: &[&str], journal: bool) -> String {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = std::fs::File::create(dir.path().join("stderr")).unwrap();
+    let meta = log.metadata().unwrap();
+    let mut cmd = std::process::Command::new(bin("trainerd"));
+    cmd.arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(dir.path().join("t.sock"))
+        .args(["--gpus", "none"])
+        .args(extra)
+        .env("TRAINERD_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(log);
+    if journal {
+        cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("trainerd ready"), "{line:?}");
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+    std::fs::read_to_string(dir.path().join("stderr")).unwrap()
+}
+
+#[test]
+fn logs_go_to_journald_with_priorities_when_systemd_connected_stderr_else_human_or_json() {
+    let journal = log_of(&[], true);
+    assert!(journal.lines().any(|l| l.starts_with("<6>") && l.contains("serving")), "{journal}");
+    assert!(journal.lines().all(|l| l.starts_with('<')), "every line carries a priority: {journal}");
+    let human = log_of(&[], false);
+    assert!(human.lines().any(|l| l.contains(" INFO ") && l.contains("serving")), "{human}");
+    let json = log_of(&["--log-format", "json"], false);
+    for line in json.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(value["level"].is_string() && value["fields"].is_object(), "{line}");
+    }
+    assert!(json.contains("\"serving\""), "{json}");
+}

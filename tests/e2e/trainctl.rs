@@ -205,3 +205,27 @@ fn pause_resume_and_paging_through_trainctl() {
     let second = page(&first.next_page_token);
     assert_eq!((second.jobs[0].id.as_str(), second.next_page_token.as_str()), (blocker.as_str(), ""));
 }
+
+#[test]
+fn reconcile_runs_at_start_periodically_and_on_demand_and_health_reports_it() {
+    let daemon = Daemon::start(&["--gpus", "none", "--reconcile-interval", "0.2"]);
+    let first = json(&ok(&daemon, &["--json", "health"]))["last_reconcile"].clone();
+    assert!(first["count"].as_u64().unwrap() >= 1, "start-up reconciles before READY: {first}");
+    assert_eq!(first["fixes"].as_array().unwrap().len(), 0);
+    let on_demand = json(&ok(&daemon, &["--json", "reconcile"]));
+    assert!(on_demand["count"].as_u64() > first["count"].as_u64(), "{on_demand}");
+    assert_eq!((on_demand["fixes"].as_array().unwrap().len(), on_demand["checked"].as_u64()), (0, Some(0)));
+    let human = ok(&daemon, &["reconcile"]);
+    assert!(human.starts_with("reconciled") && human.contains("0 fix(es)"), "{human}");
+    // The timer keeps reconciling without being asked.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = json(&ok(&daemon, &["--json", "health"]))["last_reconcile"]["count"].as_u64().unwrap();
+        if now >= on_demand["count"].as_u64().unwrap() + 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no periodic reconciliation within 30 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(ok(&daemon, &["health"]).contains("reconciled"), "human health shows the last reconciliation");
+}

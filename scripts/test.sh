@@ -7,3 +7,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# The Python SDK's own tests (standard library only; the end-to-end SDK test runs in cargo test).
+python3 -m unittest discover -s sdk/python/tests

@@ -3,6 +3,7 @@
 
 mod interfaces;
 mod pause_queue;
+mod python;
 mod restart;
 mod supervisor;
 mod systemd;

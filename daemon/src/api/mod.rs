@@ -87,7 +87,7 @@ impl Api {
         if req.command.iter().map(String::len).sum::<usize>() > MAX_ARGS_BYTES {
             return Err(invalid("command", format!("is longer than {MAX_ARGS_BYTES} bytes")));
         }
-        let resolved = resolve_program(program).ok_or_else(|| {
+        let resolved = resolve_program(program, Path::new(&req.workdir)).ok_or_else(|| {
             invalid("command", format!("{program:?} is not an executable file, nor found on trainerd's PATH"))
         })?;
         let name = if req.name.is_empty() {
@@ -447,13 +447,15 @@ impl<T> CallResultExt<T> for ractor::rpc::CallResult<T> {
     }
 }
 
-/// The program's absolute path: as given when it has a slash, else searched on PATH.
-fn resolve_program(program: &str) -> Option<PathBuf> {
+/// The program's path: as given when it has a slash (a relative one under the job's workdir), else
+/// searched on PATH. Symlinks are kept: a virtualenv's `bin/python` is a symlink whose own path is
+/// what makes it that venv's interpreter.
+fn resolve_program(program: &str, workdir: &Path) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| p.is_file() && p.metadata().is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
     if program.contains('/') {
-        let path = PathBuf::from(program);
-        return executable(&path).then(|| std::fs::canonicalize(&path).unwrap_or(path));
+        let path = workdir.join(program);
+        return executable(&path).then(|| std::path::absolute(&path).unwrap_or(path));
     }
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).map(|d| d.join(program)).find(|p| executable(p)))

@@ -1,0 +1,125 @@
+"""``Run``: one attempt of a training run under trainerd, or standalone."""
+
+import os
+import sys
+
+from . import checkpoint
+from .control import Control
+from .progress import Reporter
+
+OK = 0
+"""Completed, or paused when the progress file says so."""
+RETRY = 75
+"""Restart me from my latest checkpoint (also the answer to SIGTERM)."""
+DATA_ERR = 65
+"""The data or the resume checkpoint cannot be read."""
+CONFIG = 78
+"""A permanent configuration error: not restarted."""
+
+
+class Run:
+    """The trainer protocol for one attempt.
+
+    Under trainerd the paths come from ``TRAINERD_*`` variables; standalone (no
+    ``TRAINERD_PROGRESS_FILE``) everything goes to ``out`` (``progress.json`` and ``checkpoints/``),
+    and a resume is asked for by setting ``TRAINERD_RESUME_FROM`` by hand.
+
+    >>> run = trainerd.Run(total_epochs=10)
+    >>> state = run.resume()            # None on a fresh start
+    >>> ...; run.step(loss=loss.item())
+    >>> run.end_epoch(epoch, {"model": model.state_dict(), ...})   # checkpoint; pauses if asked
+    >>> run.complete(weights_sha256=trainerd.weights_sha256(model))
+    """
+
+    def __init__(self, total_epochs=0, total_steps=0, out="trainerd-run", keep=3, install_signals=True):
+        env = os.environ
+        standalone = "TRAINERD_PROGRESS_FILE" not in env
+        if standalone:
+            os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
+        self.progress_file = env.get("TRAINERD_PROGRESS_FILE") or os.path.join(out, "progress.json")
+        self.checkpoint_dir = env.get("TRAINERD_CHECKPOINT_DIR") or os.path.join(out, "checkpoints")
+        self.resume_from = env.get("TRAINERD_RESUME_FROM") or None
+        self.attempt = int(env.get("TRAINERD_ATTEMPT", "1"))
+        self.standalone = standalone
+        self.keep = keep
+        self.step_count = 0
+        self.epoch = 0
+        self.control = Control()
+        if install_signals:
+            self.control.install()
+        interval = float(env.get("TRAINERD_HEARTBEAT_INTERVAL", "5"))
+        self.reporter = Reporter(self.progress_file, interval)
+        self.reporter.update(total_epochs=int(total_epochs), total_steps=int(total_steps))
+        self.reporter.start()
+
+    @property
+    def pause_requested(self):
+        """SIGUSR1 arrived: stop at the end of this epoch (``end_epoch`` does it)."""
+        return self.control.pause.is_set()
+
+    @property
+    def stop_requested(self):
+        """SIGTERM arrived: stop at the next step (``step`` does it)."""
+        return self.control.stop.is_set()
+
+    def resume(self):
+        """The state saved in ``TRAINERD_RESUME_FROM``, or None on a fresh start. A checkpoint that
+        cannot be read ends the attempt with exit 65: never a silent restart from step 0."""
+        if not self.resume_from:
+            return None
+        try:
+            state = checkpoint.load(self.resume_from)
+        except Exception as e:  # noqa: BLE001 - any failure to load is the same protocol answer
+            self.fail(f"cannot resume from {self.resume_from}: {e}", code=DATA_ERR)
+        self.step_count = int(state.get("step", 0)) if isinstance(state, dict) else 0
+        self.epoch = int(state.get("epoch", 0)) if isinstance(state, dict) else 0
+        latest = {"path": self.resume_from, "step": self.step_count, "epoch": self.epoch}
+        self.reporter.update(step=self.step_count, epoch=self.epoch, latest_checkpoint=latest)
+        return state
+
+    def step(self, n=1, **fields):
+        """Counts ``n`` optimizer steps and records fields (``loss``, ``lr``, ...). On a stop request,
+        ends the attempt with state ``stopped`` at the latest checkpoint and exit 75."""
+        self.step_count += n
+        self.reporter.update(state="running", step=self.step_count, **fields)
+        if self.stop_requested:
+            self.reporter.finish("stopped", message="stopped on request; resumes from the latest checkpoint")
+            sys.exit(RETRY)
+
+    def report(self, **fields):
+        """Records fields without counting a step (``state="evaluating"``, ``val_loss``, ...)."""
+        self.reporter.update(**fields)
+
+    def checkpoint(self, state, epoch=None):
+        """Saves ``state`` atomically at the current step and records it as the latest checkpoint.
+        ``state`` should hold ``step`` and ``epoch`` too; they are added when missing."""
+        if epoch is not None:
+            self.epoch = int(epoch)
+        if isinstance(state, dict):
+            state.setdefault("step", self.step_count)
+            state.setdefault("epoch", self.epoch)
+        self.reporter.update(state="checkpointing")
+        path = checkpoint.save(state, self.checkpoint_dir, self.step_count)
+        latest = {"path": path, "step": self.step_count, "epoch": self.epoch}
+        self.reporter.update(state="running", epoch=self.epoch, latest_checkpoint=latest)
+        checkpoint.prune(self.checkpoint_dir, self.keep, protect=[path])
+        return path
+
+    def end_epoch(self, epoch, state, **fields):
+        """The epoch boundary: checkpoint, then, if a pause was asked for, state ``paused`` and exit 0."""
+        self.report(**fields)
+        self.checkpoint(state, epoch=epoch)
+        if self.pause_requested:
+            self.reporter.finish("paused", message=f"paused after epoch {epoch}")
+            sys.exit(OK)
+
+    def complete(self, weights_sha256=None, message="completed", **fields):
+        """Writes ``completed`` and exits 0."""
+        self.reporter.finish("completed", weights_sha256=weights_sha256, message=message, **fields)
+        sys.exit(OK)
+
+    def fail(self, message, code=CONFIG):
+        """Writes ``failed`` with ``message`` and exits ``code`` (75 to be restarted)."""
+        print(message, file=sys.stderr)
+        self.reporter.finish("failed", message=message)
+        sys.exit(code)

@@ -157,8 +157,7 @@ impl Actor for Supervisor {
             let _ = actor.call(|reply| JobMsg::Check { reply }, Some(std::time::Duration::from_secs(10))).await;
         }
         state.sort_queue();
-        let fixes = state.reconcile_records(&myself).await?;
-        let checked = state.shared.store.list()?.iter().filter(|r| !is_terminal(r.state())).count() as u32;
+        let (checked, fixes) = state.reconcile_records(&myself).await?;
         state.record_reconciliation(pb::ReconcileResponse { at: unix_now(), checked, fixes, count: 0 });
         state.admit(&myself).await?;
         if let Some(every) = crate::systemd::Notifier::watchdog_interval() {
@@ -276,37 +275,64 @@ impl Actor for Supervisor {
 }
 
 /// The processes of `record`'s last attempt that are still alive and still the same processes (pid
-/// and start time): its trainer and its shim. Empty when it cannot be told.
-fn live_processes(record: &JobRecord, state_dir: &std::path::Path) -> Vec<(&'static str, u32)> {
-    let Some(attempt) = record.attempts.last() else { return Vec::new() };
-    let dir = crate::job::JobPaths::new(state_dir, record.id).dir;
-    let identity = shim::read_identity(&dir, attempt.number);
-    let mut live = Vec::new();
-    let trainer =
-        attempt.pid.zip(attempt.pid_start_ticks).or(identity.and_then(|i| i.trainer_pid.zip(i.trainer_start_ticks)));
-    if let Some((pid, ticks)) = trainer {
-        if shim::is_alive(pid, ticks) == Some(true) {
-            live.push(("trainer", pid));
+/// and start time). For a finished or paused job, both should be `None`.
+#[derive(Default)]
+struct Leftovers {
+    trainer: Option<u32>,
+    shim: Option<u32>,
+}
+
+impl Leftovers {
+    fn of(record: &JobRecord, state_dir: &std::path::Path) -> Leftovers {
+        let Some(attempt) = record.attempts.last() else { return Leftovers::default() };
+        // An attempt with a recorded end had its shim's exit seen, and a shim exits only after every
+        // process of the attempt is reaped: only an unended attempt can have left a shim.
+        let identity = match attempt.ended_at {
+            Some(_) => None,
+            None => shim::read_identity(&crate::job::JobPaths::new(state_dir, record.id).dir, attempt.number),
+        };
+        let trainer = attempt
+            .pid
+            .zip(attempt.pid_start_ticks)
+            .or(identity.and_then(|i| i.trainer_pid.zip(i.trainer_start_ticks)))
+            .filter(|(pid, ticks)| shim::is_alive(*pid, *ticks) == Some(true));
+        let shim = identity.filter(|i| shim::is_alive(i.shim_pid, i.shim_start_ticks) == Some(true));
+        Leftovers { trainer: trainer.map(|(pid, _)| pid), shim: shim.map(|i| i.shim_pid) }
+    }
+
+    /// SIGKILLs the trainer's group (its shim then exits by itself), or a shim left without one.
+    /// Returns what was found, in words, or None when nothing was.
+    fn stop(&self) -> Option<String> {
+        match (self.trainer, self.shim) {
+            (Some(trainer), shim) => {
+                let _ = process::signal_group(trainer, libc::SIGKILL);
+                Some(shim.map_or(format!("trainer {trainer}"), |s| format!("trainer {trainer} and shim {s}")))
+            }
+            (None, Some(shim)) => {
+                // SAFETY: kill(2); the pid was just identified by its start time.
+                unsafe { libc::kill(shim as i32, libc::SIGKILL) };
+                Some(format!("shim {shim}"))
+            }
+            (None, None) => None,
         }
     }
-    if let Some(i) = identity {
-        if shim::is_alive(i.shim_pid, i.shim_start_ticks) == Some(true) {
-            live.push(("shim", i.shim_pid));
-        }
-    }
-    live
 }
 
 impl State {
     /// The Supervisor's part of reconciliation, over every record: a record that needs an actor has
     /// one (queued jobs are in the queue, backoffs and process states have an actor), and a job that
-    /// is finished or paused has no process left. Returns one line per fix, each also an event.
-    async fn reconcile_records(&mut self, myself: &ActorRef<SupervisorMsg>) -> Result<Vec<String>, ActorProcessingErr> {
-        let mut fixes = Vec::new();
+    /// is finished or paused has no process left. Returns how many unfinished jobs it checked and one
+    /// line per fix, each also an event.
+    async fn reconcile_records(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+    ) -> Result<(u32, Vec<String>), ActorProcessingErr> {
+        let (mut checked, mut fixes) = (0, Vec::new());
         let state_dir = self.shared.config().state_dir.clone();
         for record in self.shared.store.list()? {
             let id = record.id;
             let job_state = record.state();
+            checked += u32::from(!is_terminal(job_state));
             let has_actor = self.actors.contains_key(&id);
             let fix = if job_state == JobState::Queued && !has_actor && !self.queue.iter().any(|q| q.id == id) {
                 self.queue.push(Queued::of(&record));
@@ -317,19 +343,8 @@ impl State {
                 self.spawn_actor(myself, Queued::of(&record), mode).await?;
                 Some(format!("job {id} is {} but had no actor; one now watches it", state_word(job_state)))
             } else if (is_terminal(job_state) || job_state == JobState::Paused) && !has_actor {
-                let live = live_processes(&record, &state_dir);
-                if let Some((_, trainer)) = live.iter().find(|(what, _)| *what == "trainer") {
-                    // The shim, if any, exits once its trainer is gone.
-                    let _ = process::signal_group(*trainer, libc::SIGKILL);
-                }
-                if let Some((_, shim)) = live.iter().find(|(what, _)| *what == "shim").filter(|_| live.len() == 1) {
-                    // SAFETY: kill(2); the pid was just identified by its start time.
-                    unsafe { libc::kill(*shim as i32, libc::SIGKILL) };
-                }
-                (!live.is_empty()).then(|| {
-                    let what: Vec<String> = live.iter().map(|(w, p)| format!("{w} {p}")).collect();
-                    format!("job {id} is {} but {} still ran; stopped", state_word(job_state), what.join(" and "))
-                })
+                let what = Leftovers::of(&record, &state_dir).stop();
+                what.map(|what| format!("job {id} is {} but {what} still ran; stopped", state_word(job_state)))
             } else {
                 None
             };
@@ -341,7 +356,7 @@ impl State {
                 fixes.push(fix);
             }
         }
-        Ok(fixes)
+        Ok((checked, fixes))
     }
 
     /// A full reconciliation: the records here, then each JobActor checks its own process in a task
@@ -351,9 +366,8 @@ impl State {
         myself: &ActorRef<SupervisorMsg>,
         reply: Option<RpcReplyPort<pb::ReconcileResponse>>,
     ) -> Result<(), ActorProcessingErr> {
-        let mut fixes = self.reconcile_records(myself).await?;
+        let (checked, mut fixes) = self.reconcile_records(myself).await?;
         self.admit(myself).await?;
-        let checked = self.shared.store.list()?.iter().filter(|r| !is_terminal(r.state())).count() as u32;
         let actors: Vec<(JobId, ActorRef<JobMsg>)> = self.actors.iter().map(|(id, a)| (*id, a.clone())).collect();
         let supervisor = myself.clone();
         tokio::spawn(async move {

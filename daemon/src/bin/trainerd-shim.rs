@@ -2,7 +2,7 @@
 //!
 //! trainerd starts one shim per attempt; the shim starts the trainer and outlives trainerd, so a
 //! restart or upgrade of trainerd never stops training, and the trainer's exact exit status is never
-//! lost. It uses no threads, no async runtime and no heap beyond its arguments.
+//! lost. It uses no threads and no async runtime; from trainerd's library only `process`.
 //!
 //! ```text
 //! trainerd-shim JOB_DIR ATTEMPT STDOUT_LOG -- PROGRAM [ARGS...]
@@ -154,9 +154,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) {
     }
 }
 
-/// Field 22 of /proc/PID/stat (see trainerd's `process::start_ticks`).
+/// The start time that, with the pid, identifies a process (trainerd compares it at adoption).
 fn start_ticks(pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = text.rsplit_once(')')?;
-    rest.split_whitespace().nth(19)?.parse().ok()
+    trainerd::process::start_ticks(pid).ok()
 }

@@ -66,6 +66,7 @@ impl Daemon {
             .env("TRAINERD_LOG", "warn")
             .env("RUST_BACKTRACE", "0")
             .stdout(Stdio::piped())
+            .stderr(self.log_file())
             .spawn()
             .expect("spawn trainerd");
         let mut line = String::new();
@@ -100,6 +101,19 @@ impl Daemon {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         child.wait().expect("wait for trainerd")
+    }
+
+    /// trainerd's own log (its stderr, appended across restarts).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("trainerd.log")).unwrap_or_default()
+    }
+
+    fn log_file(&self) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("trainerd.log"))
+            .expect("trainerd.log")
     }
 
     /// The directory of job `id` (its 12-digit form).
@@ -239,7 +253,8 @@ pub fn wait_gone(pid: u32, limit: Duration) {
 /// The live (not zombie) processes started for job `id` by the trainerd on `state_dir`: trainers,
 /// their children and shims, found by the job's progress file in their environment.
 pub fn job_processes(state_dir: &Path, id: &str) -> Vec<u32> {
-    let marker = format!("TRAINERD_PROGRESS_FILE={}", state_dir.join("jobs").join(id).join("progress.json").display());
+    let marker =
+        format!("TRAINERD_PROGRESS_FILE={}", state_dir.join("jobs").join(id).join("trainer/progress.json").display());
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
@@ -255,6 +270,21 @@ pub fn job_processes(state_dir: &Path, id: &str) -> Vec<u32> {
         }
     }
     found
+}
+
+/// Makes `cmd` run as `uid`:`gid` with no supplementary groups (the tests run as root and play
+/// other users this way).
+pub fn as_user(cmd: &mut Command, uid: u32, gid: u32) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 /// GetJob.

@@ -14,6 +14,13 @@ pub struct Cli {
     /// trainerd's TCP address, like http://127.0.0.1:7070 (instead of the unix socket).
     #[arg(long, global = true, conflicts_with = "socket")]
     pub addr: Option<String>,
+    /// With --addr: a file holding trainerd's bearer token [default: $TRAINERD_TOKEN_FILE].
+    #[arg(long, global = true, env = "TRAINERD_TOKEN_FILE", requires = "addr")]
+    pub token_file: Option<PathBuf>,
+    /// With an https:// --addr: the PEM certificate of the CA that signed trainerd's certificate
+    /// [default: the system's roots are not used; give this].
+    #[arg(long, global = true, requires = "addr")]
+    pub ca: Option<PathBuf>,
     /// Print JSON (one object per line for `watch`) with stable field names.
     #[arg(long, global = true)]
     pub json: bool,

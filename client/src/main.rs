@@ -103,7 +103,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
     let socket = socket_path(&cli);
     let mut client = match &cli.addr {
-        Some(addr) => trainctl::connect_tcp(addr).await.map_err(Failure::Unreachable)?,
+        Some(addr) => trainctl::connect_tcp(addr, tcp_options(&cli)?).await.map_err(Failure::Unreachable)?,
         None => trainctl::connect_unix(&socket).await.map_err(|e| Failure::Unreachable(e.to_string()))?,
     };
     let json = cli.json;
@@ -298,6 +298,22 @@ fn on_path(program: &str) -> Option<PathBuf> {
 }
 
 /// Follows a job to its end. The exit status tells the outcome.
+/// The token and CA files of a TCP connection, read.
+fn tcp_options(cli: &Cli) -> Result<trainctl::TcpOptions, Failure> {
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| Failure::Usage(format!("--{flag} {}: cannot read it: {e}", path.display())))
+    };
+    let token = match &cli.token_file {
+        Some(path) => {
+            let text = String::from_utf8_lossy(&read("token-file", path)?).into_owned();
+            Some(text.lines().next().unwrap_or_default().trim().to_string())
+        }
+        None => None,
+    };
+    let ca = cli.ca.as_deref().map(|p| read("ca", p)).transpose()?;
+    Ok(trainctl::TcpOptions { token, ca })
+}
+
 async fn watch(client: &mut trainctl::Client, id: &str, json: bool) -> Result<ExitCode, Failure> {
     let mut stream = client.watch_job(pb::WatchJobRequest { id: id.into() }).await?.into_inner();
     let tty = std::io::stdout().is_terminal() && !json;

@@ -35,9 +35,35 @@ pub struct Flags {
     /// The JSON-lines control socket for local tools [default: control.sock beside --socket].
     #[arg(long)]
     pub control_socket: Option<PathBuf>,
-    /// Also serve gRPC on this TCP address (loopback only: 127.0.0.1:PORT or [::1]:PORT).
+    /// Also serve gRPC on this TCP address. Every TCP request must carry the bearer token of
+    /// --token-file; beyond loopback, --tls-cert and --tls-key are required too [default: off].
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// A file holding the bearer token TCP clients must present (at least 16 characters; readable
+    /// by its owner only).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// The PEM certificate chain of the TCP listener's TLS.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// The group that owns the unix sockets (mode 0660); its members may use trainerd [default:
+    /// trainerd's own group].
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// Users (names or uids, comma-separated) allowed on the unix sockets besides root and
+    /// trainerd's own user.
+    #[arg(long, value_delimiter = ',')]
+    pub allow_users: Option<Vec<String>>,
+    /// Groups (names or gids, comma-separated) whose members are allowed on the unix sockets.
+    #[arg(long, value_delimiter = ',')]
+    pub allow_groups: Option<Vec<String>>,
+    /// When trainerd runs as root: the user every job runs as, whoever submitted it [default: the
+    /// submitting user; TCP submissions are refused].
+    #[arg(long)]
+    pub job_user: Option<String>,
     /// Serve Prometheus metrics on this address (GET /metrics), like 127.0.0.1:9184 [default: off].
     #[arg(long)]
     pub metrics: Option<std::net::SocketAddr>,
@@ -121,6 +147,11 @@ pub struct DaemonConfig {
     pub socket: PathBuf,
     pub control_socket: PathBuf,
     pub listen: Option<std::net::SocketAddr>,
+    /// The TCP listener's certificate chain and key.
+    pub tls: Option<Tls>,
+    /// The unix sockets' group.
+    pub socket_group: Option<u32>,
+    pub access: crate::access::Access,
     pub metrics: Option<std::net::SocketAddr>,
     pub slots: u32,
     /// The GPU indices of the pool.
@@ -138,10 +169,12 @@ pub struct DaemonConfig {
 }
 
 fn seconds(name: &str, value: f64) -> Result<u64, String> {
-    if value.is_finite() && value >= 0.0 {
+    // A year bounds every duration: deadlines far beyond it would overflow clock arithmetic.
+    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
+    if value.is_finite() && (0.0..=YEAR).contains(&value) {
         Ok((value * 1000.0).round() as u64)
     } else {
-        Err(format!("--{name} must be zero or a positive number of seconds, not {value}"))
+        Err(format!("--{name} must be a number of seconds from 0 to {YEAR} (a year), not {value:?}"))
     }
 }
 
@@ -191,7 +224,7 @@ impl Flags {
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(self),
             Err(e) => return Err(format!("cannot read the configuration file {}: {e}", path.display())),
         };
-        let file: Flags = toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), with_suggestion(e)))?;
+        let file = Flags::parse_file(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let flags = self;
         Ok(prefer_flags!(
             flags,
@@ -200,6 +233,13 @@ impl Flags {
             socket,
             control_socket,
             listen,
+            token_file,
+            tls_cert,
+            tls_key,
+            socket_group,
+            allow_users,
+            allow_groups,
+            job_user,
             metrics,
             gpus,
             slots,
@@ -219,6 +259,12 @@ impl Flags {
         ))
     }
 
+    /// Parses a configuration file's text (the keys are the flags' long names); the error names the
+    /// line and, for an unknown key, the nearest known one.
+    pub fn parse_file(text: &str) -> Result<Flags, String> {
+        toml::from_str(text).map_err(with_suggestion)
+    }
+
     /// Applies the defaults and checks every value.
     pub fn resolve(self) -> Result<DaemonConfig, String> {
         let state_dir = self.state_dir.unwrap_or_else(|| {
@@ -231,13 +277,67 @@ impl Flags {
         let socket = self.socket.unwrap_or_else(default_socket);
         let control_socket =
             self.control_socket.unwrap_or_else(|| socket.parent().unwrap_or(Path::new("/")).join("control.sock"));
+        let token = self.token_file.as_deref().map(read_token).transpose()?;
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(Tls { cert: read_pem("tls-cert", cert)?, key: read_pem("tls-key", key)? }),
+            (None, None) => None,
+            _ => return Err("--tls-cert and --tls-key go together; give both, or neither".into()),
+        };
         if let Some(addr) = self.listen {
-            if !addr.ip().is_loopback() {
+            if token.is_none() {
                 return Err(format!(
-                    "--listen {addr}: TCP beyond loopback needs TLS and a bearer token, which this trainerd                      does not offer yet; listen on 127.0.0.1 and tunnel (ssh -L) instead"
+                    "--listen {addr}: TCP clients have no peer credentials, so each must present a bearer token; \
+                     give --token-file FILE (a random string of at least 16 characters, mode 0600)"
                 ));
             }
+            if !addr.ip().is_loopback() && tls.is_none() {
+                return Err(format!(
+                    "--listen {addr}: TCP beyond loopback needs TLS and a bearer token; give --tls-cert and \
+                     --tls-key, or listen on 127.0.0.1 and tunnel (ssh -L)"
+                ));
+            }
+        } else if tls.is_some() {
+            return Err("--tls-cert and --tls-key secure the TCP listener; give --listen ADDR too".into());
         }
+        let socket_group = match &self.socket_group {
+            Some(name) => Some(
+                crate::users::group(name)
+                    .ok_or_else(|| format!("--socket-group {name:?}: no such group on this host"))?,
+            ),
+            None => None,
+        };
+        let mut allowed_users = Vec::new();
+        for name in self.allow_users.iter().flatten().filter(|n| !n.is_empty()) {
+            // A number needs no account: the kernel reports uids, not names.
+            let uid = match name.parse::<u32>() {
+                Ok(uid) => uid,
+                Err(_) => {
+                    crate::users::user(name).ok_or_else(|| format!("--allow-users: no user {name:?} on this host"))?.uid
+                }
+            };
+            allowed_users.push(uid);
+        }
+        let mut allowed_groups: Vec<u32> = socket_group.into_iter().collect();
+        for name in self.allow_groups.iter().flatten().filter(|n| !n.is_empty()) {
+            allowed_groups.push(
+                crate::users::group(name).ok_or_else(|| format!("--allow-groups: no group {name:?} on this host"))?,
+            );
+        }
+        let own_uid = crate::users::euid();
+        let job_user = match &self.job_user {
+            Some(name) => {
+                let user =
+                    crate::users::user(name).ok_or_else(|| format!("--job-user: no user {name:?} on this host"))?;
+                if own_uid != 0 && user.uid != own_uid {
+                    return Err(format!(
+                        "--job-user {name}: only a trainerd running as root can run jobs as another user"
+                    ));
+                }
+                Some(crate::store::records::RunAs { uid: user.uid, gid: user.gid })
+            }
+            None => None,
+        };
+        let access = crate::access::Access { own_uid, users: allowed_users, groups: allowed_groups, token, job_user };
         let gpus = match self.gpus.as_deref().unwrap_or("auto") {
             "auto" => crate::gpus::detect(),
             "none" | "" => Vec::new(),
@@ -287,6 +387,9 @@ impl Flags {
             socket,
             control_socket,
             listen: self.listen,
+            tls,
+            socket_group,
+            access,
             metrics: self.metrics,
             slots: self.slots.unwrap_or(4),
             gpus,
@@ -312,6 +415,51 @@ impl Flags {
             test_hooks: self.test_hooks,
         })
     }
+}
+
+/// A TLS identity, PEM. Its `Debug` leaves the key out.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Tls {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tls {{ cert: {} bytes, key: *** }}", self.cert.len())
+    }
+}
+
+/// The bearer token: the file's first line, at least 16 characters, in a file only its owner can read.
+fn read_token(path: &Path) -> Result<crate::access::Secret, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("--token-file {}: cannot read it: {e}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "--token-file {}: other users can read it (mode {:o}); chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        ));
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--token-file {}: cannot read it: {e}", path.display()))?;
+    let token = text.lines().next().unwrap_or_default().trim().to_string();
+    if token.len() < 16 || !token.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(format!(
+            "--token-file {}: the token must be at least 16 printable characters without spaces \
+             (for example: openssl rand -hex 32)",
+            path.display()
+        ));
+    }
+    Ok(crate::access::Secret(token))
+}
+
+fn read_pem(flag: &str, path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("--{flag} {}: cannot read it: {e}", path.display()))?;
+    if !bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(format!("--{flag} {}: not a PEM file (no -----BEGIN line)", path.display()));
+    }
+    Ok(bytes)
 }
 
 /// toml's "unknown field `slot`, expected one of ..." plus the nearest key, when one is close.

@@ -13,9 +13,14 @@
 //! - [`config`]: flags, the TOML file and defaults.
 //! - [`systemd`]: READY/STATUS/WATCHDOG/STOPPING notifications.
 //! - [`logging`]: trainerd's own log: journald, human text or JSON.
+//! - [`access`]: who may use trainerd (peer credentials, bearer token) and as whom jobs run.
+//! - [`users`]: the host's user and group database.
+//! - [`fuzz`]: the parsers of outside bytes, as the fuzz targets call them.
 
+pub mod access;
 pub mod api;
 pub mod config;
+pub mod fuzz;
 pub mod gpus;
 pub mod hub;
 pub mod job;
@@ -27,3 +32,4 @@ pub mod run;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;
+pub mod users;

@@ -7,7 +7,7 @@
 //! wait until every job has paused or gone back to the queue. The store is flushed before exit under
 //! every policy.
 
-use crate::api::grpc::GrpcService;
+use crate::api::grpc;
 use crate::api::Api;
 use crate::config::{DaemonConfig, Flags};
 use crate::hub::Hub;
@@ -20,7 +20,6 @@ use std::time::Instant;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
-use trainerd_proto::v1::trainerd_server::TrainerdServer;
 
 /// How long open client connections may delay a shutdown.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -37,8 +36,8 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create the state dir {}", config.state_dir.display()))?;
     let store = Arc::new(Store::open(&config.state_dir.join("store"))?);
-    let listener = bind(&config.socket)?;
-    let control = bind(&config.control_socket)?;
+    let listener = bind(&config.socket, config.socket_group)?;
+    let control = bind(&config.control_socket, config.socket_group)?;
     let tcp = match config.listen {
         Some(addr) => {
             Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?)
@@ -100,15 +99,18 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
         tokio::spawn(serve_metrics(listener, shared.clone()));
     }
     if let Some(tcp) = tcp {
-        let service = TrainerdServer::new(GrpcService { api: api.clone() });
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &config.tls {
+            let identity = tonic::transport::Identity::from_pem(&tls.cert, &tls.key);
+            builder = builder
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .context("the TLS certificate or key is not usable")?;
+        }
+        let router = builder.add_service(grpc::server(api.clone()));
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, stop)
-                .await
-            {
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
                 tracing::error!("the TCP gRPC server failed: {e}");
             }
         });
@@ -120,7 +122,7 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     println!("trainerd ready: socket {} state dir {}", config.socket.display(), config.state_dir.display());
     tracing::info!(socket = %config.socket.display(), "serving");
     let server = tonic::transport::Server::builder()
-        .add_service(TrainerdServer::new(GrpcService { api }))
+        .add_service(grpc::server(api))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
     // Graceful shutdown waits for open connections, and a `trainctl watch` may never close its own:
     // in-flight requests get a short grace, then the server is dropped.
@@ -211,6 +213,12 @@ fn reload(flags: &Flags, shared: &Shared) {
     if new.listen != old.listen {
         fixed.push("listen");
     }
+    if new.tls != old.tls {
+        fixed.push("tls-cert, tls-key");
+    }
+    if new.socket_group != old.socket_group {
+        fixed.push("socket-group");
+    }
     if new.gpus != old.gpus {
         fixed.push("gpus");
     }
@@ -225,6 +233,8 @@ fn reload(flags: &Flags, shared: &Shared) {
         socket: old.socket.clone(),
         control_socket: old.control_socket.clone(),
         listen: old.listen,
+        tls: old.tls.clone(),
+        socket_group: old.socket_group,
         metrics: old.metrics,
         gpus: old.gpus.clone(),
         ..new
@@ -233,9 +243,11 @@ fn reload(flags: &Flags, shared: &Shared) {
     *shared.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(applied);
 }
 
-/// Binds the socket, replacing a stale file a dead daemon left. Called only after the store is open,
-/// so a live daemon's socket is never removed (the live daemon holds the store's lock).
-fn bind(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+/// Binds the socket, replacing a stale file a dead daemon left, and makes it mode 0660 in `group`
+/// (who passes the file permissions is then checked again by peer credentials, see `access`).
+/// Called only after the store is open, so a live daemon's socket is never removed (the live daemon
+/// holds the store's lock).
+fn bind(path: &std::path::Path, group: Option<u32>) -> anyhow::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the socket's directory {}", dir.display()))?;
@@ -246,5 +258,13 @@ fn bind(path: &std::path::Path) -> anyhow::Result<UnixListener> {
         }
         _ => {}
     }
-    UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))
+    let listener = UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("cannot give the socket {} to group {gid}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot make the socket {} mode 0660", path.display()))?;
+    Ok(listener)
 }

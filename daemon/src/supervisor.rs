@@ -20,7 +20,7 @@ use crate::hub::{job_view, Hub, LiveFacts};
 use crate::job::actor::{JobActor, JobArgs, JobMsg, Mode};
 use crate::job::shim;
 use crate::process;
-use crate::store::records::{ExitStatus, JobId, JobRecord, JobSpec};
+use crate::store::records::{ExitStatus, JobId, JobRecord, JobSpec, RunAs};
 use crate::store::Store;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::HashMap;
@@ -33,7 +33,7 @@ use trainerd_proto::v1::{JobState, Reason};
 /// Messages to the Supervisor.
 pub enum SupervisorMsg {
     /// A validated submission; replies with the job and whether it was created.
-    Submit { spec: JobSpec, reply: RpcReplyPort<Result<(JobRecord, bool), ApiError>> },
+    Submit { spec: JobSpec, run_as: Option<RunAs>, reply: RpcReplyPort<Result<(JobRecord, bool), ApiError>> },
     /// Cancel a job; the reply comes when it is CANCELLED.
     Cancel { id: JobId, by: String, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
     /// Pause a job (hold it, when queued); the reply comes at once.
@@ -175,8 +175,8 @@ impl Actor for Supervisor {
         state: &mut State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            SupervisorMsg::Submit { spec, reply } => {
-                let result = state.shared.store.create(spec, unix_now()).map_err(ApiError::from);
+            SupervisorMsg::Submit { spec, run_as, reply } => {
+                let result = state.shared.store.create(spec, run_as, unix_now()).map_err(ApiError::from);
                 if let Ok((record, true)) = &result {
                     state.queue.push(Queued::of(record));
                     state.sort_queue();

@@ -13,6 +13,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// The largest progress file a reader accepts. A real one is well under 4 KiB.
 pub const MAX_PROGRESS_BYTES: usize = 64 * 1024;
 
+/// The longest heartbeat interval a trainer may promise, in seconds (a day).
+pub const MAX_HEARTBEAT_INTERVAL: f64 = 86_400.0;
+
 /// The environment variables trainerd sets for a trainer.
 pub mod env {
     /// The job's id.
@@ -167,6 +170,9 @@ pub enum ProgressError {
     /// Written for another protocol version.
     #[error("progress file speaks protocol {0}, trainerd speaks {PROTOCOL_VERSION}")]
     Version(u32),
+    /// Well-formed, but a value is out of its range.
+    #[error("progress file has {0}")]
+    OutOfRange(String),
 }
 
 impl Progress {
@@ -200,6 +206,16 @@ impl Progress {
         let p: Progress = serde_json::from_slice(bytes)?;
         if p.protocol != PROTOCOL_VERSION {
             return Err(ProgressError::Version(p.protocol));
+        }
+        if let Some(i) = p.heartbeat_interval {
+            if i.is_nan() || i <= 0.0 || i > MAX_HEARTBEAT_INTERVAL {
+                return Err(ProgressError::OutOfRange(format!(
+                    "heartbeat_interval {i:?}; give seconds above 0 and at most {MAX_HEARTBEAT_INTERVAL}"
+                )));
+            }
+        }
+        if p.updated_at.is_nan() || p.updated_at < 0.0 {
+            return Err(ProgressError::OutOfRange(format!("updated_at {:?}; give Unix seconds", p.updated_at)));
         }
         Ok(p)
     }

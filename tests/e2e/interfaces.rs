@@ -144,28 +144,6 @@ fn logs_print_the_tail_and_follow_to_the_end() {
 }
 
 #[test]
-fn grpc_over_loopback_tcp_and_refusal_beyond_it() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let addr = format!("127.0.0.1:{port}");
-    let daemon = Daemon::start(&["--listen", &addr]);
-    let out =
-        Command::new(bin("trainctl")).args(["--addr", &format!("http://{addr}"), "--json", "info"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    drop(daemon);
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("trainerd"))
-        .args(["--state-dir", dir.path().to_str().unwrap(), "--socket", dir.path().join("s").to_str().unwrap()])
-        .args(["--listen", "0.0.0.0:7070"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs TLS and a bearer token"));
-}
-
-#[test]
 fn a_second_daemon_on_the_same_state_dir_refuses_and_a_stale_socket_is_replaced() {
     let mut daemon = Daemon::start(&[]);
     let out = Command::new(bin("trainerd"))

@@ -1,10 +1,12 @@
 //! End-to-end tests: the real trainerd, real trainer processes, real gRPC over a real unix socket.
 //! One test binary (one link) with a module per area.
 
+mod bad_input;
 mod interfaces;
 mod pause_queue;
 mod python;
 mod restart;
+mod security;
 mod supervisor;
 mod systemd;
 mod trainctl;

@@ -319,7 +319,7 @@ async fn randomized_faults_never_lose_a_job_never_rerun_a_finished_one_and_keep_
             ("kill a trainer", Some(job)) => signal(job.pid.unwrap(), libc::SIGKILL),
             ("hang a trainer", Some(job)) => signal(job.pid.unwrap(), libc::SIGSTOP),
             ("corrupt a progress file", Some(job)) => {
-                let path = daemon.job_dir(&job.id).join("progress.json");
+                let path = daemon.job_dir(&job.id).join("trainer/progress.json");
                 let tmp = path.with_extension("corrupt");
                 std::fs::write(&tmp, b"{\"protocol\": 1, \"state\": \"runn").unwrap();
                 std::fs::rename(&tmp, &path).unwrap();

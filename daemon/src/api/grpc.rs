@@ -2,12 +2,16 @@
 //! [`ApiError`] becomes a `tonic::Status`.
 
 use super::{Api, ApiError};
+use crate::access::{Access, Caller};
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::Stream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 use trainerd_proto::v1 as pb;
 use trainerd_proto::v1::trainerd_server::Trainerd;
+use trainerd_proto::v1::trainerd_server::TrainerdServer;
 
 /// The tonic service.
 pub struct GrpcService {
@@ -22,18 +26,57 @@ impl From<ApiError> for Status {
             ApiError::InvalidArgument { .. } => Status::invalid_argument(message),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(message),
             ApiError::Unavailable(_) => Status::unavailable(message),
+            ApiError::PermissionDenied(_) => Status::permission_denied(message),
             ApiError::Internal(_) => Status::internal(message),
         }
     }
 }
 
-/// Who is asking: the peer's uid on a unix socket.
-fn caller<T>(req: &Request<T>) -> String {
-    req.extensions()
-        .get::<tonic::transport::server::UdsConnectInfo>()
-        .and_then(|info| info.peer_cred)
-        .map(|cred| format!("uid {}", cred.uid()))
-        .unwrap_or_else(|| "an unidentified client".into())
+/// The largest request a client may send (a submission's command and environment are capped far
+/// below this; see `Api::validate`).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// The service as served: requests over [`MAX_REQUEST_BYTES`] are refused by tonic, and every request
+/// passes the access check first.
+pub fn server(api: Arc<Api>) -> InterceptedService<TrainerdServer<GrpcService>, Gate> {
+    let gate = Gate { socket: api.shared.config().socket.display().to_string(), shared: api.shared.clone() };
+    let service = TrainerdServer::new(GrpcService { api }).max_decoding_message_size(MAX_REQUEST_BYTES);
+    InterceptedService::new(service, gate)
+}
+
+/// The interceptor that runs the access check and leaves the [`Caller`] in the request's extensions.
+#[derive(Clone)]
+pub struct Gate {
+    shared: Arc<crate::supervisor::Shared>,
+    socket: String,
+}
+
+impl tonic::service::Interceptor for Gate {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let caller = admit(&self.shared.config().access, &req, &self.socket)?;
+        req.extensions_mut().insert(caller);
+        Ok(req)
+    }
+}
+
+/// The access check: a unix peer by its credentials, a TCP client by its bearer token.
+fn admit(access: &Access, req: &Request<()>, socket: &str) -> Result<Caller, Status> {
+    if let Some(info) = req.extensions().get::<UdsConnectInfo>() {
+        let Some(cred) = info.peer_cred else {
+            return Err(Status::permission_denied("the peer's credentials are unknown"));
+        };
+        access.check_local(cred.uid(), cred.gid(), cred.pid(), socket).map_err(Status::permission_denied)?;
+        return Ok(Caller::Local { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() });
+    }
+    let peer = req.remote_addr();
+    let header = req.metadata().get("authorization").map(|v| v.as_bytes());
+    access.check_token(header, peer).map_err(Status::unauthenticated)?;
+    Ok(Caller::Remote { addr: peer })
+}
+
+/// Who is asking, as the interceptor found it.
+fn caller<T>(req: &Request<T>) -> Caller {
+    req.extensions().get::<Caller>().cloned().unwrap_or(Caller::Remote { addr: None })
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobUpdate, Status>> + Send>>;
@@ -41,7 +84,8 @@ type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::JobUpdate, Status>> + Se
 #[tonic::async_trait]
 impl Trainerd for GrpcService {
     async fn submit_job(&self, req: Request<pb::SubmitJobRequest>) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        Ok(Response::new(self.api.submit(req.into_inner()).await?))
+        let by = caller(&req);
+        Ok(Response::new(self.api.submit(req.into_inner(), &by).await?))
     }
 
     async fn get_job(&self, req: Request<pb::GetJobRequest>) -> Result<Response<pb::Job>, Status> {
@@ -88,12 +132,12 @@ impl Trainerd for GrpcService {
     }
 
     async fn cancel_job(&self, req: Request<pb::CancelJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let by = caller(&req);
+        let by = caller(&req).to_string();
         Ok(Response::new(self.api.cancel(&req.into_inner().id, by).await?))
     }
 
     async fn pause_job(&self, req: Request<pb::PauseJobRequest>) -> Result<Response<pb::Job>, Status> {
-        let by = caller(&req);
+        let by = caller(&req).to_string();
         Ok(Response::new(self.api.pause(&req.into_inner().id, by).await?))
     }
 

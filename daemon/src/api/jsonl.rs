@@ -11,6 +11,7 @@
 //! malformed line gets an error and the connection stays usable; a line over 1 MiB closes it.
 
 use super::{Api, ApiError};
+use crate::access::Caller;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -103,6 +104,7 @@ fn error(e: &ApiError) -> Value {
         ApiError::InvalidArgument { .. } => "invalid_argument",
         ApiError::FailedPrecondition(_) => "failed_precondition",
         ApiError::Unavailable(_) => "unavailable",
+        ApiError::PermissionDenied(_) => "permission_denied",
         ApiError::Internal(_) => "internal",
     };
     json!({"ok": false, "error": {"code": code, "message": e.to_string()}})
@@ -123,9 +125,24 @@ pub async fn serve(listener: UnixListener, api: Arc<Api>) {
     }
 }
 
-async fn connection(stream: UnixStream, api: Arc<Api>) {
-    let caller =
-        stream.peer_cred().map(|c| format!("uid {}", c.uid())).unwrap_or_else(|_| "an unidentified client".into());
+async fn connection(mut stream: UnixStream, api: Arc<Api>) {
+    let config = api.shared.config();
+    let socket = config.control_socket.display().to_string();
+    let admitted = match stream.peer_cred() {
+        Ok(cred) => config.access.check_local(cred.uid(), cred.gid(), cred.pid(), &socket).map(|()| Caller::Local {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+        }),
+        Err(e) => Err(format!("the peer's credentials are unknown: {e}")),
+    };
+    let caller = match admitted {
+        Ok(caller) => caller,
+        Err(message) => {
+            let _ = send(&mut stream, &error(&ApiError::PermissionDenied(message))).await;
+            return;
+        }
+    };
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut line = Vec::new();
@@ -143,13 +160,9 @@ async fn connection(stream: UnixStream, api: Arc<Api>) {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let request: Request = match serde_json::from_slice(&line) {
-            Ok(r) => r,
+        let request = match parse_line(&line) {
+            Ok(Parsed(r)) => r,
             Err(e) => {
-                let e = ApiError::InvalidArgument {
-                    field: "request",
-                    message: format!("{e}; send one JSON object per line, like {{\"op\":\"list\"}}"),
-                };
                 if send(&mut write, &error(&e)).await.is_err() {
                     return;
                 }
@@ -162,6 +175,17 @@ async fn connection(stream: UnixStream, api: Arc<Api>) {
     }
 }
 
+/// A request line that parsed (what it asks is private to this module).
+pub struct Parsed(Request);
+
+/// Parses one request line; the error is what the client is sent. Public for the fuzz targets.
+pub fn parse_line(line: &[u8]) -> Result<Parsed, ApiError> {
+    serde_json::from_slice(line).map(Parsed).map_err(|e| ApiError::InvalidArgument {
+        field: "request",
+        message: format!("{e}; send one JSON object per line, like {{\"op\":\"list\"}}"),
+    })
+}
+
 async fn send(write: &mut (impl AsyncWriteExt + Unpin), value: &Value) -> std::io::Result<()> {
     let mut bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
@@ -172,7 +196,7 @@ async fn send(write: &mut (impl AsyncWriteExt + Unpin), value: &Value) -> std::i
 async fn handle(
     request: Request,
     api: &Arc<Api>,
-    caller: &str,
+    caller: &Caller,
     write: &mut (impl AsyncWriteExt + Unpin),
 ) -> std::io::Result<()> {
     let reply = match request {
@@ -193,7 +217,7 @@ async fn handle(
                 pause_timeout_ms: s.pause_timeout_ms,
                 ..Default::default()
             };
-            api.submit(req)
+            api.submit(req, caller)
                 .await
                 .map(|r| json!({"ok": true, "created": r.created, "job": r.job.as_ref().map(job_json)}))
         }

@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod jsonl;
 mod logs;
 
+use crate::access::Caller;
 use crate::config::DaemonConfig;
 use crate::hub::{ends_watch, job_view, Hub, LiveFacts};
 use crate::store::records::{JobId, JobRecord, JobSpec, OnFailure, RestartPolicy, Timeouts};
@@ -32,6 +33,8 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -62,6 +65,12 @@ pub struct Api {
 const MAX_NAME: usize = 128;
 const MAX_ARGS_BYTES: usize = 128 * 1024;
 const MAX_ENV_BYTES: usize = 128 * 1024;
+const MAX_PATH: usize = 4096;
+const MAX_ARGS: usize = 4096;
+const MAX_ENV_VARS: usize = 1024;
+const MAX_KEY: usize = 256;
+/// The longest duration a submission may set (deadlines beyond it would overflow clock arithmetic).
+const MAX_MS: u64 = 365 * 24 * 3_600_000;
 
 impl Api {
     fn config(&self) -> Arc<DaemonConfig> {
@@ -69,14 +78,18 @@ impl Api {
     }
 
     /// Validates a submission and queues it (or returns the job its idempotency key names).
-    pub async fn submit(&self, req: pb::SubmitJobRequest) -> Result<pb::SubmitJobResponse, ApiError> {
+    pub async fn submit(&self, req: pb::SubmitJobRequest, caller: &Caller) -> Result<pb::SubmitJobResponse, ApiError> {
         let spec = self.validate(req)?;
+        let run_as = self.config().access.run_as(caller).map_err(ApiError::PermissionDenied)?;
         let (record, created) = self
             .supervisor
-            .call(|reply| SupervisorMsg::Submit { spec, reply }, Some(Duration::from_secs(30)))
+            .call(|reply| SupervisorMsg::Submit { spec, run_as, reply }, Some(Duration::from_secs(30)))
             .await
             .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
             .success_or_unavailable()??;
+        if created {
+            tracing::info!(target: "trainerd::audit", job = %record.id, run_as = ?record.run_as, "{caller} submitted {}", record.spec.name);
+        }
         Ok(pb::SubmitJobResponse { job: Some(self.view(&record)), created })
     }
 
@@ -84,32 +97,53 @@ impl Api {
         let Some(program) = req.command.first().filter(|p| !p.is_empty()) else {
             return Err(invalid("command", "is empty; give the program and its arguments, like: -- python train.py"));
         };
-        if req.command.iter().map(String::len).sum::<usize>() > MAX_ARGS_BYTES {
-            return Err(invalid("command", format!("is longer than {MAX_ARGS_BYTES} bytes")));
+        if req.command.iter().map(String::len).sum::<usize>() > MAX_ARGS_BYTES || req.command.len() > MAX_ARGS {
+            return Err(invalid("command", format!("is longer than {MAX_ARGS_BYTES} bytes or {MAX_ARGS} arguments")));
+        }
+        if req.command.iter().any(|a| a.contains('\0')) {
+            return Err(invalid("command", "an argument contains a NUL byte, which no program can receive"));
+        }
+        if req.idempotency_key.len() > MAX_KEY {
+            return Err(invalid("idempotency_key", format!("is longer than {MAX_KEY} bytes")));
+        }
+        if req.env.len() > MAX_ENV_VARS {
+            return Err(invalid("env", format!("has more than {MAX_ENV_VARS} variables")));
+        }
+        if req.workdir.is_empty() && program.contains('/') && !program.starts_with('/') {
+            return Err(invalid("command", format!("{program:?} is relative; give a workdir, or an absolute path")));
         }
         let resolved = resolve_program(program, Path::new(&req.workdir)).ok_or_else(|| {
             invalid("command", format!("{program:?} is not an executable file, nor found on trainerd's PATH"))
         })?;
+        self.outside_state_dir("command", &resolved)?;
         let name = if req.name.is_empty() {
             resolved.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "job".into())
         } else {
             req.name.clone()
         };
-        let name: String =
-            name.chars().map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' }).collect();
+        let name: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+            .take(MAX_NAME)
+            .collect();
         if !req.name.is_empty() && (req.name != name || name.len() > MAX_NAME) {
             return Err(invalid("name", format!("{:?}: use 1 to {MAX_NAME} of A-Z a-z 0-9 . _ -", req.name)));
         }
+        // Empty: the job's own trainer directory (see `job::spawn`).
         let workdir = if req.workdir.is_empty() {
-            self.config().state_dir.clone()
+            PathBuf::new()
         } else {
             let dir = PathBuf::from(&req.workdir);
+            if req.workdir.len() > MAX_PATH || req.workdir.contains('\0') {
+                return Err(invalid("workdir", format!("must be a path of at most {MAX_PATH} bytes")));
+            }
             if !dir.is_absolute() {
                 return Err(invalid("workdir", format!("{:?} must be an absolute path", req.workdir)));
             }
             if !dir.is_dir() {
                 return Err(invalid("workdir", format!("{:?} is not a directory", req.workdir)));
             }
+            self.outside_state_dir("workdir", &dir)?;
             dir
         };
         let mut env_bytes = 0;
@@ -148,8 +182,13 @@ impl Api {
         let t = &self.config().default_timeouts;
         let positive = |field: &'static str, v: Option<u64>, default: u64| match v {
             Some(0) => Err(invalid(field, "must be positive")),
+            Some(v) if v > MAX_MS => Err(invalid(field, format!("{v} ms is more than a year; give at most {MAX_MS}"))),
             Some(v) => Ok(v),
             None => Ok(default),
+        };
+        let bounded = |field: &'static str, v: Option<u64>, default: u64| match v {
+            Some(v) if v > MAX_MS => Err(invalid(field, format!("{v} ms is more than a year; give at most {MAX_MS}"))),
+            v => Ok(v.unwrap_or(default)),
         };
         Ok(JobSpec {
             name,
@@ -163,8 +202,8 @@ impl Api {
                 on_failure,
                 max_restarts: req.max_restarts.unwrap_or(defaults.max_restarts),
                 window_ms: positive("restart_window_ms", req.restart_window_ms, defaults.window_ms)?,
-                backoff_base_ms: req.backoff_base_ms.unwrap_or(defaults.backoff_base_ms),
-                backoff_max_ms: req.backoff_max_ms.unwrap_or(defaults.backoff_max_ms),
+                backoff_base_ms: bounded("backoff_base_ms", req.backoff_base_ms, defaults.backoff_base_ms)?,
+                backoff_max_ms: bounded("backoff_max_ms", req.backoff_max_ms, defaults.backoff_max_ms)?,
                 healthy_after_ms: defaults.healthy_after_ms,
             },
             timeouts: Timeouts {
@@ -178,6 +217,25 @@ impl Api {
                 pause_timeout_ms: positive("pause_timeout_ms", req.pause_timeout_ms, t.pause_timeout_ms)?,
             },
         })
+    }
+
+    /// Refuses a path that leads (through any symlink or `..`) into the state dir: the store and
+    /// every job's files are trainerd's, and a job must not read or replace another's.
+    fn outside_state_dir(&self, field: &'static str, path: &Path) -> Result<(), ApiError> {
+        let state_dir = self.config().state_dir.clone();
+        let state_dir = state_dir.canonicalize().unwrap_or(state_dir);
+        let real = path.canonicalize().map_err(|e| invalid(field, format!("{}: {e}", path.display())))?;
+        if real.starts_with(&state_dir) {
+            return Err(invalid(
+                field,
+                format!(
+                    "{} is inside trainerd's state dir {}; jobs run from their own directories",
+                    path.display(),
+                    state_dir.display()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Finds the job an id names: its number (`7`, `000000000007`), else a unique prefix of its

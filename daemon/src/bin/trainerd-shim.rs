@@ -5,8 +5,12 @@
 //! lost. It uses no threads and no async runtime; from trainerd's library only `process`.
 //!
 //! ```text
-//! trainerd-shim JOB_DIR ATTEMPT STDOUT_LOG -- PROGRAM [ARGS...]
+//! trainerd-shim JOB_DIR ATTEMPT STDOUT_LOG [UID:GID] -- PROGRAM [ARGS...]
 //! ```
+//!
+//! With `UID:GID` (trainerd runs as root and the job as a user), the trainer drops to that user,
+//! its primary group and its supplementary groups before exec; the shim itself stays root, so the
+//! trainer can neither signal it nor write its records.
 //!
 //! 1. Writes `JOB_DIR/shim.json` (its own pid and start time, for a later trainerd to find it), then
 //!    leaves trainerd's session (`setsid`) and becomes a child subreaper, so the trainer's orphaned
@@ -26,12 +30,42 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// Makes `cmd` exec as `uid`:`gid` with the user's supplementary groups (looked up now: nothing
+/// between fork and exec may allocate or take locks).
+fn drop_privileges(cmd: &mut Command, uid: u32, gid: u32) {
+    let groups: Vec<libc::gid_t> = match trainerd::users::user_by_uid(uid) {
+        Some(user) => trainerd::users::groups_of(&trainerd::users::User { gid, ..user }),
+        None => vec![gid],
+    };
+    // SAFETY: the closure runs between fork and exec and calls only setgroups, setgid and setuid,
+    // which are async-signal-safe; `groups` was built before the fork. The order matters: groups and
+    // gid can be changed only while still root.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 fn main() {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     let Some(split) = args.iter().position(|a| a == "--") else { usage() };
-    if split != 3 || args.len() <= split + 1 {
+    if !(3..=4).contains(&split) || args.len() <= split + 1 {
         usage();
     }
+    let run_as = if split == 4 {
+        let parsed = args[3]
+            .to_str()
+            .and_then(|s| s.split_once(':'))
+            .and_then(|(u, g)| Some((u.parse().ok()?, g.parse().ok()?)));
+        let Some((uid, gid)) = parsed else { usage() };
+        Some((uid, gid))
+    } else {
+        None
+    };
     let dir = PathBuf::from(&args[0]);
     let Some(attempt) = args[1].to_str().and_then(|a| a.parse::<u32>().ok()) else { usage() };
     let stdout_log = PathBuf::from(&args[2]);
@@ -47,11 +81,14 @@ fn main() {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     }
 
-    let started = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&stdout_log)
-        .and_then(|log| Command::new(program).args(rest).process_group(0).stdin(Stdio::null()).stdout(log).spawn());
+    let started = std::fs::OpenOptions::new().create(true).append(true).open(&stdout_log).and_then(|log| {
+        let mut cmd = Command::new(program);
+        cmd.args(rest).process_group(0).stdin(Stdio::null()).stdout(log);
+        if let Some((uid, gid)) = run_as {
+            drop_privileges(&mut cmd, uid, gid);
+        }
+        cmd.spawn()
+    });
     let mut handshake = std::io::stdout().lock();
     let trainer = match started {
         Ok(child) => child.id(),
@@ -126,7 +163,7 @@ fn kill_children(me: u32) {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: trainerd-shim JOB_DIR ATTEMPT STDOUT_LOG -- PROGRAM [ARGS...] (started by trainerd, not by hand)"
+        "usage: trainerd-shim JOB_DIR ATTEMPT STDOUT_LOG [UID:GID] -- PROGRAM [ARGS...] (started by trainerd, not by hand)"
     );
     std::process::exit(2);
 }

@@ -137,15 +137,15 @@ impl Actor for JobActor {
     async fn pre_start(&self, myself: ActorRef<JobMsg>, args: JobArgs) -> Result<State, ActorProcessingErr> {
         let record = args.shared.store.get(args.id)?.ok_or_else(|| format!("job {} is not in the store", args.id))?;
         let paths = JobPaths::new(&args.shared.config().state_dir, args.id);
-        std::fs::create_dir_all(&paths.dir)?;
+        std::fs::create_dir_all(&paths.trainer)?;
         let me = myself.clone();
-        let watcher = match watch_progress(&paths.dir, move || {
+        let watcher = match watch_progress(&paths.trainer, move || {
             let _ = me.cast(JobMsg::ProgressChanged);
         }) {
             Ok(w) => Some(w),
             Err(e) => {
                 // Without inotify the heartbeat deadline's re-read still sees progress, only later.
-                tracing::warn!(job = %args.id, "cannot watch {}: {e}", paths.dir.display());
+                tracing::warn!(job = %args.id, "cannot watch {}: {e}", paths.trainer.display());
                 None
             }
         };
@@ -353,6 +353,7 @@ impl State {
             gpus: (!self.shared.config().gpus.is_empty()).then_some(self.live.gpus.as_slice()),
             stop_grace_ms: self.record.spec.timeouts.stop_grace_ms,
             shim: &self.shared.config().shim,
+            run_as: self.record.run_as,
         };
         let started = match spawn(&self.record.spec, &launch).await {
             Ok(started) => {
@@ -644,7 +645,7 @@ impl State {
             .as_ref()
             .and_then(|p| p.heartbeat_interval)
             .filter(|i| i.is_finite() && *i > 0.0)
-            .map(Duration::from_secs_f64)
+            .map(|i| Duration::from_secs_f64(i.min(trainerd_proto::trainer::MAX_HEARTBEAT_INTERVAL)))
             .unwrap_or(self.shared.config().heartbeat_interval);
         let late_after = interval * 2;
         let quiet = silence(self);

@@ -8,16 +8,20 @@ pub mod actor;
 pub mod shim;
 pub mod watch;
 
-use crate::store::records::{JobId, JobSpec};
-use std::fs::File;
+use crate::store::records::{JobId, JobSpec, RunAs};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use trainerd_proto::trainer::{env, Progress, ProgressError, MAX_PROGRESS_BYTES};
 
-/// The files of one job under the state dir: `jobs/<id>/`.
+/// The files of one job under the state dir: `jobs/<id>/`, owned by trainerd, holds the logs and the
+/// shim's records; `jobs/<id>/trainer/`, owned by the user the trainer runs as, holds what the
+/// trainer writes (progress file, checkpoints). A trainer can thus never replace a log or forge its
+/// own exit record, even with a symlink.
 #[derive(Debug, Clone)]
 pub struct JobPaths {
     pub dir: PathBuf,
+    /// The trainer's own directory.
+    pub trainer: PathBuf,
     pub progress: PathBuf,
     pub checkpoints: PathBuf,
     pub stdout: PathBuf,
@@ -31,9 +35,11 @@ impl JobPaths {
     /// The paths of job `id` under `state_dir`.
     pub fn new(state_dir: &Path, id: JobId) -> JobPaths {
         let dir = state_dir.join("jobs").join(id.to_string());
+        let trainer = dir.join("trainer");
         JobPaths {
-            progress: dir.join(PROGRESS_NAME),
-            checkpoints: dir.join("checkpoints"),
+            progress: trainer.join(PROGRESS_NAME),
+            checkpoints: trainer.join("checkpoints"),
+            trainer,
             stdout: dir.join("stdout.log"),
             stderr: dir.join("stderr.log"),
             dir,
@@ -52,9 +58,12 @@ pub enum ReadError {
     Invalid(#[from] ProgressError),
 }
 
-/// Reads and validates the progress file, never more than the size cap (plus one byte to tell).
+/// Reads and validates the progress file, never more than the size cap (plus one byte to tell). A
+/// symlink is refused (ELOOP): the trainer's directory is the trainer's, and trainerd must not read
+/// what a link there points at.
 pub fn read_progress(path: &Path) -> Result<Progress, ReadError> {
-    let file = match File::open(path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadError::Missing),
         Err(e) => return Err(ReadError::Io(e)),
@@ -76,6 +85,8 @@ pub struct Launch<'a> {
     pub stop_grace_ms: u64,
     /// The trainerd-shim executable.
     pub shim: &'a Path,
+    /// Whom the trainer runs as (`None`: as trainerd).
+    pub run_as: Option<RunAs>,
 }
 
 /// Starts attempt `launch.attempt` under a new shim, which starts the trainer as the leader of its own
@@ -84,6 +95,12 @@ pub struct Launch<'a> {
 /// mistaken for this one's heartbeat or exit.
 pub async fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<shim::Started> {
     std::fs::create_dir_all(&launch.paths.checkpoints)?;
+    let switch = launch.run_as.filter(|r| r.uid != crate::users::euid());
+    if let Some(user) = switch {
+        for dir in [&launch.paths.trainer, &launch.paths.checkpoints] {
+            std::os::unix::fs::lchown(dir, Some(user.uid), Some(user.gid))?;
+        }
+    }
     match std::fs::remove_file(&launch.paths.progress) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
@@ -94,7 +111,8 @@ pub async fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<shim:
     }
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&launch.paths.stderr)?;
     let mut cmd = tokio::process::Command::new(launch.shim);
-    cmd.current_dir(&spec.workdir)
+    let workdir = if spec.workdir.as_os_str().is_empty() { &launch.paths.trainer } else { &spec.workdir };
+    cmd.current_dir(workdir)
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env(env::JOB_ID, launch.id.to_string())
         .env(env::PROGRESS_FILE, &launch.paths.progress)
@@ -111,7 +129,21 @@ pub async fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<shim:
     if let Some(path) = launch.resume_from {
         cmd.env(env::RESUME_FROM, path);
     }
-    shim::start(cmd, &launch.paths.dir, launch.attempt, &launch.paths.stdout, &spec.command).await
+    // A trainer run as another user gets that user's HOME, USER and LOGNAME (unless its spec sets them),
+    // not trainerd's: caches under ~ must be its own. A uid with no account gets its trainer dir as HOME.
+    if let Some(run_as) = switch {
+        let given = |name: &str| spec.env.iter().any(|(k, _)| k == name);
+        let (home, name) = match crate::users::user_by_uid(run_as.uid) {
+            Some(user) => (user.home, user.name),
+            None => (launch.paths.trainer.clone(), run_as.uid.to_string()),
+        };
+        for (var, value) in [("HOME", home.as_os_str()), ("USER", name.as_ref()), ("LOGNAME", name.as_ref())] {
+            if !given(var) {
+                cmd.env(var, value);
+            }
+        }
+    }
+    shim::start(cmd, &launch.paths.dir, launch.attempt, &launch.paths.stdout, switch, &spec.command).await
 }
 
 /// Keeps a log file under `cap` bytes by copy-truncate: the newest half of its content moves to

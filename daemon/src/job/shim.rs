@@ -8,7 +8,7 @@
 //! kernel; nothing here polls.
 
 use crate::process;
-use crate::store::records::ExitStatus;
+use crate::store::records::{ExitStatus, RunAs};
 use serde::Deserialize;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -99,9 +99,14 @@ pub async fn start(
     dir: &Path,
     attempt: u32,
     stdout_log: &Path,
+    run_as: Option<RunAs>,
     command: &[String],
 ) -> io::Result<Started> {
-    cmd.arg(dir).arg(attempt.to_string()).arg(stdout_log).arg("--").args(command);
+    cmd.arg(dir).arg(attempt.to_string()).arg(stdout_log);
+    if let Some(user) = run_as {
+        cmd.arg(format!("{}:{}", user.uid, user.gid));
+    }
+    cmd.arg("--").args(command);
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).kill_on_drop(false);
     let mut shim = cmd.spawn()?;
     let shim_pid = shim.id().ok_or_else(|| io::Error::other("the shim exited at once"))?;

@@ -1,10 +1,16 @@
 //! The versioned envelope around every stored value: one format byte, then bincode 2 (serde, standard
 //! configuration). A reader refuses a format it does not know rather than misreading it.
+//!
+//! Format history:
+//! - 1: the first.
+//! - 2: `JobRecord` gained its last field, `run_as: Option<RunAs>`. bincode writes `None` as one zero
+//!   byte, so a format-1 job record becomes a format-2 one by appending that byte ([`upgrade_job`]).
+//!   Other values encode as in format 1.
 
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The format this build writes.
-pub const FORMAT: u8 = 1;
+pub const FORMAT: u8 = 2;
 
 /// Why a stored value could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -30,10 +36,22 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     match bytes.split_first() {
         None => Err(CodecError::Empty),
-        Some((&FORMAT, payload)) => {
+        Some((&(1..=FORMAT), payload)) => {
             let (value, _) = bincode::serde::decode_from_slice(payload, bincode::config::standard())?;
             Ok(value)
         }
         Some((&other, _)) => Err(CodecError::UnknownFormat(other)),
+    }
+}
+
+/// A stored job record in the current format: a format-1 record gets its `run_as: None` byte.
+pub fn upgrade_job(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match bytes.first() {
+        Some(1) => {
+            let mut upgraded = bytes.to_vec();
+            upgraded.push(0);
+            std::borrow::Cow::Owned(upgraded)
+        }
+        _ => std::borrow::Cow::Borrowed(bytes),
     }
 }

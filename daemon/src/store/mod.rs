@@ -12,7 +12,7 @@ pub mod codec;
 pub mod records;
 
 use codec::CodecError;
-use records::{Event, JobId, JobRecord, JobSpec};
+use records::{Event, JobId, JobRecord, JobSpec, RunAs};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::path::{Path, PathBuf};
@@ -60,7 +60,7 @@ fn flatten(e: TransactionError<StoreError>) -> StoreError {
 }
 
 fn decode_job(bytes: &[u8]) -> Result<JobRecord, StoreError> {
-    codec::decode(bytes).map_err(|source| StoreError::Codec { what: "job".into(), source })
+    codec::decode(&codec::upgrade_job(bytes)).map_err(|source| StoreError::Codec { what: "job".into(), source })
 }
 
 /// Reads a job inside a transaction; a missing job aborts it.
@@ -104,7 +104,7 @@ impl Store {
 
     /// Creates a QUEUED job, or, when `spec.idempotency_key` names an existing job, returns that one.
     /// The boolean says whether a job was created.
-    pub fn create(&self, spec: JobSpec, now: f64) -> Result<(JobRecord, bool), StoreError> {
+    pub fn create(&self, spec: JobSpec, run_as: Option<RunAs>, now: f64) -> Result<(JobRecord, bool), StoreError> {
         let result = (&self.jobs, &self.events, &self.idempotency, &self.meta)
             .transaction(|(jobs, events, idempotency, meta)| {
                 if let Some(key) = &spec.idempotency_key {
@@ -139,6 +139,7 @@ impl Store {
                     weights_sha256: None,
                     cancelled_by: None,
                     message: None,
+                    run_as,
                 };
                 jobs.insert(&id.0.to_be_bytes(), encode("job", &record).or_else(abort)?)?;
                 if let Some(key) = &spec.idempotency_key {

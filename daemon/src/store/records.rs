@@ -130,6 +130,16 @@ pub struct JobRecord {
     pub cancelled_by: Option<String>,
     /// Why the job is in its state, in words (the last transition's message).
     pub message: Option<String>,
+    /// The user and group the trainer runs as; `None`: as trainerd itself. Set at submission (see
+    /// `access::Access::run_as`). Added in format 2: it must stay the last field (see `codec`).
+    pub run_as: Option<RunAs>,
+}
+
+/// A uid and gid a trainer runs as (with the user's supplementary groups, looked up at each start).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
 }
 
 impl JobRecord {

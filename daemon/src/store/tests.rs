@@ -33,7 +33,7 @@ fn records_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let id = {
         let store = Store::open(dir.path()).unwrap();
-        let (job, created) = store.create(spec("a", None), 1.0).unwrap();
+        let (job, created) = store.create(spec("a", None), None, 1.0).unwrap();
         assert!(created);
         store.transition(job.id, JobState::Starting, Reason::Unspecified, 2.0, "", |_| {}).unwrap();
         job.id
@@ -51,25 +51,25 @@ fn ids_count_up_from_one_across_reopening() {
     {
         let store = Store::open(dir.path()).unwrap();
         for (i, name) in ["a", "b"].into_iter().enumerate() {
-            let (job, _) = store.create(spec(name, None), 1.0).unwrap();
+            let (job, _) = store.create(spec(name, None), None, 1.0).unwrap();
             store.append_event(job.id, &Event { at: 1.0, kind: "x".into(), message: String::new() }).unwrap();
             assert_eq!(job.id, JobId(i as u64 + 1));
         }
     }
     let store = reopen(dir.path());
-    assert_eq!(store.create(spec("c", None), 1.0).unwrap().0.id, JobId(3));
+    assert_eq!(store.create(spec("c", None), None, 1.0).unwrap().0.id, JobId(3));
 }
 
 #[test]
 fn the_same_idempotency_key_returns_the_same_job() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let (first, created) = store.create(spec("a", Some("k1")), 1.0).unwrap();
+    let (first, created) = store.create(spec("a", Some("k1")), None, 1.0).unwrap();
     assert!(created);
-    let (again, created) = store.create(spec("b", Some("k1")), 2.0).unwrap();
+    let (again, created) = store.create(spec("b", Some("k1")), None, 2.0).unwrap();
     assert!(!created);
     assert_eq!(again.id, first.id);
-    let (other, created) = store.create(spec("c", Some("k2")), 3.0).unwrap();
+    let (other, created) = store.create(spec("c", Some("k2")), None, 3.0).unwrap();
     assert!(created && other.id != first.id);
     assert_eq!(store.list().unwrap().len(), 2);
 }
@@ -78,7 +78,7 @@ fn the_same_idempotency_key_returns_the_same_job() {
 fn illegal_transitions_are_refused_and_terminal_jobs_never_move() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let (job, _) = store.create(spec("a", None), 1.0).unwrap();
+    let (job, _) = store.create(spec("a", None), None, 1.0).unwrap();
     let err = store.transition(job.id, JobState::Completed, Reason::Completed, 2.0, "", |_| {}).unwrap_err();
     assert_eq!(err.to_string(), format!("job {} is queued; it cannot become completed", job.id));
     store
@@ -98,7 +98,7 @@ fn illegal_transitions_are_refused_and_terminal_jobs_never_move() {
 fn an_update_cannot_sneak_in_a_state_change() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let (job, _) = store.create(spec("a", None), 1.0).unwrap();
+    let (job, _) = store.create(spec("a", None), None, 1.0).unwrap();
     store.update(job.id, |r| r.step = 7).unwrap();
     let err = store.update(job.id, |r| r.state = JobState::Completed as i32).unwrap_err();
     assert!(matches!(err, StoreError::StateChangedByUpdate(_)));
@@ -158,6 +158,7 @@ fn fixture_record() -> JobRecord {
         weights_sha256: None,
         cancelled_by: None,
         message: Some("killed by signal 9; restarting in 1 s".into()),
+        run_as: None,
     }
 }
 
@@ -166,13 +167,25 @@ fn fixture_record() -> JobRecord {
 #[test]
 fn the_committed_format_1_fixture_still_decodes() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/job-record-v1.bin");
-    if std::env::var_os("TRAINERD_WRITE_FIXTURES").is_some() {
-        std::fs::write(&path, codec::encode(&fixture_record()).unwrap()).unwrap();
-    }
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes[0], 1, "the fixture is format 1");
-    let decoded: JobRecord = codec::decode(&bytes).unwrap();
+    let decoded: JobRecord = codec::decode(&codec::upgrade_job(&bytes)).unwrap();
     assert_eq!(decoded, fixture_record());
+}
+
+/// The same for format 2, which added `run_as`. Regenerate with TRAINERD_WRITE_FIXTURES=1 only when
+/// introducing a format.
+#[test]
+fn the_committed_format_2_fixture_still_decodes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/job-record-v2.bin");
+    let record = JobRecord { run_as: Some(RunAs { uid: 65534, gid: 65534 }), ..fixture_record() };
+    if std::env::var_os("TRAINERD_WRITE_FIXTURES").is_some() {
+        std::fs::write(&path, codec::encode(&record).unwrap()).unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes[0], 2, "the fixture is format 2");
+    let decoded: JobRecord = codec::decode(&codec::upgrade_job(&bytes)).unwrap();
+    assert_eq!(decoded, record);
 }
 
 /// Opens a store just dropped in this process: sled's background flusher may hold the file lock a

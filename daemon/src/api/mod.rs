@@ -360,6 +360,7 @@ impl Api {
     /// Cancels a job; returns once it is CANCELLED (no process of it left).
     pub async fn cancel(&self, id: &str, by: String) -> Result<pb::Job, ApiError> {
         let id = self.resolve(id)?;
+        tracing::info!(target: "trainerd::audit", job = %id, "{by} cancels the job");
         let grace = self.record(id)?.spec.timeouts.stop_grace_ms;
         self.supervisor
             .call(
@@ -374,6 +375,7 @@ impl Api {
     /// Pauses a job at its next epoch boundary (a queued job is held); answers at once.
     pub async fn pause(&self, id: &str, by: String) -> Result<pb::Job, ApiError> {
         let id = self.resolve(id)?;
+        tracing::info!(target: "trainerd::audit", job = %id, "{by} pauses the job");
         self.supervisor
             .call(|reply| SupervisorMsg::Pause { id, by, reply }, Some(Duration::from_secs(30)))
             .await

@@ -9,3 +9,5 @@ cargo build --workspace --bins --locked
 cargo test --workspace --locked
 # The Python SDK's own tests (standard library only; the end-to-end SDK test runs in cargo test).
 python3 -m unittest discover -s sdk/python/tests
+# The benchmark suite at smoke size: proves it runs end to end (figures come from scripts/bench.sh).
+target/debug/trainerd-bench --smoke

@@ -8,7 +8,9 @@
 //!   on attempt 1 only unless `FAKE_FAULT_EVERY_ATTEMPT=1`;
 //! - `FAKE_CHILDREN=K`: start K grandchildren (`sleep`) in the process group;
 //! - `FAKE_PRINT_BYTES=B`: print B bytes to stdout at every step (a flooding trainer);
-//! - `FAKE_START_MS=T`: wait T ms before the first heartbeat (a slow start).
+//! - `FAKE_START_MS=T`: wait T ms before the first heartbeat (a slow start);
+//! - `FAKE_STAMP_FILE=PATH`: append `start UNIX_TIME` when main begins, and in hang mode
+//!   `term UNIX_TIME` for each SIGTERM (the benchmarks time restarts and hang detection by them).
 //!
 //! Like any protocol trainer it answers SIGUSR1 (pause at the next checkpoint step, exit 0 paused) and
 //! SIGTERM (checkpoint now, exit 75 stopped).
@@ -25,7 +27,17 @@ fn var(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+fn stamp(what: &str) {
+    if let Some(path) = std::env::var_os("FAKE_STAMP_FILE") {
+        use std::io::Write;
+        let line = format!("{what} {:.6}\n", unix_now());
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path);
+        file.and_then(|mut f| f.write_all(line.as_bytes())).expect("stamp file");
+    }
+}
+
 fn main() {
+    stamp("start");
     let progress_path = std::env::var(env::PROGRESS_FILE).expect("TRAINERD_PROGRESS_FILE");
     let checkpoints = std::path::PathBuf::from(std::env::var(env::CHECKPOINT_DIR).expect("TRAINERD_CHECKPOINT_DIR"));
     let attempt = var(env::ATTEMPT, 1);
@@ -118,6 +130,14 @@ fn main() {
         if fault_at("hang").is_some_and(|(at, _)| at == step) {
             silent.store(true, Ordering::SeqCst);
             let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::new(AtomicBool::new(false)));
+            if std::env::var_os("FAKE_STAMP_FILE").is_some() {
+                let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]).expect("signals");
+                std::thread::spawn(move || {
+                    for _ in signals.forever() {
+                        stamp("term");
+                    }
+                });
+            }
             loop {
                 std::thread::park();
             }

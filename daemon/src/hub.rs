@@ -12,16 +12,33 @@ use trainerd_proto::state::is_terminal;
 use trainerd_proto::trainer::Progress;
 use trainerd_proto::v1 as pb;
 
-/// How many updates a slow watcher may fall behind before it is sent a fresh snapshot instead.
-const BACKLOG: usize = 1024;
+/// How many updates a slow watcher may fall behind before it is sent a fresh snapshot instead. Each
+/// job's channel holds this many updates from its creation: 1,024 cost 400 KiB a job.
+const BACKLOG: usize = 16;
 
 /// The live views and their broadcasts.
+/// The queue as clients see it: admission order and what its head waits for (everyone else waits
+/// for the jobs ahead).
+#[derive(Debug, Default)]
+pub struct QueueView {
+    /// `key(priority, id)` of each queued job, ascending: the admission order.
+    pub order: Vec<(std::cmp::Reverse<i32>, u64)>,
+    /// What the first job waits for.
+    pub head: String,
+}
+
+impl QueueView {
+    /// The sort key of the admission order: higher priority first, then older first.
+    pub fn key(priority: i32, id: u64) -> (std::cmp::Reverse<i32>, u64) {
+        (std::cmp::Reverse(priority), id)
+    }
+}
+
 #[derive(Default)]
 pub struct Hub {
     jobs: Mutex<HashMap<u64, Live>>,
-    /// The queue, in admission order, with what each job waits for; the supervisor replaces it on
-    /// every change.
-    queue: Mutex<Vec<(u64, String)>>,
+    /// The queue; the supervisor replaces it on every change.
+    queue: Mutex<QueueView>,
 }
 
 struct Live {
@@ -60,15 +77,20 @@ impl Hub {
         lock(&self.jobs).get(&id).map(|l| (l.latest.clone(), l.tx.subscribe()))
     }
 
-    /// Replaces the queue: job ids in admission order, each with what it waits for.
-    pub fn set_queue(&self, queue: Vec<(u64, String)>) {
+    /// Replaces the queue.
+    pub fn set_queue(&self, queue: QueueView) {
         *lock(&self.queue) = queue;
     }
 
-    /// The 1-based queue position of a job (0 when it is not queued) and what it waits for.
-    pub fn queue_position(&self, id: u64) -> (u32, String) {
+    /// The 1-based queue position of a job (0 when it is not queued) and what it waits for. A binary
+    /// search: `trainctl ls` asks this for every job it lists.
+    pub fn queue_position(&self, record: &JobRecord) -> (u32, String) {
         let queue = lock(&self.queue);
-        queue.iter().position(|q| q.0 == id).map(|p| (p as u32 + 1, queue[p].1.clone())).unwrap_or((0, String::new()))
+        match queue.order.binary_search(&QueueView::key(record.spec.priority, record.id.0)) {
+            Ok(0) => (1, queue.head.clone()),
+            Ok(ahead) => (ahead as u32 + 1, format!("{ahead} job(s) ahead in the queue")),
+            Err(_) => (0, String::new()),
+        }
     }
 }
 

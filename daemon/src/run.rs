@@ -53,6 +53,7 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
         hub: Arc::new(Hub::default()),
         config: std::sync::RwLock::new(config.clone()),
         last_reconcile: std::sync::Mutex::new(Default::default()),
+        progress_watch: crate::job::watch::ProgressWatch::new().context("cannot start the inotify watcher")?,
     });
     let (supervisor, supervisor_done) = Actor::spawn(Some("supervisor".into()), Supervisor, shared.clone())
         .await

@@ -16,7 +16,7 @@
 use crate::api::ApiError;
 use crate::config::DaemonConfig;
 use crate::gpus::GpuPool;
-use crate::hub::{job_view, Hub, LiveFacts};
+use crate::hub::{job_view, Hub, LiveFacts, QueueView};
 use crate::job::actor::{JobActor, JobArgs, JobMsg, Mode};
 use crate::job::shim;
 use crate::process;
@@ -83,6 +83,8 @@ pub struct Shared {
     pub config: std::sync::RwLock<Arc<DaemonConfig>>,
     /// The last reconciliation's report, for Health.
     pub last_reconcile: std::sync::Mutex<pb::ReconcileResponse>,
+    /// The one inotify watcher of every job's progress file.
+    pub progress_watch: Arc<crate::job::watch::ProgressWatch>,
 }
 
 impl Shared {
@@ -178,8 +180,7 @@ impl Actor for Supervisor {
             SupervisorMsg::Submit { spec, run_as, reply } => {
                 let result = state.shared.store.create(spec, run_as, unix_now()).map_err(ApiError::from);
                 if let Ok((record, true)) = &result {
-                    state.queue.push(Queued::of(record));
-                    state.sort_queue();
+                    state.enqueue(Queued::of(record));
                     state.publish_queued(record);
                 }
                 let _ = reply.send(result);
@@ -329,14 +330,15 @@ impl State {
     ) -> Result<(u32, Vec<String>), ActorProcessingErr> {
         let (mut checked, mut fixes) = (0, Vec::new());
         let state_dir = self.shared.config().state_dir.clone();
-        for record in self.shared.store.list()? {
+        let queued: std::collections::HashSet<JobId> = self.queue.iter().map(|q| q.id).collect();
+        for record in self.shared.store.records() {
+            let record = record?;
             let id = record.id;
             let job_state = record.state();
             checked += u32::from(!is_terminal(job_state));
             let has_actor = self.actors.contains_key(&id);
-            let fix = if job_state == JobState::Queued && !has_actor && !self.queue.iter().any(|q| q.id == id) {
-                self.queue.push(Queued::of(&record));
-                self.sort_queue();
+            let fix = if job_state == JobState::Queued && !has_actor && !queued.contains(&id) {
+                self.enqueue(Queued::of(&record));
                 Some(format!("job {id} is queued but was not in the queue; queued again in its order"))
             } else if (job_state == JobState::Backoff || has_process(job_state)) && !has_actor {
                 let mode = if job_state == JobState::Backoff { Mode::Admitted } else { Mode::Restored };
@@ -408,33 +410,33 @@ impl State {
     }
 
     fn sort_queue(&mut self) {
-        self.queue.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        self.queue.sort_by_key(|q| QueueView::key(q.priority, q.id.0));
         self.publish_queue();
     }
 
-    /// Tells the hub the queue order and what each queued job waits for.
+    /// Adds a job to the queue in its order (a binary search, not a sort: submissions come by the
+    /// thousand).
+    fn enqueue(&mut self, job: Queued) {
+        let key = QueueView::key(job.priority, job.id.0);
+        let at = self.queue.partition_point(|q| QueueView::key(q.priority, q.id.0) < key);
+        self.queue.insert(at, job);
+        self.publish_queue();
+    }
+
+    /// Tells the hub the queue order and what its head waits for.
     fn publish_queue(&self) {
         let slots = self.shared.config().slots as usize;
-        let waiting = self
-            .queue
-            .iter()
-            .enumerate()
-            .map(|(i, q)| {
-                let why = if i > 0 {
-                    format!("{i} job(s) ahead in the queue")
-                } else if self.actors.len() >= slots {
-                    format!("a free slot ({} of {slots} busy)", self.actors.len())
-                } else {
-                    format!("{} GPU(s) ({} free)", q.gpus, self.gpus.free())
-                };
-                (q.id.0, why)
-            })
-            .collect();
-        self.shared.hub.set_queue(waiting);
+        let head = match self.queue.first() {
+            None => String::new(),
+            Some(_) if self.actors.len() >= slots => format!("a free slot ({} of {slots} busy)", self.actors.len()),
+            Some(q) => format!("{} GPU(s) ({} free)", q.gpus, self.gpus.free()),
+        };
+        let order = self.queue.iter().map(|q| QueueView::key(q.priority, q.id.0)).collect();
+        self.shared.hub.set_queue(QueueView { order, head });
     }
 
     fn publish_queued(&self, record: &JobRecord) {
-        let position = self.shared.hub.queue_position(record.id.0);
+        let position = self.shared.hub.queue_position(record);
         self.shared.hub.publish(job_view(record, &LiveFacts::default(), position), "state");
     }
 
@@ -558,7 +560,7 @@ impl State {
         }
         let record = self.shared.store.transition(id, to, reason, unix_now(), message, edit)?;
         self.queue.retain(|q| q.id != id);
-        self.sort_queue();
+        self.publish_queue();
         let view = job_view(&record, &LiveFacts::default(), (0, String::new()));
         self.shared.hub.publish(view.clone(), "state");
         Ok(view)
@@ -589,9 +591,8 @@ impl State {
         }
         let record =
             self.shared.store.transition(id, JobState::Queued, Reason::Unspecified, unix_now(), "resumed", |_| {})?;
-        self.queue.push(Queued::of(&record));
-        self.sort_queue();
-        let view = job_view(&record, &LiveFacts::default(), self.shared.hub.queue_position(id.0));
+        self.enqueue(Queued::of(&record));
+        let view = job_view(&record, &LiveFacts::default(), self.shared.hub.queue_position(&record));
         self.shared.hub.publish(view.clone(), "state");
         Ok(view)
     }

@@ -14,9 +14,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = parent_dir(path);
     let tmp = dir.join(temp_name(path));
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+        {
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+        }
+        // Closed before the rename: a watcher of `path` sees one event (the rename), not also the
+        // close of the renamed file.
         fs::rename(&tmp, path)?;
         sync_dir(dir)
     })();

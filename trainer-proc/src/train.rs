@@ -60,6 +60,12 @@ struct Trainer<'a> {
     state: TrainState,
     latest: Option<CheckpointRef>,
     checkpoint_time: Option<Duration>,
+    /// Checkpoints saved by this attempt and the time they took, for the final statistics line.
+    checkpoints: (u32, Duration),
+    /// How long loading the resume checkpoint took.
+    restore_time: Option<Duration>,
+    /// The step this attempt started from.
+    first_step: u64,
     started: Instant,
 }
 
@@ -92,10 +98,13 @@ impl<'a> Trainer<'a> {
         let model = Mlp::new(&vs.root(), data.features, &config.hidden, data.classes);
         let mut opt =
             AdamW::new(&vs, AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: config.weight_decay });
+        let mut restore_time = None;
         let (state, latest) = match &env.resume_from {
             None => (fresh_state(config, opt.config), None),
             Some(path) => {
+                let loading = Instant::now();
                 let state = checkpoint::load(path, &vs, &mut opt)?;
+                restore_time = Some(loading.elapsed());
                 check_fingerprint(&state.fingerprint, &config.fingerprint(), path)?;
                 let latest =
                     CheckpointRef { path: path.clone(), step: state.step, epoch: epoch_of(state.step, config) };
@@ -111,6 +120,7 @@ impl<'a> Trainer<'a> {
             config.steps_per_epoch,
             latest.as_ref().map(|c| format!(", from step {} ({})", c.step, c.path.display())).unwrap_or_default(),
         );
+        let first_step = state.step;
         Ok(Trainer {
             config,
             env,
@@ -124,6 +134,9 @@ impl<'a> Trainer<'a> {
             state,
             latest,
             checkpoint_time: None,
+            checkpoints: (0, Duration::ZERO),
+            restore_time,
+            first_step,
             started,
         })
     }
@@ -286,6 +299,7 @@ impl<'a> Trainer<'a> {
         let started = Instant::now();
         let path = checkpoint::save(&self.env.checkpoint_dir, &self.vs, &self.opt, &self.state)?;
         self.checkpoint_time = Some(started.elapsed());
+        self.checkpoints = (self.checkpoints.0 + 1, self.checkpoints.1 + started.elapsed());
         let best = self.state.best_checkpoint.clone();
         if let Err(e) = checkpoint::prune(&self.env.checkpoint_dir, self.config.keep_last, best.as_deref()) {
             eprintln!("trainer-proc: cannot prune old checkpoints: {e}");
@@ -371,6 +385,17 @@ impl<'a> Trainer<'a> {
             stats.writes,
             stats.write_time.as_secs_f64() * 1e3,
             stats.update_time.as_secs_f64() * 1e3,
+        );
+        // One line for tools (the benchmark suite reads it): key=value, stable names.
+        let (saved, saving) = self.checkpoints;
+        println!(
+            "trainer-proc: stats steps={} seconds={:.3} steps_per_s={:.1} checkpoints={saved} checkpoint_ms_mean={:.2} \
+             restore_ms={:.2} progress_overhead_pct={overhead:.4}",
+            self.state.step - self.first_step,
+            elapsed.as_secs_f64(),
+            (self.state.step - self.first_step) as f64 / elapsed.as_secs_f64().max(1e-9),
+            saving.as_secs_f64() * 1e3 / f64::from(saved.max(1)),
+            self.restore_time.map(|t| t.as_secs_f64() * 1e3).unwrap_or(0.0),
         );
         Ok(exit::OK)
     }

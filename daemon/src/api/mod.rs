@@ -266,7 +266,7 @@ impl Api {
     fn view(&self, record: &JobRecord) -> pb::Job {
         self.hub
             .latest(record.id.0)
-            .unwrap_or_else(|| job_view(record, &LiveFacts::default(), self.hub.queue_position(record.id.0)))
+            .unwrap_or_else(|| job_view(record, &LiveFacts::default(), self.hub.queue_position(record)))
     }
 
     fn record(&self, id: JobId) -> Result<JobRecord, ApiError> {
@@ -276,8 +276,9 @@ impl Api {
     /// One job.
     pub fn get(&self, id: &str) -> Result<pb::Job, ApiError> {
         let id = self.resolve(id)?;
-        let mut job = self.view(&self.record(id)?);
-        (job.queue_position, job.waiting_for) = self.hub.queue_position(id.0);
+        let record = self.record(id)?;
+        let mut job = self.view(&record);
+        (job.queue_position, job.waiting_for) = self.hub.queue_position(&record);
         Ok(job)
     }
 
@@ -311,7 +312,7 @@ impl Api {
             .iter()
             .map(|r| {
                 let mut job = self.view(r);
-                (job.queue_position, job.waiting_for) = self.hub.queue_position(r.id.0);
+                (job.queue_position, job.waiting_for) = self.hub.queue_position(r);
                 job
             })
             .collect();

@@ -12,7 +12,6 @@
 //! decides exactly as if we had been watching, and without one the attempt is `lost`.
 
 use super::shim::{self, Found, Identity, Waiter};
-use super::watch::watch_progress;
 use super::{cap_log, read_progress, spawn, JobPaths, Launch, ReadError};
 use crate::api::ApiError;
 use crate::config::ShutdownPolicy;
@@ -23,6 +22,7 @@ use crate::store::records::{Attempt, ExitStatus, JobId, JobRecord};
 use crate::supervisor::{Shared, SupervisorMsg};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
@@ -116,7 +116,10 @@ pub struct State {
     exit_seen_at: Option<Instant>,
     /// When the log sizes were last checked.
     logs_checked: Instant,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<super::watch::WatchGuard>,
+    /// Set by the watcher when it sends `ProgressChanged`, cleared when the actor reads the file: one
+    /// rename raises two or three inotify events, and a burst of them needs one read, not three.
+    progress_pending: Arc<AtomicBool>,
 }
 
 fn jitter() -> f64 {
@@ -139,8 +142,12 @@ impl Actor for JobActor {
         let paths = JobPaths::new(&args.shared.config().state_dir, args.id);
         std::fs::create_dir_all(&paths.trainer)?;
         let me = myself.clone();
-        let watcher = match watch_progress(&paths.trainer, move || {
-            let _ = me.cast(JobMsg::ProgressChanged);
+        let progress_pending = Arc::new(AtomicBool::new(false));
+        let pending = progress_pending.clone();
+        let watcher = match args.shared.progress_watch.watch(&paths.trainer, move || {
+            if !pending.swap(true, Ordering::AcqRel) {
+                let _ = me.cast(JobMsg::ProgressChanged);
+            }
         }) {
             Ok(w) => Some(w),
             Err(e) => {
@@ -173,6 +180,7 @@ impl Actor for JobActor {
             exit_seen_at: None,
             logs_checked: Instant::now(),
             _watcher: watcher,
+            progress_pending,
         };
         let job_state = state.record.state();
         match args.mode {
@@ -206,7 +214,11 @@ impl State {
         let state = self;
         match msg {
             JobMsg::Start => state.start(&myself).await?,
-            JobMsg::ProgressChanged => state.progress_changed(&myself)?,
+            JobMsg::ProgressChanged => {
+                // Cleared before the read: an event after this point sends a new message.
+                state.progress_pending.store(false, Ordering::Release);
+                state.progress_changed(&myself)?
+            }
             JobMsg::Tick { generation } if generation == state.tick_generation => state.tick(&myself)?,
             JobMsg::Tick { .. } => {}
             JobMsg::Kill { attempt } => {

@@ -85,11 +85,17 @@ fn event_key(id: JobId, seq: u64) -> [u8; 16] {
     key
 }
 
+/// sled's page cache.
+const CACHE_BYTES: u64 = 16 << 20;
+
 impl Store {
     /// Opens (or creates) the store in `dir`. A second process cannot open the same store.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(dir)
+            // sled's default page cache is 1 GiB; the records trainerd reads often are a few MB, and the
+            // daemon's RSS is a published figure (docs/benchmarks.md).
+            .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
         Ok(Store {
@@ -161,7 +167,13 @@ impl Store {
 
     /// Every job, oldest first.
     pub fn list(&self) -> Result<Vec<JobRecord>, StoreError> {
-        self.jobs.iter().values().map(|v| decode_job(&v?)).collect()
+        self.records().collect()
+    }
+
+    /// Every job, oldest first, decoded one at a time: a pass over a large store (reconciliation)
+    /// holds one record, not all of them.
+    pub fn records(&self) -> impl Iterator<Item = Result<JobRecord, StoreError>> + Send + 'static {
+        self.jobs.iter().values().map(|v| decode_job(&v?))
     }
 
     /// Moves a job to `to` if the state table allows it, applying `edit` and appending a

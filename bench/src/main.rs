@@ -1,0 +1,132 @@
+//! trainerd-bench: the benchmark suite. Starts the real trainerd (beside this binary) on temporary
+//! directories, drives it over its unix socket with real trainer processes, and prints each figure
+//! beside its target. Timings live here, never in the tests.
+//!
+//! ```text
+//! scripts/bench.sh            # release build, full size (about two minutes)
+//! trainerd-bench --smoke      # a few of each, to check the suite works (the test suite runs this)
+//! ```
+
+mod daemon;
+mod measure;
+mod stats;
+
+use daemon::Daemon;
+use std::time::Duration;
+
+/// One row of the table.
+pub struct Figure {
+    name: String,
+    measured: String,
+    target: String,
+    met: bool,
+}
+
+impl Figure {
+    pub fn new(name: &str, measured: String, target: &str, met: bool) -> Figure {
+        Figure { name: name.into(), measured, target: target.into(), met }
+    }
+}
+
+/// How much of everything.
+struct Size {
+    exits: usize,
+    gets: usize,
+    writes: usize,
+    hangs: usize,
+    restarts: usize,
+    stored: usize,
+    burst: usize,
+    live: usize,
+    window: Duration,
+    epochs: u32,
+    steps: u32,
+}
+
+const FULL: Size = Size {
+    exits: 100,
+    gets: 30,
+    writes: 500,
+    hangs: 5,
+    restarts: 30,
+    stored: 10_000,
+    burst: 500,
+    live: 1_000,
+    window: Duration::from_secs(30),
+    epochs: 4,
+    steps: 750,
+};
+
+const SMOKE: Size = Size {
+    exits: 3,
+    gets: 2,
+    writes: 20,
+    hangs: 1,
+    restarts: 3,
+    stored: 100,
+    burst: 5,
+    live: 10,
+    window: Duration::from_secs(2),
+    epochs: 1,
+    steps: 100,
+};
+
+fn main() {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    if std::env::args().any(|a| a == "--help" || a == "-h") {
+        println!("usage: trainerd-bench [--smoke]   (see docs/benchmarks.md)");
+        return;
+    }
+    let size = if smoke { SMOKE } else { FULL };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let mut figures = Vec::new();
+    runtime.block_on(async {
+        let slots = (size.live + 10).to_string();
+        let daemon = Daemon::start(&["--slots", &slots, "--heartbeat-interval", "5"]);
+        eprintln!("exit detection ...");
+        figures.extend(measure::exit_detection(&daemon, size.exits, size.gets).await);
+        eprintln!("progress propagation ...");
+        figures.extend(measure::propagation(&daemon, size.writes).await);
+        eprintln!("hang detection ...");
+        figures.extend(measure::hang_detection(&daemon, size.hangs, Duration::from_secs(1)).await);
+        eprintln!("restart ...");
+        figures.extend(measure::restart(&daemon, size.restarts).await);
+        drop(daemon);
+
+        // One store for the rest: many records first, then the live jobs, then a restart.
+        let mut daemon = Daemon::start(&["--slots", "1", "--heartbeat-interval", "5"]);
+        eprintln!("submissions and trainctl ls over {} jobs ...", size.stored);
+        figures.extend(measure::store(&daemon, size.stored).await);
+        daemon.relaunch_with(&["--slots", &slots, "--heartbeat-interval", "5"]);
+        eprintln!("{} jobs, scale and recovery ...", size.live);
+        figures.extend(measure::scale_and_recovery(&mut daemon, size.burst, size.live, size.window).await);
+    });
+    eprintln!("trainer-proc ...");
+    figures.extend(measure::trainer_proc(size.epochs, size.steps));
+    print_table(&figures, smoke);
+}
+
+fn print_table(figures: &[Figure], smoke: bool) {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!(
+        "trainerd-bench ({}, {} build) on {cores} cores, {cpu}, Linux {}",
+        if smoke { "smoke size" } else { "full size" },
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        kernel.trim()
+    );
+    println!();
+    println!("| figure | measured | target | met |");
+    println!("|---|---|---|---|");
+    for f in figures {
+        println!("| {} | {} | {} | {} |", f.name, f.measured, f.target, if f.met { "yes" } else { "**no**" });
+    }
+}

@@ -1,0 +1,482 @@
+//! The measurements. Each starts from the user's side (a signal, a file write, a request) and stops
+//! at what a user would see (a WatchJob update, a process started, a reply), on the real daemon.
+
+use crate::daemon::{bin, comm, cpu_ticks, processes_with, pss_kb, status_field, Daemon};
+use crate::stats::{show, Sample};
+use crate::Figure;
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tokio_stream::StreamExt;
+use trainerd_proto::trainer::{unix_now, Progress, TrainerState};
+use trainerd_proto::v1 as pb;
+use trainerd_proto::v1::JobState;
+
+type Client = trainctl::Client;
+type Updates = tonic::Streaming<pb::JobUpdate>;
+
+/// A fake-trainer job that runs until stopped, writing progress once every `step_ms`.
+fn fake(name: &str, step_ms: u64, env: &[(&str, &str)]) -> pb::SubmitJobRequest {
+    let mut vars = vec![
+        ("FAKE_STEPS".to_string(), "100000000".to_string()),
+        ("FAKE_STEP_MS".to_string(), step_ms.to_string()),
+        ("FAKE_CHECKPOINT_EVERY".to_string(), "0".to_string()),
+    ];
+    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    pb::SubmitJobRequest {
+        name: name.into(),
+        command: vec![bin("fake-trainer").display().to_string()],
+        env: vars.into_iter().map(|(name, value)| pb::EnvVar { name, value }).collect(),
+        backoff_base_ms: Some(0),
+        backoff_max_ms: Some(0),
+        ..Default::default()
+    }
+}
+
+async fn submit(client: &mut Client, req: pb::SubmitJobRequest) -> pb::Job {
+    client.submit_job(req).await.expect("submit").into_inner().job.expect("job")
+}
+
+async fn watch(client: &mut Client, id: &str) -> Updates {
+    client.watch_job(pb::WatchJobRequest { id: id.into() }).await.expect("watch").into_inner()
+}
+
+/// The next update for which `done` holds, and when it arrived.
+async fn until(updates: &mut Updates, done: impl Fn(&pb::Job) -> bool) -> (pb::Job, Instant) {
+    let wait = async {
+        while let Some(update) = updates.next().await {
+            let job = update.expect("update").job.expect("job");
+            if done(&job) {
+                return (job, Instant::now());
+            }
+        }
+        panic!("the watch ended before the condition held");
+    };
+    tokio::time::timeout(Duration::from_secs(120), wait).await.expect("condition within 120 s")
+}
+
+fn kill(pid: u32) {
+    // SAFETY: kill(2) on a trainer this benchmark started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+fn running(job: &pb::Job) -> bool {
+    job.state() == JobState::Running && job.pid.is_some()
+}
+
+/// SIGKILL of a trainer until its job's state changes: on a WatchJob stream, and through
+/// `trainctl get` run again and again, as a script would.
+pub async fn exit_detection(daemon: &Daemon, watch_runs: usize, get_runs: usize) -> Vec<Figure> {
+    let mut client = daemon.client().await;
+    let mut on_watch = Vec::new();
+    for _ in 0..watch_runs {
+        let req = pb::SubmitJobRequest { on_failure: Some("fail".into()), ..fake("exit", 100, &[]) };
+        let job = submit(&mut client, req).await;
+        let mut updates = watch(&mut client, &job.id).await;
+        let (job, _) = until(&mut updates, running).await;
+        let started = Instant::now();
+        kill(job.pid.unwrap_or_default());
+        let (_, seen) = until(&mut updates, |j| j.state() != JobState::Running).await;
+        on_watch.push(seen - started);
+    }
+    let mut through_get = Vec::new();
+    for _ in 0..get_runs {
+        let req = pb::SubmitJobRequest { on_failure: Some("fail".into()), ..fake("exit-get", 100, &[]) };
+        let job = submit(&mut client, req).await;
+        let mut updates = watch(&mut client, &job.id).await;
+        let (job, _) = until(&mut updates, running).await;
+        let started = Instant::now();
+        kill(job.pid.unwrap_or_default());
+        loop {
+            let out = Command::new(bin("trainctl"))
+                .arg("--socket")
+                .arg(daemon.socket())
+                .args(["--json", "get", &job.id])
+                .output()
+                .expect("trainctl");
+            let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("trainctl --json get");
+            if value["state"] != "running" {
+                through_get.push(started.elapsed());
+                break;
+            }
+        }
+    }
+    let (w, g) = (Sample::new(on_watch), Sample::new(through_get));
+    vec![
+        Figure::new(
+            "exit detection: SIGKILL → WatchJob update",
+            format!("p50 {}, p99 {} (n={})", show(w.p50()), show(w.p99()), w.len()),
+            "p50 < 1 ms, p99 < 5 ms",
+            w.p50() < Duration::from_millis(1) && w.p99() < Duration::from_millis(5),
+        ),
+        Figure::new(
+            "exit detection through `trainctl get`",
+            format!("p50 {}, p99 {} (n={})", show(g.p50()), show(g.p99()), g.len()),
+            "p50 < 3 ms",
+            g.p50() < Duration::from_millis(3),
+        ),
+    ]
+}
+
+/// Writes progress files (temporary file, then rename) for a trainer that has gone quiet, and times
+/// each rename to the WatchJob update that carries its step.
+pub async fn propagation(daemon: &Daemon, runs: usize) -> Vec<Figure> {
+    let mut client = daemon.client().await;
+    let req = pb::SubmitJobRequest {
+        heartbeat_timeout_ms: Some(3_600_000),
+        ..fake("quiet", 10, &[("FAKE_FAULT", "hang@1")])
+    };
+    let job = submit(&mut client, req).await;
+    let mut updates = watch(&mut client, &job.id).await;
+    until(&mut updates, |j| j.step >= 1).await;
+    let dir = daemon.trainer_dir(&job.id);
+    let mut lags = Vec::new();
+    for i in 0..runs as u64 {
+        let mut progress = Progress::starting(unix_now());
+        progress.state = TrainerState::Running;
+        progress.step = 1000 + i;
+        progress.heartbeat_seq = 1000 + i;
+        let tmp = dir.join(".bench.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&progress).expect("json")).expect("write");
+        let started = Instant::now();
+        std::fs::rename(&tmp, dir.join("progress.json")).expect("rename");
+        let (_, seen) = until(&mut updates, |j| j.step == 1000 + i).await;
+        lags.push(seen - started);
+    }
+    let _ = client.cancel_job(pb::CancelJobRequest { id: job.id }).await;
+    let s = Sample::new(lags);
+    vec![Figure::new(
+        "progress propagation: rename → WatchJob update",
+        format!("p50 {}, p99 {} (n={})", show(s.p50()), show(s.p99()), s.len()),
+        "p99 < 5 ms",
+        s.p99() < Duration::from_millis(5),
+    )]
+}
+
+/// Trainers that stop their heartbeats: the time from the last heartbeat plus the timeout to the
+/// SIGTERM they receive (each stamps it in a file).
+pub async fn hang_detection(daemon: &Daemon, runs: usize, timeout: Duration) -> Vec<Figure> {
+    let mut client = daemon.client().await;
+    let stamps = tempfile::tempdir().expect("tempdir");
+    let mut jobs = Vec::new();
+    for i in 0..runs {
+        let stamp = stamps.path().join(format!("hang-{i}"));
+        let req = pb::SubmitJobRequest {
+            heartbeat_timeout_ms: Some(timeout.as_millis() as u64),
+            stop_grace_ms: Some(200),
+            on_failure: Some("fail".into()),
+            ..fake("hang", 10, &[("FAKE_FAULT", "hang@3"), ("FAKE_STAMP_FILE", stamp.to_str().unwrap())])
+        };
+        jobs.push((submit(&mut client, req).await, stamp));
+    }
+    let mut late = Vec::new();
+    for (job, stamp) in jobs {
+        let mut updates = watch(&mut client, &job.id).await;
+        until(&mut updates, |j| j.state() == JobState::Failed).await;
+        let text = std::fs::read_to_string(&stamp).expect("stamp file");
+        let term: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("term "))
+            .and_then(|t| t.parse().ok())
+            .expect("the trainer got SIGTERM");
+        let progress = std::fs::read(daemon.trainer_dir(&job.id).join("progress.json")).expect("progress file");
+        let last_beat = Progress::parse(&progress).expect("progress").updated_at;
+        late.push(Duration::from_secs_f64((term - last_beat - timeout.as_secs_f64()).max(0.0)));
+    }
+    let s = Sample::new(late);
+    vec![Figure::new(
+        &format!("hang detection: last heartbeat + {} s → SIGTERM", timeout.as_secs_f64()),
+        format!("T + {} p50, T + {} max (n={})", show(s.p50()), show(s.quantile(1.0)), s.len()),
+        "within T + 50 ms",
+        s.quantile(1.0) < Duration::from_millis(50),
+    )]
+}
+
+/// Last `start` stamp in a stamp file.
+fn last_start(stamp: &Path) -> f64 {
+    let text = std::fs::read_to_string(stamp).expect("stamp file");
+    text.lines().rev().filter_map(|l| l.strip_prefix("start ")).find_map(|t| t.parse().ok()).expect("a start")
+}
+
+/// SIGKILL of a trainer until its replacement's `main` runs (restart without backoff), beside the
+/// time the same program takes to reach `main` when simply spawned.
+pub async fn restart(daemon: &Daemon, runs: usize) -> Vec<Figure> {
+    let mut client = daemon.client().await;
+    let stamps = tempfile::tempdir().expect("tempdir");
+    let stamp = stamps.path().join("restart");
+    let req = pb::SubmitJobRequest {
+        max_restarts: Some(1_000_000),
+        ..fake("restart", 100, &[("FAKE_STAMP_FILE", stamp.to_str().unwrap())])
+    };
+    let job = submit(&mut client, req).await;
+    let mut updates = watch(&mut client, &job.id).await;
+    let mut restarts = Vec::new();
+    for i in 0..runs as u32 {
+        let (running, _) = until(&mut updates, |j| running(j) && j.attempt == i + 1).await;
+        let killed = unix_now();
+        kill(running.pid.unwrap_or_default());
+        until(&mut updates, |j| j.attempt == i + 2 && j.state() == JobState::Running).await;
+        restarts.push(Duration::from_secs_f64((last_start(&stamp) - killed).max(0.0)));
+    }
+    let _ = client.cancel_job(pb::CancelJobRequest { id: job.id }).await;
+    let mut startups = Vec::new();
+    for i in 0..runs {
+        let own = stamps.path().join(format!("own-{i}"));
+        let spawned = unix_now();
+        // Without the protocol's environment it stops right after stamping; only the start matters.
+        let _ = Command::new(bin("fake-trainer")).env_clear().env("FAKE_STAMP_FILE", &own).output();
+        startups.push(Duration::from_secs_f64((last_start(&own) - spawned).max(0.0)));
+    }
+    let (r, s) = (Sample::new(restarts), Sample::new(startups));
+    let beyond = r.p50().saturating_sub(s.p50());
+    vec![Figure::new(
+        "restart: SIGKILL → replacement trainer's main (no backoff)",
+        format!(
+            "p50 {} (p99 {}); the trainer's own spawn → main: p50 {}; beyond it: {} (n={})",
+            show(r.p50()),
+            show(r.p99()),
+            show(s.p50()),
+            show(beyond),
+            r.len()
+        ),
+        "p50 < 20 ms beyond the process's own start-up",
+        beyond < Duration::from_millis(20),
+    )]
+}
+
+/// Sequential submissions over the unix socket (each a transaction flushed before its reply) while
+/// one job holds the only slot, then cancels of all of them, then `trainctl ls` over the store.
+pub async fn store(daemon: &Daemon, jobs: usize) -> Vec<Figure> {
+    let mut client = daemon.client().await;
+    let blocker = submit(&mut client, fake("blocker", 1000, &[])).await;
+    let mut latencies = Vec::with_capacity(jobs);
+    let mut ids = Vec::with_capacity(jobs);
+    let started = Instant::now();
+    for _ in 0..jobs {
+        let sent = Instant::now();
+        ids.push(submit(&mut client, fake("queued", 1000, &[])).await.id);
+        latencies.push(sent.elapsed());
+    }
+    let submitting = started.elapsed();
+    let cancelling = Instant::now();
+    for id in ids {
+        client.cancel_job(pb::CancelJobRequest { id }).await.expect("cancel");
+    }
+    let cancelling = cancelling.elapsed();
+    let _ = client.cancel_job(pb::CancelJobRequest { id: blocker.id }).await;
+    let ls = |limit: &str| {
+        let runs: Vec<Duration> = (0..5)
+            .map(|_| {
+                let started = Instant::now();
+                let out = Command::new(bin("trainctl"))
+                    .arg("--socket")
+                    .arg(daemon.socket())
+                    .args(["ls", "--limit", limit])
+                    .output()
+                    .expect("trainctl ls");
+                assert!(out.status.success(), "trainctl ls failed");
+                started.elapsed()
+            })
+            .collect();
+        Sample::new(runs).p50()
+    };
+    let (page, all) = (ls("100"), ls("100000"));
+    let records = jobs + 1;
+    let rate = jobs as f64 / submitting.as_secs_f64();
+    let l = Sample::new(latencies);
+    vec![
+        Figure::new(
+            "submissions over the unix socket, one sequential client",
+            format!("{rate:.0}/s ({jobs} jobs; cancels {:.0}/s)", jobs as f64 / cancelling.as_secs_f64()),
+            "≥ 2,000/s",
+            rate >= 2000.0,
+        ),
+        Figure::new(
+            "state transition written and flushed before the ack (a submission's round trip)",
+            format!("p50 {}, p99 {}", show(l.p50()), show(l.p99())),
+            "figure reported",
+            true,
+        ),
+        Figure::new(
+            &format!("`trainctl ls` with {records} jobs in the store"),
+            format!("{} (newest 100), {} (all {records})", show(page), show(all)),
+            "< 100 ms",
+            page < Duration::from_millis(100) && all < Duration::from_millis(100),
+        ),
+    ]
+}
+
+/// Submits `count` long-running jobs and waits until all run; returns the time from the first
+/// submission until all run, and until the last was submitted.
+async fn start_jobs(daemon: &Daemon, count: usize, name: &str) -> (Duration, Duration) {
+    let mut client = daemon.client().await;
+    let started = Instant::now();
+    for _ in 0..count {
+        submit(&mut client, fake(name, 1000, &[])).await;
+    }
+    let submitted = started.elapsed();
+    loop {
+        let pids = running_jobs(&mut client, name).await;
+        if pids.len() >= count {
+            return (started.elapsed(), submitted);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn running_jobs(client: &mut Client, name: &str) -> HashMap<String, u32> {
+    let req = pb::ListJobsRequest {
+        states: vec![JobState::Running as i32],
+        name: name.into(),
+        page_size: 100_000,
+        page_token: String::new(),
+    };
+    let jobs = client.list_jobs(req).await.expect("list").into_inner().jobs;
+    jobs.into_iter().filter_map(|j| Some((j.id, j.pid?))).collect()
+}
+
+/// `burst` jobs submitted until all run; then `live` in all, each writing progress once a second,
+/// and trainerd's memory and CPU over `window`; the shims' memory; then trainerd killed and
+/// restarted on the same store, until READY, and every live job re-adopted.
+pub async fn scale_and_recovery(daemon: &mut Daemon, burst: usize, live: usize, window: Duration) -> Vec<Figure> {
+    let busy_before = system_cpu();
+    let (burst_time, burst_submitted) = start_jobs(daemon, burst, "burst").await;
+    let busy = busy_share(busy_before, system_cpu());
+    let (_, _) = start_jobs(daemon, live - burst, "scale").await;
+    let mut client = daemon.client().await;
+    let mut pids = running_jobs(&mut client, "burst").await;
+    pids.extend(running_jobs(&mut client, "scale").await);
+    assert_eq!(pids.len(), live, "every live job runs");
+
+    let pid = daemon.pid();
+    let before = cpu_ticks(pid);
+    let started = Instant::now();
+    let mut rss_max = 0;
+    while started.elapsed() < window {
+        rss_max = rss_max.max(status_field(pid, "VmRSS:").unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let cpu = (cpu_ticks(pid) - before) as f64 / hz / started.elapsed().as_secs_f64() * 100.0;
+
+    let shims: Vec<u32> = processes_with(&daemon.state_dir().display().to_string())
+        .into_iter()
+        .filter(|p| comm(*p) == "trainerd-shim")
+        .collect();
+    let pss: Vec<u64> = shims.iter().filter_map(|p| pss_kb(*p)).collect();
+    let threads = shims.iter().filter_map(|p| status_field(*p, "Threads:")).max().unwrap_or(0);
+    let pss_mean = pss.iter().sum::<u64>() as f64 / pss.len().max(1) as f64;
+    let pss_max = pss.iter().copied().max().unwrap_or(0);
+
+    daemon.kill();
+    let ready = daemon.launch();
+    let mut client = daemon.client().await;
+    let mut after = running_jobs(&mut client, "burst").await;
+    after.extend(running_jobs(&mut client, "scale").await);
+    let adopted = pids.iter().filter(|(id, pid)| after.get(*id) == Some(pid)).count();
+    let records = client
+        .list_jobs(pb::ListJobsRequest { page_size: 1_000_000, ..Default::default() })
+        .await
+        .expect("list")
+        .into_inner()
+        .jobs
+        .len();
+    vec![
+        Figure::new(
+            &format!("{burst} jobs submitted → all running"),
+            format!(
+                "{} (the last submitted after {}; all cores {busy:.0}% busy meanwhile)",
+                show(burst_time),
+                show(burst_submitted)
+            ),
+            "< 1 s",
+            burst_time < Duration::from_secs(1),
+        ),
+        Figure::new(
+            &format!("scale: {live} jobs, progress once a second each, over {:.0} s", window.as_secs_f64()),
+            format!("trainerd RSS {:.1} MiB (max), CPU {cpu:.2}% of one core", rss_max as f64 / 1024.0),
+            "RSS < 64 MiB, CPU < 5%",
+            rss_max < 64 * 1024 && cpu < 5.0,
+        ),
+        Figure::new(
+            "the per-job shim",
+            format!("PSS {pss_mean:.0} kB mean, {pss_max} kB max, {threads} thread(s) (n={})", shims.len()),
+            "PSS < 1 MiB, no extra threads",
+            pss_max < 1024 && threads == 1,
+        ),
+        Figure::new(
+            &format!("recovery: {records} records, {live} live jobs"),
+            format!("READY after {}, {adopted}/{live} re-adopted (same pid)", show(ready)),
+            "READY < 2 s, every live job re-adopted",
+            ready < Duration::from_secs(2) && adopted == live,
+        ),
+    ]
+}
+
+/// The whole machine's busy and total CPU time so far, from the first line of /proc/stat.
+fn system_cpu() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait are fields 4 and 5.
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn busy_share(before: (u64, u64), after: (u64, u64)) -> f64 {
+    (after.0 - before.0) as f64 / (after.1 - before.1).max(1) as f64 * 100.0
+}
+
+/// trainer-proc on the CPU: steps per second, checkpoint save and restore, progress overhead, from
+/// the statistics line it prints at the end.
+pub fn trainer_proc(epochs: u32, steps_per_epoch: u32) -> Vec<Figure> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("run");
+    let run = |resume: Option<&Path>| {
+        let mut cmd = Command::new(bin("trainer-proc"));
+        cmd.arg("--out").arg(&out).args(["--device", "cpu", "--threads", "1", "--epochs", &epochs.to_string()]);
+        cmd.args(["--steps-per-epoch", &steps_per_epoch.to_string(), "--checkpoint-every", "50", "--patience", "0"]);
+        cmd.env_remove("TRAINERD_PROGRESS_FILE").env_remove("TRAINERD_RESUME_FROM");
+        if let Some(path) = resume {
+            cmd.env("TRAINERD_RESUME_FROM", path).env("TRAINERD_ATTEMPT", "2");
+        }
+        let output = cmd.output().expect("trainer-proc");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(output.status.success(), "trainer-proc failed: {text}{}", String::from_utf8_lossy(&output.stderr));
+        let line = text.lines().find_map(|l| l.strip_prefix("trainer-proc: stats ")).expect("stats line").to_string();
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.parse::<f64>().unwrap_or(f64::NAN)))
+            .collect::<HashMap<String, f64>>()
+    };
+    let first = run(None);
+    let mut checkpoints: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+        .expect("checkpoints")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("step-")))
+        .collect();
+    checkpoints.sort();
+    let resumed = run(Some(&checkpoints[0]));
+    let overhead = first["progress_overhead_pct"];
+    vec![
+        Figure::new(
+            "trainer-proc on the CPU (1 thread)",
+            format!(
+                "{:.0} steps/s; checkpoint save {:.2} ms mean ({} saves); restore {:.2} ms",
+                first["steps_per_s"], first["checkpoint_ms_mean"], first["checkpoints"], resumed["restore_ms"]
+            ),
+            "figures reported",
+            true,
+        ),
+        Figure::new(
+            "trainer-proc: progress reporting's share of the run",
+            format!("{overhead:.3}%"),
+            "< 1%",
+            overhead < 1.0,
+        ),
+    ]
+}

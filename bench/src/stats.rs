@@ -1,0 +1,46 @@
+//! Percentiles of a sample, and how figures are shown.
+
+use std::time::Duration;
+
+/// Sorted durations.
+pub struct Sample(Vec<Duration>);
+
+impl Sample {
+    pub fn new(mut values: Vec<Duration>) -> Sample {
+        values.sort();
+        Sample(values)
+    }
+
+    /// The `q` quantile (0..=1), nearest rank.
+    pub fn quantile(&self, q: f64) -> Duration {
+        if self.0.is_empty() {
+            return Duration::ZERO;
+        }
+        let rank = ((q * self.0.len() as f64).ceil() as usize).clamp(1, self.0.len());
+        self.0[rank - 1]
+    }
+
+    pub fn p50(&self) -> Duration {
+        self.quantile(0.5)
+    }
+
+    pub fn p99(&self) -> Duration {
+        self.quantile(0.99)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// A duration in the unit that reads best.
+pub fn show(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us < 1000.0 {
+        format!("{us:.0} µs")
+    } else if us < 10_000_000.0 {
+        format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{:.1} s", us / 1e6)
+    }
+}

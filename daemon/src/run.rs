@@ -118,7 +118,7 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     }
     // The Supervisor's pre_start restored every job before spawn returned: what clients see now is
     // what the store says.
-    let counts = store.list().map(|jobs| jobs.len()).unwrap_or(0);
+    let counts = store.count();
     shared.notifier.notify(&format!("READY=1\nSTATUS=serving; {counts} jobs in the store"));
     println!("trainerd ready: socket {} state dir {}", config.socket.display(), config.state_dir.display());
     tracing::info!(socket = %config.socket.display(), "serving");

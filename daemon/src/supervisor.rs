@@ -142,7 +142,8 @@ impl Actor for Supervisor {
             reconciliations: 0,
         };
         let mut restored = Vec::new();
-        for record in state.shared.store.list()? {
+        for record in state.shared.store.records() {
+            let record = record?;
             let job_state = record.state();
             if job_state == JobState::Queued {
                 state.queue.push(Queued::of(&record));

@@ -295,15 +295,20 @@ impl Api {
             }
         };
         let states: Vec<i32> = req.states.clone();
-        let mut records: Vec<JobRecord> = self
-            .store
-            .list()?
-            .into_iter()
-            .filter(|r| r.id.0 < after)
-            .filter(|r| states.is_empty() || states.contains(&r.state))
-            .filter(|r| req.name.is_empty() || r.spec.name == req.name)
-            .collect();
-        records.reverse();
+        // Newest first, and no further than the page needs: `trainctl ls` over a long history reads
+        // its hundred records, not the whole store.
+        let mut records = Vec::with_capacity(size.min(1024) + 1);
+        for record in self.store.records_before(JobId(after)) {
+            let record = record?;
+            if (states.is_empty() || states.contains(&record.state))
+                && (req.name.is_empty() || record.spec.name == req.name)
+            {
+                records.push(record);
+                if records.len() > size {
+                    break;
+                }
+            }
+        }
         let more = records.len() > size;
         records.truncate(size);
         let next_page_token =

@@ -170,6 +170,19 @@ impl Store {
         self.records().collect()
     }
 
+    /// Jobs with ids below `before`, newest first, decoded one at a time.
+    pub fn records_before(
+        &self,
+        before: JobId,
+    ) -> impl Iterator<Item = Result<JobRecord, StoreError>> + Send + 'static {
+        self.jobs.range(..before.0.to_be_bytes()).values().rev().map(|v| decode_job(&v?))
+    }
+
+    /// How many jobs the store holds (without decoding them).
+    pub fn count(&self) -> usize {
+        self.jobs.len()
+    }
+
     /// Every job, oldest first, decoded one at a time: a pass over a large store (reconciliation)
     /// holds one record, not all of them.
     pub fn records(&self) -> impl Iterator<Item = Result<JobRecord, StoreError>> + Send + 'static {

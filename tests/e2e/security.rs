@@ -32,6 +32,16 @@ fn open_dir(path: &Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// A copy of one of our binaries that other users can run: the checkout itself may sit in a
+/// directory only its owner can enter.
+fn public_bin(dir: &Path, name: &str) -> std::path::PathBuf {
+    open_dir(dir);
+    let path = dir.join(name);
+    std::fs::copy(bin(name), &path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 #[test]
 fn sockets_are_0660_in_their_group_and_the_peer_check_denies_and_audits_an_unlisted_user() {
     let daemon = Daemon::start(&["--socket-group", "nogroup"]);
@@ -46,7 +56,9 @@ fn sockets_are_0660_in_their_group_and_the_peer_check_denies_and_audits_an_unlis
     for socket in [daemon.socket(), control.clone()] {
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
     }
-    let out = as_user(Command::new(bin("trainctl")).arg("--socket").arg(daemon.socket()).arg("ls"), STRANGER, STRANGER)
+    let bins = tempfile::tempdir().unwrap();
+    let trainctl = public_bin(bins.path(), "trainctl");
+    let out = as_user(Command::new(&trainctl).arg("--socket").arg(daemon.socket()).arg("ls"), STRANGER, STRANGER)
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -58,7 +70,7 @@ fn sockets_are_0660_in_their_group_and_the_peer_check_denies_and_audits_an_unlis
     assert!(log.contains("denied uid 12345: not an allowed user or group"), "no audit line in:\n{log}");
 
     // A member of the socket's group (here by its primary group) is let in on both sockets.
-    let out = as_user(Command::new(bin("trainctl")).arg("--socket").arg(daemon.socket()).arg("ls"), STRANGER, NOGROUP)
+    let out = as_user(Command::new(&trainctl).arg("--socket").arg(daemon.socket()).arg("ls"), STRANGER, NOGROUP)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -74,16 +86,17 @@ fn a_job_runs_as_the_user_who_submitted_it_and_cannot_touch_trainerds_files() {
     // production: socket-group).
     std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
     let workdir = tempfile::tempdir().unwrap();
+    let bins = tempfile::tempdir().unwrap();
     std::fs::set_permissions(workdir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let out = as_user(
-        Command::new(bin("trainctl"))
+        Command::new(public_bin(bins.path(), "trainctl"))
             .arg("--socket")
             .arg(daemon.socket())
             .args(["--json", "submit", "--name", "theirs", "--env", "FAKE_STEPS=400", "--env", "FAKE_STEP_MS=10"])
             .arg("--workdir")
             .arg(workdir.path())
             .arg("--")
-            .arg(bin("fake-trainer")),
+            .arg(public_bin(bins.path(), "fake-trainer")),
         STRANGER,
         STRANGER,
     )

@@ -65,34 +65,36 @@ fn running(job: &pb::Job) -> bool {
     job.state() == JobState::Running && job.pid.is_some()
 }
 
+/// Starts a job that fails at its first crash, waits until it runs, and SIGKILLs its trainer; returns
+/// the job's updates, its id and the instant of the kill.
+async fn start_and_kill(client: &mut Client, name: &str) -> (Updates, String, Instant) {
+    let req = pb::SubmitJobRequest { on_failure: Some("fail".into()), ..fake(name, 100, &[]) };
+    let job = submit(client, req).await;
+    let mut updates = watch(client, &job.id).await;
+    let (job, _) = until(&mut updates, running).await;
+    let killed = Instant::now();
+    kill(job.pid.unwrap_or_default());
+    (updates, job.id, killed)
+}
+
 /// SIGKILL of a trainer until its job's state changes: on a WatchJob stream, and through
 /// `trainctl get` run again and again, as a script would.
 pub async fn exit_detection(daemon: &Daemon, watch_runs: usize, get_runs: usize) -> Vec<Figure> {
     let mut client = daemon.client().await;
     let mut on_watch = Vec::new();
     for _ in 0..watch_runs {
-        let req = pb::SubmitJobRequest { on_failure: Some("fail".into()), ..fake("exit", 100, &[]) };
-        let job = submit(&mut client, req).await;
-        let mut updates = watch(&mut client, &job.id).await;
-        let (job, _) = until(&mut updates, running).await;
-        let started = Instant::now();
-        kill(job.pid.unwrap_or_default());
+        let (mut updates, _, started) = start_and_kill(&mut client, "exit").await;
         let (_, seen) = until(&mut updates, |j| j.state() != JobState::Running).await;
         on_watch.push(seen - started);
     }
     let mut through_get = Vec::new();
     for _ in 0..get_runs {
-        let req = pb::SubmitJobRequest { on_failure: Some("fail".into()), ..fake("exit-get", 100, &[]) };
-        let job = submit(&mut client, req).await;
-        let mut updates = watch(&mut client, &job.id).await;
-        let (job, _) = until(&mut updates, running).await;
-        let started = Instant::now();
-        kill(job.pid.unwrap_or_default());
+        let (_updates, id, started) = start_and_kill(&mut client, "exit-get").await;
         loop {
             let out = Command::new(bin("trainctl"))
                 .arg("--socket")
                 .arg(daemon.socket())
-                .args(["--json", "get", &job.id])
+                .args(["--json", "get", &id])
                 .output()
                 .expect("trainctl");
             let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("trainctl --json get");

@@ -194,6 +194,14 @@ fn certificates(dir: &Path) {
     ]);
 }
 
+/// A token file with `mode`.
+fn secret(dir: &Path, name: &str, token: &str, mode: u32) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -201,11 +209,8 @@ fn free_port() -> u16 {
 #[test]
 fn tcp_needs_a_bearer_token_and_beyond_loopback_tls_and_never_runs_a_job_as_root() {
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let wrong = dir.path().join("wrong");
-    std::fs::write(&wrong, "fedcba9876543210fedcba9876543210\n").unwrap();
+    let token = secret(dir.path(), "token", "0123456789abcdef0123456789abcdef", 0o600);
+    let wrong = secret(dir.path(), "wrong", "fedcba9876543210fedcba9876543210", 0o600);
 
     let port = free_port();
     let daemon = Daemon::start(&["--listen", &format!("127.0.0.1:{port}"), "--token-file", token.to_str().unwrap()]);
@@ -259,15 +264,9 @@ fn tcp_needs_a_bearer_token_and_beyond_loopback_tls_and_never_runs_a_job_as_root
 #[test]
 fn tcp_settings_that_would_be_unsafe_are_refused_at_start_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
-    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let loose = dir.path().join("loose");
-    std::fs::write(&loose, "0123456789abcdef0123456789abcdef\n").unwrap();
-    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let short = dir.path().join("short");
-    std::fs::write(&short, "abc\n").unwrap();
-    std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let token = secret(dir.path(), "token", "0123456789abcdef0123456789abcdef", 0o600);
+    let loose = secret(dir.path(), "loose", "0123456789abcdef0123456789abcdef", 0o644);
+    let short = secret(dir.path(), "short", "abc", 0o600);
     let refuse = |args: &[&str], expected: &str| {
         let out = Command::new(bin("trainerd"))
             .arg("--state-dir")

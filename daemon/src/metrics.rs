@@ -61,6 +61,11 @@ pub struct Metrics {
     pub progress_propagation: Histogram,
 }
 
+/// One unlabelled counter in the text format: its HELP and TYPE lines, then its value.
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
+}
+
 impl Metrics {
     /// Counts a restart decided for `reason`.
     pub fn restarted(&self, reason: &'static str) {
@@ -79,11 +84,12 @@ impl Metrics {
             "# HELP trainerd_queue_length Jobs waiting for a slot or GPUs.\n# TYPE trainerd_queue_length gauge"
         );
         let _ = writeln!(out, "trainerd_queue_length {queue_length}");
-        let _ = writeln!(
-            out,
-            "# HELP trainerd_job_starts_total Trainer processes started.\n# TYPE trainerd_job_starts_total counter"
+        counter(
+            &mut out,
+            "trainerd_job_starts_total",
+            "Trainer processes started.",
+            self.starts.load(Ordering::Relaxed),
         );
-        let _ = writeln!(out, "trainerd_job_starts_total {}", self.starts.load(Ordering::Relaxed));
         let _ = writeln!(
             out,
             "# HELP trainerd_job_restarts_total Restarts by reason.\n# TYPE trainerd_job_restarts_total counter"
@@ -91,21 +97,24 @@ impl Metrics {
         for (reason, n) in self.restarts.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(out, "trainerd_job_restarts_total{{reason=\"{reason}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP trainerd_heartbeat_timeouts_total Trainers stopped for silence.\n# TYPE trainerd_heartbeat_timeouts_total counter"
+        counter(
+            &mut out,
+            "trainerd_heartbeat_timeouts_total",
+            "Trainers stopped for silence.",
+            self.heartbeat_timeouts.load(Ordering::Relaxed),
         );
-        let _ = writeln!(out, "trainerd_heartbeat_timeouts_total {}", self.heartbeat_timeouts.load(Ordering::Relaxed));
-        let _ = writeln!(
-            out,
-            "# HELP trainerd_reconcile_fixes_total Record/reality mismatches fixed by reconciliation.\n# TYPE trainerd_reconcile_fixes_total counter"
+        counter(
+            &mut out,
+            "trainerd_reconcile_fixes_total",
+            "Record/reality mismatches fixed by reconciliation.",
+            self.reconcile_fixes.load(Ordering::Relaxed),
         );
-        let _ = writeln!(out, "trainerd_reconcile_fixes_total {}", self.reconcile_fixes.load(Ordering::Relaxed));
-        let _ = writeln!(
-            out,
-            "# HELP trainerd_jobs_adopted_total Running jobs re-adopted from a previous trainerd.\n# TYPE trainerd_jobs_adopted_total counter"
+        counter(
+            &mut out,
+            "trainerd_jobs_adopted_total",
+            "Running jobs re-adopted from a previous trainerd.",
+            self.adopted.load(Ordering::Relaxed),
         );
-        let _ = writeln!(out, "trainerd_jobs_adopted_total {}", self.adopted.load(Ordering::Relaxed));
         self.exit_detection.render(
             &mut out,
             "trainerd_exit_detection_seconds",

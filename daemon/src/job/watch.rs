@@ -94,8 +94,8 @@ impl ProgressWatch {
                 }
                 continue;
             }
+            let wakers = lock(&self.wakers);
             for (wd, mask, name) in events(&buf[..n as usize]) {
-                let wakers = lock(&self.wakers);
                 if mask & libc::IN_Q_OVERFLOW != 0 {
                     wakers.values().flatten().for_each(|(_, wake)| wake());
                 } else if name == PROGRESS_NAME.as_bytes() {
@@ -148,6 +148,18 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Waits (at most 5 s) until job `which` is woken.
+    async fn woken(rx: &mut tokio::sync::mpsc::UnboundedReceiver<usize>, which: usize) {
+        let wait = async {
+            while let Some(i) = rx.recv().await {
+                if i == which {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(5), wait).await.expect("woken within 5 s");
+    }
+
     #[tokio::test]
     async fn one_watcher_wakes_the_job_whose_progress_file_changed_and_no_other() {
         let watch = ProgressWatch::new().unwrap();
@@ -170,31 +182,17 @@ mod tests {
                     .unwrap()
             })
             .collect();
+        // One descriptor delivers events in order: once b's wake for a later write arrives, every
+        // event before it has been handled.
         std::fs::write(a.join("other.txt"), b"x").unwrap();
         trainerd_proto::atomic::write_atomic(&b.join(PROGRESS_NAME), b"{}").unwrap();
-        let woken = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap();
-        assert_eq!(woken, Some(1));
-        // A plain write of the progress file counts too. (b may be woken twice for its one write: the
-        // rename, then the close of the renamed file; the actor reads once for both.)
+        woken(&mut rx, 1).await;
+        assert_eq!(counts[0].load(Ordering::SeqCst), 0, "another file in a's directory woke a");
+        // A plain write of the progress file wakes for its creation and for its close.
         std::fs::write(a.join(PROGRESS_NAME), b"{}").unwrap();
-        let woken_a = async {
-            while let Some(i) = rx.recv().await {
-                if i == 0 {
-                    return;
-                }
-            }
-        };
-        tokio::time::timeout(std::time::Duration::from_secs(5), woken_a).await.unwrap();
-        // Give the close event of the plain write time to arrive, then count: its creation and its
-        // close, and nothing for other.txt.
-        tokio::time::timeout(std::time::Duration::from_secs(5), async {
-            while counts[0].load(Ordering::SeqCst) < 2 {
-                rx.recv().await;
-            }
-        })
-        .await
-        .unwrap();
-        assert_eq!(counts[0].load(Ordering::SeqCst), 2, "other files and reads wake nobody");
+        trainerd_proto::atomic::write_atomic(&b.join(PROGRESS_NAME), b"{}").unwrap();
+        woken(&mut rx, 1).await;
+        assert_eq!(counts[0].load(Ordering::SeqCst), 2, "a plain write is a creation and a close");
         // A second guard on the same directory keeps it watched when the first goes.
         let again = watch.watch(&b, || {}).unwrap();
         drop(guards);

@@ -34,7 +34,12 @@ impl Daemon {
 
     /// Starts trainerd with extra environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Daemon::start_in(tempfile::tempdir().expect("tempdir"), extra, env)
+    }
+
+    /// Starts trainerd in `dir`, which the caller prepared (its state dir is `dir/state`: a file
+    /// system mounted there, say).
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut daemon = Daemon {
             dir,
             child: None,

@@ -198,30 +198,25 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Health => {
             let health = client.health(pb::HealthRequest {}).await?.into_inner();
-            let counts: Vec<(String, u32)> = health
-                .jobs
-                .iter()
-                .map(|c| (trainerd_proto::state::state_word(c.state()).to_string(), c.count))
-                .collect();
-            let last = health.last_reconcile.unwrap_or_default();
             if json {
-                let jobs: serde_json::Map<String, serde_json::Value> =
-                    counts.iter().map(|(s, n)| (s.clone(), (*n).into())).collect();
-                print_json(&serde_json::json!({"status": health.status, "divergent": health.divergent, "jobs": jobs,
-                    "last_reconcile": reconcile_json(&last)}));
+                print_json(&trainerd_proto::json::health_json(&health));
             } else {
-                println!("status    {}", health.status);
-                println!("divergent {}", health.divergent);
-                for (state, n) in counts {
-                    println!("{state:<10}{n}");
+                println!("{:<9} {}", "status", health.status);
+                if !health.cause.is_empty() {
+                    println!("{:<9} {}", "cause", health.cause);
                 }
-                print_reconcile("reconciled", &last);
+                println!("{:<9} {}", "divergent", health.divergent);
+                println!("{:<9} {}", "free", trainerd_proto::units::bytes(health.state_dir_free_bytes));
+                for c in &health.jobs {
+                    println!("{:<9} {}", trainerd_proto::state::state_word(c.state()), c.count);
+                }
+                print_reconcile("reconciled", &health.last_reconcile.unwrap_or_default());
             }
         }
         Command::Reconcile => {
             let report = client.reconcile(pb::ReconcileRequest {}).await?.into_inner();
             if json {
-                print_json(&reconcile_json(&report));
+                print_json(&trainerd_proto::json::reconcile_json(&report));
             } else {
                 print_reconcile("reconciled", &report);
             }
@@ -355,17 +350,13 @@ fn update_kind(job: &pb::Job, last: Option<&pb::Job>) -> &'static str {
     }
 }
 
-fn reconcile_json(r: &pb::ReconcileResponse) -> serde_json::Value {
-    serde_json::json!({"at": r.at, "checked": r.checked, "fixes": r.fixes, "count": r.count})
-}
-
 /// One line for the reconciliation (its age and how many fixes), then one per fix.
 fn print_reconcile(label: &str, r: &pb::ReconcileResponse) {
     if r.count == 0 {
-        println!("{label:<10}never");
+        println!("{label:<9} never");
         return;
     }
-    println!("{label:<10}{} ago, {} job(s) checked, {} fix(es)", format::ago(r.at), r.checked, r.fixes.len());
+    println!("{label:<9} {} ago, {} job(s) checked, {} fix(es)", format::ago(r.at), r.checked, r.fixes.len());
     for fix in &r.fixes {
         println!("  fixed   {fix}");
     }

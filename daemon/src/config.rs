@@ -112,6 +112,15 @@ pub struct Flags {
     /// [default: 30].
     #[arg(long)]
     pub reconcile_interval: Option<f64>,
+    /// Free space (MiB) kept on the state dir's file system for the transitions of running jobs: new
+    /// submissions are refused (RESOURCE_EXHAUSTED) while less is free. [default: 64].
+    #[arg(long)]
+    pub disk_reserve_mib: Option<u64>,
+    /// The longest a SIGTERM may take, in seconds: under shutdown-policy pause or stop, jobs that have
+    /// not paused or stopped by then are left running under their shims for the next trainerd to
+    /// re-adopt. Keep it below systemd's TimeoutStopSec. [default: 60].
+    #[arg(long)]
+    pub shutdown_timeout: Option<f64>,
     /// trainerd's own log: `auto` (journald when systemd connected stderr to it, else human),
     /// `human`, `json` (one object per line) or `journal`. The level filter is TRAINERD_LOG. [default: auto].
     #[arg(long, value_enum)]
@@ -163,6 +172,10 @@ pub struct DaemonConfig {
     pub default_timeouts: Timeouts,
     pub shutdown_policy: ShutdownPolicy,
     pub reconcile_interval: Duration,
+    /// Free bytes kept on the state dir's file system for running jobs' transitions.
+    pub disk_reserve: u64,
+    /// The longest a shutdown may take.
+    pub shutdown_timeout: Duration,
     /// The trainerd-shim executable.
     pub shim: PathBuf,
     pub test_hooks: bool,
@@ -254,6 +267,8 @@ impl Flags {
             log_cap_mib,
             shutdown_policy,
             reconcile_interval,
+            disk_reserve_mib,
+            shutdown_timeout,
             shim,
             log_format
         ))
@@ -411,6 +426,15 @@ impl Flags {
             },
             shutdown_policy: self.shutdown_policy.unwrap_or_default(),
             reconcile_interval: Duration::from_millis(reconcile),
+            disk_reserve: self
+                .disk_reserve_mib
+                .unwrap_or(64)
+                .checked_mul(1 << 20)
+                .ok_or("--disk-reserve-mib is too large; give MiB, like 64")?,
+            shutdown_timeout: Duration::from_millis(seconds(
+                "shutdown-timeout",
+                self.shutdown_timeout.unwrap_or(60.0),
+            )?),
             shim,
             test_hooks: self.test_hooks,
         })

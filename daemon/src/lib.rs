@@ -9,17 +9,25 @@
 //! - [`hub`]: the live views of jobs and their broadcasts to watchers.
 //! - [`policy`]: the restart-or-fail decision at the end of an attempt (pure).
 //! - [`process`]: process identity, process-group signals and liveness, from the kernel.
+//! - [`recovery`]: reopens a store that failed to write (a full disk) once there is room again.
 //! - [`store`]: the durable job records in sled; the only module that touches sled.
 //! - [`config`]: flags, the TOML file and defaults.
+//! - [`divergence`]: what health counts as divergent and reconcile repairs, defined once.
+//! - [`disk`]: free space on the state dir, and the reserve kept for running jobs' transitions.
 //! - [`systemd`]: READY/STATUS/WATCHDOG/STOPPING notifications.
 //! - [`logging`]: trainerd's own log: journald, human text or JSON.
 //! - [`access`]: who may use trainerd (peer credentials, bearer token) and as whom jobs run.
 //! - [`users`]: the host's user and group database.
 //! - [`fuzz`]: the parsers of outside bytes, as the fuzz targets call them.
+//! - [`untrusted`]: the only way trainerd opens a path a trainer controls (no FIFO, link or device).
+//! - [`blocking`]: where blocking file work runs: the blocking pool, under a deadline, one lane a job.
 
 pub mod access;
 pub mod api;
+pub mod blocking;
 pub mod config;
+pub mod disk;
+pub mod divergence;
 pub mod fuzz;
 pub mod gpus;
 pub mod hub;
@@ -28,8 +36,10 @@ pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod process;
+pub mod recovery;
 pub mod run;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;
+pub mod untrusted;
 pub mod users;

@@ -37,7 +37,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(trainerd::run::run(config, flags)) {
+    let result = runtime.block_on(trainerd::run::run(config, flags));
+    // Dropping a runtime waits for every blocking-pool thread, and one may be stuck in a trainer's
+    // file on a hung file system: the exit does not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("trainerd: {e:#}");

@@ -110,7 +110,7 @@ pub fn decide(policy: &RestartPolicy, history: &mut History, end: &AttemptEnd, n
 pub fn describe(end: &AttemptEnd, reason: Reason) -> String {
     match (reason, end.exit) {
         (Reason::Stalled, _) => "no heartbeat within the timeout".into(),
-        (_, None) => "the trainer vanished while trainerd was not watching (lost)".into(),
+        (_, None) => "the attempt's shim ended without an exit record, so how the trainer ended is unknown (lost)".into(),
         (_, Some(ExitStatus::Code(code))) => format!("exited {code}"),
         (_, Some(ExitStatus::Signal(signal))) => format!("killed by signal {signal}"),
     }

@@ -58,6 +58,7 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     let (supervisor, supervisor_done) = Actor::spawn(Some("supervisor".into()), Supervisor, shared.clone())
         .await
         .context("cannot start the supervisor")?;
+    tokio::spawn(crate::recovery::run(shared.clone(), supervisor.clone()));
     let api = Arc::new(Api {
         store: store.clone(),
         hub: shared.hub.clone(),
@@ -138,13 +139,24 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     control_task.abort();
     let policy = shared.config().shutdown_policy;
     shared.notifier.notify(&format!("STATUS=stopping: shutdown policy {policy:?}"));
-    match supervisor.call(|reply| crate::supervisor::SupervisorMsg::Shutdown { reply }, None).await {
+    let timeout = shared.config().shutdown_timeout;
+    match supervisor.call(|reply| crate::supervisor::SupervisorMsg::Shutdown { reply }, Some(timeout)).await {
         Ok(ractor::rpc::CallResult::Success(())) => tracing::info!(?policy, "shutdown policy applied"),
+        Ok(ractor::rpc::CallResult::Timeout) => tracing::warn!(
+            ?policy,
+            "shutdown-timeout ({timeout:?}) reached; jobs still pausing or stopping run on under their shims and \
+             are re-adopted by the next trainerd"
+        ),
         other => tracing::error!(?policy, "the shutdown policy could not be applied: {other:?}"),
     }
     supervisor.stop(None);
-    let _ = supervisor_done.await;
-    store.flush()?;
+    if tokio::time::timeout(SHUTDOWN_GRACE, supervisor_done).await.is_err() {
+        tracing::warn!("the supervisor did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    // Every transition was flushed when it was made; this flush is belt and braces.
+    if let Err(e) = store.flush() {
+        tracing::error!("the final flush of the store failed: {e}; every acknowledged transition was flushed already");
+    }
     let _ = std::fs::remove_file(&config.socket);
     let _ = std::fs::remove_file(&config.control_socket);
     tracing::info!("stopped; the store is flushed");

@@ -18,8 +18,6 @@ use crate::config::DaemonConfig;
 use crate::gpus::GpuPool;
 use crate::hub::{job_view, Hub, LiveFacts, QueueView};
 use crate::job::actor::{JobActor, JobArgs, JobMsg, Mode};
-use crate::job::shim;
-use crate::process;
 use crate::store::records::{ExitStatus, JobId, JobRecord, JobSpec, RunAs};
 use crate::store::Store;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -57,7 +55,15 @@ pub enum SupervisorMsg {
     /// trainerd is stopping: apply the shutdown policy; the reply comes once no job needs an actor
     /// any more (at once under `leave`).
     Shutdown { reply: RpcReplyPort<()> },
+    /// A JobActor did not answer a reconciliation in time: replace it (if it is still that actor);
+    /// the reply is the new actor, if one was made.
+    Unresponsive { id: JobId, actor: ActorId, reply: RpcReplyPort<Option<ActorRef<JobMsg>>> },
+    /// The store was reopened and accepts writes again (from `recovery`).
+    StoreRecovered,
 }
+
+/// How long a JobActor has to answer a reconciliation before it is replaced.
+const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A queued job.
 #[derive(Debug, Clone, Copy)]
@@ -151,13 +157,26 @@ impl Actor for Supervisor {
                 state.spawn_actor(&myself, Queued::of(&record), Mode::Admitted).await?;
             } else if has_process(job_state) {
                 state.spawn_actor(&myself, Queued::of(&record), Mode::Restored).await?;
-                restored.extend(state.actors.get(&record.id).cloned());
+                restored.extend(state.actors.get(&record.id).map(|a| (record.id, a.clone())));
             }
         }
         // A restored actor resolves an attempt that ended unseen with a message to itself; one round
-        // trip through each mailbox means those are handled before anyone is told we are ready.
-        for actor in restored {
-            let _ = actor.call(|reply| JobMsg::Check { reply }, Some(std::time::Duration::from_secs(10))).await;
+        // trip through each mailbox means those are handled before anyone is told we are ready. All at
+        // once, each within ANSWER_WITHIN: one job's files cannot hold the start-up. An actor that does
+        // not answer is replaced, as reconciliation would.
+        let trips: Vec<_> = restored
+            .into_iter()
+            .map(|(id, actor)| {
+                tokio::spawn(async move {
+                    let answer = actor.call(|reply| JobMsg::Check { reply }, Some(ANSWER_WITHIN)).await;
+                    (id, actor.get_id(), matches!(answer, Ok(ractor::rpc::CallResult::Timeout)))
+                })
+            })
+            .collect();
+        for trip in trips {
+            if let Ok((id, actor, true)) = trip.await {
+                state.replace_actor(&myself, id, actor, "did not answer within 5 s at start-up").await?;
+            }
         }
         state.sort_queue();
         let (checked, fixes) = state.reconcile_records(&myself).await?;
@@ -199,8 +218,37 @@ impl Actor for Supervisor {
             }
             SupervisorMsg::Reloaded => state.admit(&myself).await?,
             SupervisorMsg::Watchdog => {
-                let status = format!("STATUS={} running, {} queued", state.actors.len(), state.queue.len());
-                state.shared.notifier.notify(&format!("WATCHDOG=1\n{status}"));
+                let failure = state.shared.store.failure();
+                let status = match &failure {
+                    None => format!("STATUS={} running, {} queued", state.actors.len(), state.queue.len()),
+                    Some(f) => format!(
+                        "STATUS=degraded: the state store cannot write ({}); {} running, {} queued",
+                        f.cause,
+                        state.actors.len(),
+                        state.queue.len()
+                    ),
+                };
+                if failure.as_ref().is_some_and(|f| f.unrecoverable) {
+                    // A store that cannot be reopened although there is room: systemd's restart is the
+                    // remedy left, so the watchdog is no longer fed.
+                    tracing::error!(
+                        "the state store cannot be reopened; not feeding the watchdog, so systemd restarts trainerd"
+                    );
+                    state.shared.notifier.notify(&status);
+                } else {
+                    state.shared.notifier.notify(&format!("WATCHDOG=1\n{status}"));
+                }
+            }
+            SupervisorMsg::Unresponsive { id, actor, reply } => {
+                let why = format!("did not answer a reconciliation within {} s", ANSWER_WITHIN.as_secs());
+                state.replace_actor(&myself, id, actor, &why).await?;
+                let _ = reply.send(state.actors.get(&id).cloned());
+            }
+            SupervisorMsg::StoreRecovered => {
+                for actor in state.actors.values() {
+                    let _ = actor.cast(JobMsg::StoreWritable);
+                }
+                state.admit(&myself).await?;
             }
             SupervisorMsg::Released { id } => {
                 if let Some(actor) = state.actors.remove(&id) {
@@ -276,50 +324,6 @@ impl Actor for Supervisor {
     }
 }
 
-/// The processes of `record`'s last attempt that are still alive and still the same processes (pid
-/// and start time). For a finished or paused job, both should be `None`.
-#[derive(Default)]
-struct Leftovers {
-    trainer: Option<u32>,
-    shim: Option<u32>,
-}
-
-impl Leftovers {
-    fn of(record: &JobRecord, state_dir: &std::path::Path) -> Leftovers {
-        let Some(attempt) = record.attempts.last() else { return Leftovers::default() };
-        // An attempt with a recorded end had its shim's exit seen, and a shim exits only after every
-        // process of the attempt is reaped: only an unended attempt can have left a shim.
-        let identity = match attempt.ended_at {
-            Some(_) => None,
-            None => shim::read_identity(&crate::job::JobPaths::new(state_dir, record.id).dir, attempt.number),
-        };
-        let trainer = attempt
-            .pid
-            .zip(attempt.pid_start_ticks)
-            .or(identity.and_then(|i| i.trainer_pid.zip(i.trainer_start_ticks)))
-            .filter(|(pid, ticks)| shim::is_alive(*pid, *ticks) == Some(true));
-        let shim = identity.filter(|i| shim::is_alive(i.shim_pid, i.shim_start_ticks) == Some(true));
-        Leftovers { trainer: trainer.map(|(pid, _)| pid), shim: shim.map(|i| i.shim_pid) }
-    }
-
-    /// SIGKILLs the trainer's group (its shim then exits by itself), or a shim left without one.
-    /// Returns what was found, in words, or None when nothing was.
-    fn stop(&self) -> Option<String> {
-        match (self.trainer, self.shim) {
-            (Some(trainer), shim) => {
-                let _ = process::signal_group(trainer, libc::SIGKILL);
-                Some(shim.map_or(format!("trainer {trainer}"), |s| format!("trainer {trainer} and shim {s}")))
-            }
-            (None, Some(shim)) => {
-                // SAFETY: kill(2); the pid was just identified by its start time.
-                unsafe { libc::kill(shim as i32, libc::SIGKILL) };
-                Some(format!("shim {shim}"))
-            }
-            (None, None) => None,
-        }
-    }
-}
-
 impl State {
     /// The Supervisor's part of reconciliation, over every record: a record that needs an actor has
     /// one (queued jobs are in the queue, backoffs and process states have an actor), and a job that
@@ -346,7 +350,7 @@ impl State {
                 self.spawn_actor(myself, Queued::of(&record), mode).await?;
                 Some(format!("job {id} is {} but had no actor; one now watches it", state_word(job_state)))
             } else if (is_terminal(job_state) || job_state == JobState::Paused) && !has_actor {
-                let what = Leftovers::of(&record, &state_dir).stop();
+                let what = crate::divergence::Leftovers::of(&record, &state_dir).stop();
                 what.map(|what| format!("job {id} is {} but {what} still ran; stopped", state_word(job_state)))
             } else {
                 None
@@ -375,10 +379,28 @@ impl State {
         let supervisor = myself.clone();
         tokio::spawn(async move {
             for (id, actor) in actors {
-                match actor.call(|reply| JobMsg::Check { reply }, Some(std::time::Duration::from_secs(5))).await {
+                match actor.call(|reply| JobMsg::Check { reply }, Some(ANSWER_WITHIN)).await {
                     Ok(ractor::rpc::CallResult::Success(found)) => fixes.extend(found),
                     Ok(ractor::rpc::CallResult::Timeout) => {
-                        tracing::warn!(job = %id, "reconciliation: the job's actor did not answer within 5 s")
+                        tracing::warn!(job = %id, "reconciliation: the job's actor did not answer within 5 s; replacing it");
+                        fixes.push(format!(
+                            "job {id}: its actor did not answer within {} s; it was replaced by one made from the \
+                             stored record",
+                            ANSWER_WITHIN.as_secs()
+                        ));
+                        let old = actor.get_id();
+                        let replaced = supervisor
+                            .call(|reply| SupervisorMsg::Unresponsive { id, actor: old, reply }, Some(ANSWER_WITHIN))
+                            .await;
+                        // One round trip through the new actor: what it found at its start (an end the
+                        // old one never handled) is handled before this reconciliation reports.
+                        if let Ok(ractor::rpc::CallResult::Success(Some(new))) = replaced {
+                            if let Ok(ractor::rpc::CallResult::Success(found)) =
+                                new.call(|reply| JobMsg::Check { reply }, Some(ANSWER_WITHIN)).await
+                            {
+                                fixes.extend(found);
+                            }
+                        }
                     }
                     // The actor ended meanwhile (its job finished): nothing to check.
                     _ => {}
@@ -465,6 +487,10 @@ impl State {
             self.check_shutdown(self.shared.config().shutdown_policy);
             return Ok(());
         }
+        // A start must be recorded before it happens: nothing is admitted until the store can write.
+        if self.shared.store.failure().is_some() {
+            return Ok(());
+        }
         // Strict FIFO within a priority: the head waits for its GPUs rather than being overtaken.
         while self.actors.len() < self.shared.config().slots as usize {
             let Some(head) = self.queue.first().copied() else { break };
@@ -495,8 +521,52 @@ impl State {
                     self.pending.entry(id).or_default().push(msg);
                 }
             }
-            None => self.pending.entry(id).or_default().push(msg),
+            // Held for an actor about to be (re-)created; a job that needs none any more (finished,
+            // paused) never gets one, so its late messages are dropped.
+            None => {
+                let needs_actor = self.shared.store.get(id).ok().flatten().is_some_and(|r| has_process(r.state()));
+                if needs_actor {
+                    self.pending.entry(id).or_default().push(msg);
+                }
+            }
         }
+    }
+
+    /// Replaces job `id`'s actor (when it is still `actor`): the old one is killed, which interrupts
+    /// whatever it awaited, and a new one is made from the stored record in `Recreated` mode, which
+    /// finds the attempt's shim again, or applies the end the old one never handled from the shim's
+    /// exit record.
+    async fn replace_actor(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: JobId,
+        actor: ActorId,
+        why: &str,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(old) = self.actors.get(&id).filter(|a| a.get_id() == actor).cloned() else { return Ok(()) };
+        self.actors.remove(&id);
+        self.jobs_by_actor.remove(&actor);
+        old.kill();
+        tracing::error!(job = %id, "the job's actor {why}; replacing it");
+        let event = crate::store::records::Event {
+            at: unix_now(),
+            kind: "actor_replaced".into(),
+            message: format!(
+                "the job's actor {why}; it was stopped and a new one made from the stored record, which finds the \
+                 attempt's shim again or applies its end from the shim's exit record"
+            ),
+        };
+        let _ = self.shared.store.append_event(id, &event);
+        match self.shared.store.get(id)? {
+            Some(r) if !is_terminal(r.state()) && r.state() != JobState::Paused => {
+                self.spawn_actor(myself, Queued::of(&r), Mode::Recreated).await?;
+            }
+            _ => {
+                self.gpus.release(id);
+                self.admit(myself).await?;
+            }
+        }
+        Ok(())
     }
 
     fn cancel(
@@ -567,7 +637,7 @@ impl State {
         Ok(view)
     }
 
-    /// PAUSED → QUEUED, after checking that what it resumes from is still there.
+    /// PAUSED → QUEUED (the API checked that what it resumes from is still there).
     fn resume(&mut self, id: JobId) -> Result<pb::Job, ApiError> {
         let record = self.shared.store.get(id)?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
         if record.state() != JobState::Paused {
@@ -575,20 +645,6 @@ impl State {
                 "job {id} is {}; only a paused job can be resumed",
                 state_word(record.state())
             )));
-        }
-        if let Some(checkpoint) = &record.latest_checkpoint {
-            let usable = match std::fs::metadata(&checkpoint.path) {
-                Ok(m) if m.is_dir() => std::fs::read_dir(&checkpoint.path).is_ok_and(|mut d| d.next().is_some()),
-                Ok(m) => m.len() > 0,
-                Err(_) => false,
-            };
-            if !usable {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "job {id} would resume from {}, which is missing or empty; it is not started from step 0 \
-                     (restore the checkpoint, or cancel the job)",
-                    checkpoint.path.display()
-                )));
-            }
         }
         let record =
             self.shared.store.transition(id, JobState::Queued, Reason::Unspecified, unix_now(), "resumed", |_| {})?;

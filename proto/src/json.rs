@@ -1,5 +1,5 @@
-//! The JSON form of jobs, shared by `trainctl --json` and the JSON-lines control socket. Field names
-//! and state words are stable: scripts depend on them.
+//! The JSON forms of jobs, health and reconciliation, shared by `trainctl --json` and the JSON-lines
+//! control socket. Field names and state words are stable: scripts depend on them.
 
 use crate::state::state_word;
 use crate::v1 as pb;
@@ -30,6 +30,25 @@ pub fn job_json(job: &pb::Job) -> Value {
         "stalled": job.stalled,
         "message": job.message,
         "pid": job.pid,
+    })
+}
+
+/// The stable JSON fields of a reconciliation report.
+pub fn reconcile_json(r: &pb::ReconcileResponse) -> Value {
+    json!({"at": r.at, "checked": r.checked, "fixes": r.fixes, "count": r.count})
+}
+
+/// The stable JSON fields of a health report (jobs as a map from state word to count).
+pub fn health_json(h: &pb::HealthResponse) -> Value {
+    let jobs: serde_json::Map<String, Value> =
+        h.jobs.iter().map(|c| (state_word(c.state()).to_string(), c.count.into())).collect();
+    json!({
+        "status": h.status,
+        "divergent": h.divergent,
+        "cause": Some(&h.cause).filter(|c| !c.is_empty()),
+        "state_dir_free_bytes": h.state_dir_free_bytes,
+        "jobs": jobs,
+        "last_reconcile": reconcile_json(&h.last_reconcile.clone().unwrap_or_default()),
     })
 }
 

@@ -4,6 +4,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -382,16 +383,29 @@ async fn bad_requests_get_exact_errors_and_trainerd_keeps_serving_with_nothing_l
         put(valid(step).as_bytes());
         watch_until(&mut client, &quiet.id, Duration::from_secs(10), |j| j.step == step).await;
     }
-    // A symlink planted in the trainer's dir is not followed.
-    let _ = std::fs::remove_file(&progress);
-    std::os::unix::fs::symlink("/etc/passwd", &progress).unwrap();
-    let symlink = format!("cannot read the progress file: Too many levels of symbolic links (os error 40){ignored}");
-    assert!(
-        wait_for_event(&mut client, &quiet.id, &symlink).await.is_some(),
-        "{:?}",
-        events(&mut client, &quiet.id).await
-    );
-    std::fs::remove_file(&progress).unwrap();
+    // Anything but a regular file at the progress path is refused by name, without being opened (a
+    // FIFO would block an open, a device could do anything) or followed; and trainerd keeps answering.
+    type Make = fn(&Path);
+    let place: [(&str, Make); 5] = [
+        ("a symbolic link", |p| std::os::unix::fs::symlink("/etc/passwd", p).unwrap()),
+        ("a FIFO", mkfifo),
+        ("a directory", |p| std::fs::create_dir(p).unwrap()),
+        ("a socket", |p| std::mem::forget(std::os::unix::net::UnixListener::bind(p).unwrap())),
+        ("a character device", mknod_null),
+    ];
+    for (kind, make) in &place {
+        remove_any(&progress);
+        make(&progress);
+        let message = format!("progress file refused: {} is {kind}, not a regular file{ignored}", progress.display());
+        assert!(
+            wait_for_event(&mut client, &quiet.id, &message).await.is_some(),
+            "{kind}: no event {message:?}; events: {:?}",
+            events(&mut client, &quiet.id).await
+        );
+        let answered = tokio::time::timeout(Duration::from_secs(5), client.daemon_info(pb::DaemonInfoRequest {})).await;
+        assert!(matches!(answered, Ok(Ok(_))), "{kind}: trainerd did not answer within 5 s");
+    }
+    remove_any(&progress);
     put(valid(100).as_bytes());
     watch_until(&mut client, &quiet.id, Duration::from_secs(10), |j| j.step == 100).await;
 
@@ -402,8 +416,30 @@ async fn bad_requests_get_exact_errors_and_trainerd_keeps_serving_with_nothing_l
     assert_eq!((now.state(), now.pid), (pb::JobState::Running, pid));
     let jobs = client.list_jobs(pb::ListJobsRequest::default()).await.unwrap().into_inner().jobs;
     assert_eq!(jobs.len(), 2, "bad requests created jobs: {jobs:?}");
-    let total = grpc_cases + json_cases.len() + 1 + progress_cases.len() + 1;
+    let total = grpc_cases + json_cases.len() + 1 + progress_cases.len() + place.len();
     assert!(total >= 40, "the corpus has {total} cases");
+}
+
+/// Removes whatever is at `path` (file, link, FIFO, socket, device or empty directory).
+fn remove_any(path: &Path) {
+    if std::fs::remove_file(path).is_err() {
+        let _ = std::fs::remove_dir(path);
+    }
+}
+
+/// A FIFO at `path`.
+pub fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo {}", path.display());
+}
+
+/// A character device at `path` with /dev/null's numbers (the tests run as root).
+pub fn mknod_null(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path; makedev takes numbers.
+    let made = unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o644, libc::makedev(1, 3)) };
+    assert_eq!(made, 0, "mknod {}: {}", path.display(), std::io::Error::last_os_error());
 }
 
 /// Waits (at most 10 s) until the job's event log holds `message` (a trailing `…` matches a prefix).

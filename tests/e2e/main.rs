@@ -2,9 +2,12 @@
 //! One test binary (one link) with a module per area.
 
 mod bad_input;
+mod full_disk;
+mod hostile;
 mod interfaces;
 mod pause_queue;
 mod python;
+mod reconcile;
 mod restart;
 mod security;
 mod supervisor;

@@ -27,6 +27,7 @@ impl From<ApiError> for Status {
             ApiError::FailedPrecondition(_) => Status::failed_precondition(message),
             ApiError::Unavailable(_) => Status::unavailable(message),
             ApiError::PermissionDenied(_) => Status::permission_denied(message),
+            ApiError::ResourceExhausted(_) => Status::resource_exhausted(message),
             ApiError::Internal(_) => Status::internal(message),
         }
     }

@@ -105,6 +105,7 @@ fn error(e: &ApiError) -> Value {
         ApiError::FailedPrecondition(_) => "failed_precondition",
         ApiError::Unavailable(_) => "unavailable",
         ApiError::PermissionDenied(_) => "permission_denied",
+        ApiError::ResourceExhausted(_) => "resource_exhausted",
         ApiError::Internal(_) => "internal",
     };
     json!({"ok": false, "error": {"code": code, "message": e.to_string()}})
@@ -264,17 +265,12 @@ async fn handle(
         }
         Request::Resume(Id { id }) => api.resume(&id).await.map(|job| json!({"ok": true, "job": job_json(&job)})),
         Request::Health(Empty {}) => api.health().map(|h| {
-            let jobs: serde_json::Map<String, Value> = h
-                .jobs
-                .iter()
-                .map(|c| (trainerd_proto::state::state_word(c.state()).to_string(), c.count.into()))
-                .collect();
-            let last = h.last_reconcile.unwrap_or_default();
-            json!({"ok": true, "status": h.status, "divergent": h.divergent, "jobs": jobs,
-                "last_reconcile": reconcile_json(&last)})
+            let mut value = trainerd_proto::json::health_json(&h);
+            value["ok"] = true.into();
+            value
         }),
         Request::Reconcile(Empty {}) => {
-            api.reconcile().await.map(|r| json!({"ok": true, "reconcile": reconcile_json(&r)}))
+            api.reconcile().await.map(|r| json!({"ok": true, "reconcile": trainerd_proto::json::reconcile_json(&r)}))
         }
         Request::Info(Empty {}) => {
             let i = api.info();
@@ -283,10 +279,6 @@ async fn handle(
         }
     };
     send(write, &reply.unwrap_or_else(|e| error(&e))).await
-}
-
-fn reconcile_json(r: &trainerd_proto::v1::ReconcileResponse) -> Value {
-    json!({"at": r.at, "checked": r.checked, "fixes": r.fixes, "count": r.count})
 }
 
 /// Streams the snapshot and every update until the job ends, one line each.

@@ -1,6 +1,8 @@
 //! Log streaming: the tail of a job's stdout and stderr, then, when following, every new byte until
 //! the job ends. New bytes are found through notify on the job directory, not by polling; a log that
-//! shrank was rotated (see `job::cap_log`) and is read again from its start.
+//! shrank was rotated (see `job::cap_log`) and is read again from its start. A trainer running as
+//! trainerd's user could replace a log with a FIFO or a link: logs are opened through `untrusted`,
+//! and read on the blocking pool under a deadline.
 
 use super::{Api, ApiError};
 use crate::hub::ends_watch;
@@ -31,7 +33,7 @@ impl Api {
             let files = [("stdout", paths.stdout.clone()), ("stderr", paths.stderr.clone())];
             let mut offsets = [0u64; 2];
             for (i, (name, path)) in files.iter().enumerate() {
-                let len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                let len = std::fs::symlink_metadata(path).map(|m| m.len()).unwrap_or(0);
                 offsets[i] = len.saturating_sub(tail);
                 if send_new(&tx, name, path, &mut offsets[i]).await.is_err() {
                     return;
@@ -70,23 +72,31 @@ impl Api {
     }
 }
 
-/// Sends what `path` holds past `offset`, in chunks; Err when the receiver is gone.
+/// Sends what `path` holds past `offset`, in chunks; Err when the receiver is gone. A log that is not
+/// a regular file, or that cannot be read in time, sends nothing this time.
 async fn send_new(tx: &mpsc::Sender<pb::LogChunk>, stream: &str, path: &Path, offset: &mut u64) -> Result<(), ()> {
-    let Ok(mut file) = std::fs::File::open(path) else { return Ok(()) };
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if len < *offset {
-        *offset = 0;
-    }
-    while *offset < len {
-        let mut data = Vec::new();
-        let read = file
-            .seek(SeekFrom::Start(*offset))
-            .and_then(|_| (&mut file).take(CHUNK.min(len - *offset)).read_to_end(&mut data));
-        match read {
-            Ok(0) | Err(_) => return Ok(()),
-            Ok(n) => *offset += n as u64,
-        }
+    loop {
+        let (path, from) = (path.to_path_buf(), *offset);
+        let read =
+            crate::blocking::run("reading a log", crate::blocking::FILE_DEADLINE, move || read_chunk(&path, from))
+                .await;
+        let Ok(Some((start, data))) = read else { return Ok(()) };
+        *offset = start + data.len() as u64;
         tx.send(pb::LogChunk { stream: stream.into(), data }).await.map_err(|_| ())?;
     }
-    Ok(())
+}
+
+/// The next chunk of `path` from `offset` (from 0 when the file shrank: it was rotated), with the
+/// offset it starts at; None at the end or when the file cannot be used.
+fn read_chunk(path: &Path, offset: u64) -> Option<(u64, Vec<u8>)> {
+    let mut file = crate::untrusted::open_regular(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    let start = if len < offset { 0 } else { offset };
+    if start >= len {
+        return None;
+    }
+    let mut data = Vec::new();
+    file.seek(SeekFrom::Start(start)).ok()?;
+    (&mut file).take(CHUNK.min(len - start)).read_to_end(&mut data).ok()?;
+    (!data.is_empty()).then_some((start, data))
 }

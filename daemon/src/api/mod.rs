@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
-use trainerd_proto::state::{has_process, is_terminal, ALL_STATES};
+use trainerd_proto::state::ALL_STATES;
 use trainerd_proto::trainer::PROTOCOL_VERSION;
 use trainerd_proto::v1 as pb;
 use trainerd_proto::v1::JobState;
@@ -35,6 +35,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// The disk under the state dir is (nearly) full, or the store cannot write.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -44,6 +47,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(id) => ApiError::NotFound(format!("no job {id}")),
             StoreError::IllegalTransition { .. } => ApiError::FailedPrecondition(e.to_string()),
+            e if e.is_unavailable() => ApiError::ResourceExhausted(format!(
+                "{e}; nothing was changed. Running jobs stay supervised; trainerd reopens the store by itself once \
+                 its directory has room (`trainctl health` shows the cause)"
+            )),
             other => ApiError::Internal(other.to_string()),
         }
     }
@@ -80,6 +87,13 @@ impl Api {
     /// Validates a submission and queues it (or returns the job its idempotency key names).
     pub async fn submit(&self, req: pb::SubmitJobRequest, caller: &Caller) -> Result<pb::SubmitJobResponse, ApiError> {
         let spec = self.validate(req)?;
+        let known = match &spec.idempotency_key {
+            Some(key) => self.store.find_key(key)?,
+            None => None,
+        };
+        if known.is_none() {
+            self.room_for_a_job()?;
+        }
         let run_as = self.config().access.run_as(caller).map_err(ApiError::PermissionDenied)?;
         let (record, created) = self
             .supervisor
@@ -91,6 +105,35 @@ impl Api {
             tracing::info!(target: "trainerd::audit", job = %record.id, run_as = ?record.run_as, "{caller} submitted {}", record.spec.name);
         }
         Ok(pb::SubmitJobResponse { job: Some(self.view(&record)), created })
+    }
+
+    /// Refuses a new job while the store cannot write, or while the state dir has less free space than
+    /// the reserve kept for the transitions of jobs already running.
+    fn room_for_a_job(&self) -> Result<(), ApiError> {
+        let config = self.config();
+        let free = crate::disk::free_bytes(&config.state_dir);
+        let free_words = match &free {
+            Ok(n) => format!("{} free", crate::disk::bytes(*n)),
+            Err(e) => format!("free space unknown: {e}"),
+        };
+        if let Some(failure) = self.store.failure() {
+            return Err(ApiError::ResourceExhausted(format!(
+                "the state store in {} cannot write ({}; {free_words}); no job is accepted until it can. Free space \
+                 there: trainerd reopens the store by itself",
+                config.state_dir.display(),
+                failure.cause
+            )));
+        }
+        match free {
+            Ok(n) if n < config.disk_reserve => Err(ApiError::ResourceExhausted(format!(
+                "the state dir {} has {} free, below the reserve of {} kept for the transitions of running jobs; \
+                 free space there (or lower disk-reserve-mib)",
+                config.state_dir.display(),
+                crate::disk::bytes(n),
+                crate::disk::bytes(config.disk_reserve)
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn validate(&self, req: pb::SubmitJobRequest) -> Result<JobSpec, ApiError> {
@@ -155,7 +198,7 @@ impl Api {
             if !ok_name || var.value.contains('\0') {
                 return Err(invalid("env", format!("{:?} is not a valid NAME=VALUE variable", var.name)));
             }
-            if var.name.starts_with("TRAINERD_") && var.name != "TRAINERD_TEST_PANIC_AFTER_STEP" {
+            if var.name.starts_with("TRAINERD_") && !var.name.starts_with(crate::job::hooks::PREFIX) {
                 return Err(invalid("env", format!("{} is set by trainerd itself (the trainer protocol)", var.name)));
             }
         }
@@ -392,6 +435,23 @@ impl Api {
     /// Queues a paused job again, to resume from its pause checkpoint.
     pub async fn resume(&self, id: &str) -> Result<pb::Job, ApiError> {
         let id = self.resolve(id)?;
+        let record = self.record(id)?;
+        if let (JobState::Paused, Some(checkpoint)) = (record.state(), record.latest_checkpoint) {
+            let path = checkpoint.path.clone();
+            let usable = crate::blocking::run("looking at the checkpoint", crate::blocking::FILE_DEADLINE, move || {
+                crate::untrusted::checkpoint_usable(&path).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|v| v);
+            if let Err(why) = usable {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "job {id} would resume from {}, which is not usable ({why}); it is not started from step 0 \
+                     (restore the checkpoint, or cancel the job)",
+                    checkpoint.path.display()
+                )));
+            }
+        }
         self.supervisor
             .call(|reply| SupervisorMsg::Resume { id, reply }, Some(Duration::from_secs(30)))
             .await
@@ -410,37 +470,43 @@ impl Api {
             })
             .filter(|c| c.count > 0)
             .collect();
-        // Records that claim a trainer runs must name a live process that is still that trainer
-        // (pid and start time). A job caught between its trainer's exit and the record of it counts
-        // for that instant; a lasting count is a fault.
-        let divergent = records
-            .iter()
-            .filter(|r| has_process(r.state()))
-            .filter(|r| {
-                let attempt = r.attempts.last();
-                match (attempt.and_then(|a| a.pid), attempt.and_then(|a| a.pid_start_ticks)) {
-                    (Some(pid), Some(ticks)) => crate::process::start_ticks(pid).ok() != Some(ticks),
-                    // Starting: the pid is recorded right after the spawn.
-                    _ => r.state() != JobState::Starting,
-                }
-            })
-            .count() as u32;
-        // A finished or paused job must have no trainer left.
-        let leftover = records
-            .iter()
-            .filter(|r| is_terminal(r.state()) || r.state() == JobState::Paused)
-            .filter(|r| {
-                let attempt = r.attempts.last();
-                match (attempt.and_then(|a| a.pid), attempt.and_then(|a| a.pid_start_ticks)) {
-                    (Some(pid), Some(ticks)) => crate::job::shim::is_alive(pid, ticks) == Some(true),
-                    _ => false,
-                }
-            })
-            .count() as u32;
-        let divergent = divergent + leftover;
-        let status = if divergent == 0 { "ok" } else { "divergent" };
+        // What reconciliation repairs (`divergence`): records that claim a process that is gone, and
+        // finished or paused jobs with a process left. A job caught between its trainer's exit and
+        // the record of it counts for that instant; a lasting count is a fault.
+        let state_dir = self.config().state_dir.clone();
+        let divergent = records.iter().filter(|r| crate::divergence::of(r, &state_dir).is_some()).count() as u32;
+        let free = crate::disk::free_bytes(&state_dir).ok();
+        let cause = match (self.store.failure(), free) {
+            (Some(failure), _) => {
+                let what = if failure.unrecoverable {
+                    "cannot reopen it; restart trainerd"
+                } else {
+                    "it is reopened once there is room"
+                };
+                let secs = (trainerd_proto::trainer::unix_now() - failure.since).max(0.0);
+                format!("the state store has not been able to write for {secs:.0} s ({}); {what}", failure.cause)
+            }
+            (None, Some(n)) if n < self.config().disk_reserve => format!(
+                "the state dir has {} free, below the {} reserve: new jobs are refused",
+                crate::disk::bytes(n),
+                crate::disk::bytes(self.config().disk_reserve)
+            ),
+            _ => String::new(),
+        };
+        let status = match (cause.is_empty(), divergent) {
+            (false, _) => "degraded",
+            (true, 0) => "ok",
+            (true, _) => "divergent",
+        };
         let last_reconcile = Some(self.shared.last_reconcile.lock().unwrap_or_else(|p| p.into_inner()).clone());
-        Ok(pb::HealthResponse { jobs, divergent, status: status.into(), last_reconcile })
+        Ok(pb::HealthResponse {
+            jobs,
+            divergent,
+            status: status.into(),
+            last_reconcile,
+            cause,
+            state_dir_free_bytes: free.unwrap_or(0),
+        })
     }
 
     /// Reconciles now and says what was fixed.

@@ -2,7 +2,8 @@
 //!
 //! trainerd starts one shim per attempt; the shim starts the trainer and outlives trainerd, so a
 //! restart or upgrade of trainerd never stops training, and the trainer's exact exit status is never
-//! lost. It uses no threads and no async runtime; from trainerd's library only `process`.
+//! lost. It uses no threads and no async runtime; from trainerd's library only `process`, `users`
+//! and `untrusted` (std and libc, all three).
 //!
 //! ```text
 //! trainerd-shim JOB_DIR ATTEMPT STDOUT_LOG [UID:GID] -- PROGRAM [ARGS...]
@@ -19,10 +20,16 @@
 //!    from /dev/null, stdout appended to STDOUT_LOG, stderr inherited (trainerd passes the job's
 //!    stderr log). The environment passes through unchanged.
 //! 3. Writes `started PID START_TICKS` on stdout (a pipe to trainerd) and `JOB_DIR/shim.json` again
-//!    with the trainer's identity, then closes stdout; on failure to start, `error MESSAGE` and exit 127.
+//!    with the trainer's identity; on failure to start, `error MESSAGE` and exit 127. It also writes
+//!    `JOB_DIR/exit.json.tmp` full of spaces now, so that the exit record's blocks are allocated
+//!    before the disk can fill up.
 //! 4. Reaps children until the trainer itself exits, writes `JOB_DIR/exit.json` atomically (attempt,
-//!    pid, code or signal, time), SIGKILLs what is left of the trainer's process group, reaps every
-//!    remaining descendant (at most 30 s), and exits 0. Its own exit is how trainerd learns of the end.
+//!    pid, code or signal, time) over the reserved blocks, and says the same on stdout
+//!    (`exited CODE` or `killed SIGNAL`) for a trainerd that is still listening: when the record
+//!    could not be written (a full disk), that line is trainerd's word of the end. Then it SIGKILLs
+//!    what is left of the trainer's process group, reaps every remaining descendant (at most 30 s),
+//!    and exits: 0 when the exit record was written, 3 when it was not. Its own exit is how trainerd
+//!    learns of the end.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -81,7 +88,10 @@ fn main() {
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     }
 
-    let started = std::fs::OpenOptions::new().create(true).append(true).open(&stdout_log).and_then(|log| {
+    // The log is in trainerd's directory, but a trainer running as trainerd's user could have put a
+    // FIFO there; opened without blocking, refused unless it is a regular file.
+    let log = trainerd::untrusted::open_append(&stdout_log).map_err(std::io::Error::other);
+    let started = log.and_then(|log| {
         let mut cmd = Command::new(program);
         cmd.args(rest).process_group(0).stdin(Stdio::null()).stdout(log);
         if let Some((uid, gid)) = run_as {
@@ -103,12 +113,8 @@ fn main() {
     let _ = writeln!(handshake, "started {trainer} {ticks}");
     let _ = handshake.flush();
     drop(handshake);
-    // Nothing more is said on the pipe: point fd 1 at /dev/null so trainerd sees EOF.
-    if let Ok(null) = std::fs::File::open("/dev/null") {
-        use std::os::fd::AsRawFd;
-        // SAFETY: dup2 onto our own stdout descriptor.
-        unsafe { libc::dup2(null.as_raw_fd(), 1) };
-    }
+    let exit_path = dir.join("exit.json");
+    let reserved = reserve(&exit_path);
 
     let status = loop {
         let mut status = 0;
@@ -132,7 +138,12 @@ fn main() {
     let record = format!(
         "{{\"format\":1,\"attempt\":{attempt},\"pid\":{trainer},\"code\":{code},\"signal\":{signal},\"at\":{now:.6}}}\n"
     );
-    write_atomic(&dir.join("exit.json"), record.as_bytes());
+    let recorded =
+        write_reserved(reserved, &exit_path, record.as_bytes()) || write_atomic(&exit_path, record.as_bytes());
+    // The pipe to the trainerd that started us; when that trainerd is gone the write fails with EPIPE
+    // (Rust ignores SIGPIPE), which changes nothing.
+    let word = if libc::WIFEXITED(status) { format!("exited {code}") } else { format!("killed {signal}") };
+    let _ = writeln!(std::io::stdout().lock(), "{word}");
 
     // No process of the attempt may outlive it, including those that left its group (they are ours
     // as the subreaper). A descendant stuck in the kernel must not keep us forever: SIGALRM ends us.
@@ -149,6 +160,35 @@ fn main() {
             }
         }
     }
+    std::process::exit(if recorded { 0 } else { 3 });
+}
+
+/// How many bytes the exit record may take (it is about 100).
+const EXIT_RECORD_ROOM: usize = 512;
+
+/// Writes the exit record's temporary file now, full of spaces, so its blocks are the shim's before
+/// the trainer can fill the disk. Returns the open file, or None when even that failed.
+fn reserve(exit_path: &Path) -> Option<(std::fs::File, PathBuf)> {
+    let mut tmp = exit_path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).ok()?;
+    // No fsync: the file systems that allocate late (ext4's delayed allocation) reserve the space at
+    // write(2) already, and a sync per start would cost every start a disk flush.
+    file.write_all(&[b' '; EXIT_RECORD_ROOM]).ok()?;
+    Some((file, tmp))
+}
+
+/// Writes the record over the reserved blocks (no allocation needed), trims the file to it, and
+/// renames it into place.
+fn write_reserved(reserved: Option<(std::fs::File, PathBuf)>, path: &Path, bytes: &[u8]) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Some((file, tmp)) = reserved else { return false };
+    bytes.len() <= EXIT_RECORD_ROOM
+        && file.write_all_at(bytes, 0).is_ok()
+        && file.set_len(bytes.len() as u64).is_ok()
+        && std::fs::rename(&tmp, path).is_ok()
 }
 
 /// SIGKILLs our children: after the trainer's end, every one is a descendant it left behind (we are
@@ -183,12 +223,10 @@ fn write_identity(dir: &Path, attempt: u32, shim: u32, trainer: Option<(u32, u64
 
 /// Write-temp then rename: a reader sees the old file or the new one, never a part. No fsync: the
 /// reader is trainerd on the same machine, and a machine crash ends the attempt anyway.
-fn write_atomic(path: &Path, bytes: &[u8]) {
+fn write_atomic(path: &Path, bytes: &[u8]) -> bool {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
-    if std::fs::write(&tmp, bytes).is_ok() {
-        let _ = std::fs::rename(&tmp, path);
-    }
+    std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_ok()
 }
 
 /// The start time that, with the pid, identifies a process (trainerd compares it at adoption).

@@ -10,16 +10,27 @@
 //! A job found at start-up with a process recorded (Mode::Restored) is re-adopted when its shim still
 //! runs, with the stall clock taken from the progress file; when the shim is gone, its exit record
 //! decides exactly as if we had been watching, and without one the attempt is `lost`.
+//!
+//! Files the trainer controls are read through `untrusted` on the job's `blocking::Lane` (off the
+//! runtime's threads, under a deadline), so a FIFO, a device or a hung file system never holds this
+//! actor, let alone another. An attempt's end is recorded with its last progress if that can be read
+//! in time and without it otherwise. When the store cannot write (a full disk), the end is held in
+//! memory (`ended`), as are the messages whose handling needs a write (`held`), and both are handled
+//! again once the Supervisor says the store is writable.
 
+use super::hooks::{self, Hooks};
 use super::shim::{self, Found, Identity, Waiter};
-use super::{cap_log, read_progress, spawn, JobPaths, Launch, ReadError};
+use super::{cap_log, read_progress_bounded, spawn, JobPaths, Launch, ReadError};
 use crate::api::ApiError;
+use crate::blocking::{Lane, FILE_DEADLINE};
 use crate::config::ShutdownPolicy;
 use crate::hub::{job_view, LiveFacts};
 use crate::policy::{self, AttemptEnd, Decision, History, StopCause};
 use crate::process;
 use crate::store::records::{Attempt, ExitStatus, JobId, JobRecord};
+use crate::store::StoreError;
 use crate::supervisor::{Shared, SupervisorMsg};
+use crate::untrusted;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,6 +67,29 @@ pub enum JobMsg {
     Check { reply: RpcReplyPort<Vec<String>> },
     /// trainerd is stopping under this policy.
     Shutdown { policy: ShutdownPolicy },
+    /// The store accepts writes again: record a held end, handle held messages.
+    StoreWritable,
+}
+
+impl JobMsg {
+    /// A copy of a message whose handling can be tried again as it is (no reply port): what is held
+    /// when the store cannot write.
+    fn again(&self) -> Option<JobMsg> {
+        Some(match self {
+            JobMsg::Start => JobMsg::Start,
+            JobMsg::Tick { generation } => JobMsg::Tick { generation: *generation },
+            JobMsg::BackoffOver { generation } => JobMsg::BackoffOver { generation: *generation },
+            JobMsg::PauseTimeout { attempt } => JobMsg::PauseTimeout { attempt: *attempt },
+            JobMsg::Shutdown { policy } => JobMsg::Shutdown { policy: *policy },
+            JobMsg::Kill { attempt } => JobMsg::Kill { attempt: *attempt },
+            _ => return None,
+        })
+    }
+}
+
+/// Whether an actor error is the store refusing a write (to hold and retry, not to fail on).
+fn store_unavailable(e: &ActorProcessingErr) -> bool {
+    e.downcast_ref::<StoreError>().is_some_and(StoreError::is_unavailable)
 }
 
 /// How the actor comes to be.
@@ -63,7 +97,8 @@ pub enum JobMsg {
 pub enum Mode {
     /// Admitted from the queue, or a backoff found at startup.
     Admitted,
-    /// Re-created after a panic: a running process is still ours and its wait task still reports.
+    /// Re-created after a panic or for not answering: the attempt's shim is found again as in
+    /// `Restored` (its end may have been what the old actor failed to handle).
     Recreated,
     /// Found in a state with a process that no actor of this trainerd watches (at start-up, or by
     /// reconciliation): adopt its shim, or resolve the attempt from what the shim left.
@@ -122,10 +157,32 @@ pub struct State {
     /// Set by the watcher when it sends `ProgressChanged`, cleared when the actor reads the file: one
     /// rename raises two or three inotify events, and a burst of them needs one read, not three.
     progress_pending: Arc<AtomicBool>,
+    /// Where this job's blocking file work runs (see `crate::blocking`).
+    lane: Lane,
+    /// The attempt ended (its status, and when the kernel said so) and its end is not recorded yet.
+    ended: Option<(Option<ExitStatus>, Option<Instant>)>,
+    /// Messages whose handling needed a store write that failed; handled again on `StoreWritable`.
+    held: Vec<JobMsg>,
+    /// The last checkpoint path refused (it is reported once, not at every progress write).
+    refused_checkpoint: Option<PathBuf>,
+    hooks: Hooks,
 }
 
 /// The longest wait between two looks at a job's log sizes.
 const LOGS_EVERY_MAX: Duration = Duration::from_secs(10);
+
+/// How often a job holding an unrecorded end tries the store again, besides being told it is back.
+const STORE_RETRY: Duration = Duration::from_secs(5);
+
+/// An actor error as the answer to a user's request: a cancel or pause that could not be recorded is
+/// not carried out, and the user is told why.
+fn answer(e: &ActorProcessingErr) -> ApiError {
+    match e.downcast_ref::<StoreError>() {
+        Some(StoreError::Unavailable { cause }) => ApiError::from(StoreError::Unavailable { cause: cause.clone() }),
+        Some(store) if store.is_unavailable() => ApiError::from(StoreError::Unavailable { cause: store.to_string() }),
+        _ => ApiError::Internal(e.to_string()),
+    }
+}
 
 fn jitter() -> f64 {
     use std::hash::{BuildHasher, Hasher};
@@ -161,7 +218,7 @@ impl Actor for JobActor {
                 None
             }
         };
-        let pid = record.attempts.last().and_then(|a| a.pid);
+        let hooks = Hooks::of(&record.spec, args.shared.config().test_hooks);
         let mut state = State {
             id: args.id,
             shared: args.shared,
@@ -188,18 +245,17 @@ impl Actor for JobActor {
             logs_every: Duration::from_secs(1),
             _watcher: watcher,
             progress_pending,
+            lane: Lane::default(),
+            ended: None,
+            held: Vec::new(),
+            refused_checkpoint: None,
+            hooks,
         };
         let job_state = state.record.state();
         match args.mode {
-            Mode::Recreated if has_process(job_state) => {
-                state.pgid = pid;
-                state.live.pid = pid;
-                state.awaiting_exit = true;
-                state.identity = shim::read_identity(&state.paths.dir, state.current_attempt());
-                myself.cast(JobMsg::ProgressChanged)?;
-                state.arm_tick(&myself, ms(1));
+            Mode::Recreated | Mode::Restored if has_process(job_state) => {
+                state.restore(&myself, args.mode == Mode::Recreated).await?
             }
-            Mode::Restored if has_process(job_state) => state.restore(&myself)?,
             _ if job_state == JobState::Backoff => {
                 let wait = state.record.next_restart_at.map(|t| (t - unix_now()).max(0.0)).unwrap_or(0.0);
                 state.arm_backoff(&myself, Duration::from_secs_f64(wait));
@@ -212,7 +268,18 @@ impl Actor for JobActor {
 
     async fn handle(&self, myself: ActorRef<JobMsg>, msg: JobMsg, state: &mut State) -> Result<(), ActorProcessingErr> {
         let span = tracing::info_span!("job", id = %state.id);
-        state.dispatch(myself, msg).instrument(span).await
+        let again = msg.again();
+        match state.dispatch(myself.clone(), msg).instrument(span).await {
+            Err(e) if store_unavailable(&e) => {
+                tracing::warn!(job = %state.id, "held until the store accepts writes: {e}");
+                if let Some(msg) = again {
+                    state.held.push(msg);
+                }
+                state.wait_for_store(&myself);
+                Ok(())
+            }
+            other => other,
+        }
     }
 }
 
@@ -224,21 +291,23 @@ impl State {
             JobMsg::ProgressChanged => {
                 // Cleared before the read: an event after this point sends a new message.
                 state.progress_pending.store(false, Ordering::Release);
-                state.progress_changed(&myself)?
+                state.progress_changed(&myself).await?
             }
-            JobMsg::Tick { generation } if generation == state.tick_generation => state.tick(&myself)?,
+            JobMsg::Tick { generation } if generation == state.tick_generation => state.tick(&myself).await?,
             JobMsg::Tick { .. } => {}
             JobMsg::Kill { attempt } => {
-                if state.current_attempt() == attempt {
+                if state.current_attempt() == attempt && state.ended.is_none() {
                     if let Some(pgid) = state.pgid {
                         state.event("killed", format!("stop grace over: SIGKILL to process group {pgid}"));
                         process::signal_group(pgid, libc::SIGKILL)?;
                     }
                 }
             }
-            JobMsg::Exited { attempt, status, at } if attempt == state.current_attempt() && state.awaiting_exit => {
-                state.exit_seen_at = at;
-                state.exited(&myself, status).await?
+            JobMsg::Exited { attempt, status, at }
+                if attempt == state.current_attempt() && state.awaiting_exit && state.ended.is_none() =>
+            {
+                state.ended = Some((status, at));
+                state.record_end(&myself).await?
             }
             JobMsg::Exited { .. } => {}
             JobMsg::BackoffOver { generation } => {
@@ -247,12 +316,19 @@ impl State {
                 }
             }
             JobMsg::Cancel { by, reply } => state.cancel(&myself, by, reply)?,
-            JobMsg::Pause { by, reply } => {
-                let result = state.pause(&myself, &by)?;
-                let _ = reply.send(result);
-            }
+            JobMsg::Pause { by, reply } => match state.pause(&myself, &by) {
+                Ok(result) => {
+                    let _ = reply.send(result);
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(answer(&e)));
+                    if !store_unavailable(&e) {
+                        return Err(e);
+                    }
+                }
+            },
             JobMsg::Check { reply } => {
-                let fixes = state.check(&myself).await?;
+                let fixes = state.check(&myself).await;
                 let _ = reply.send(fixes);
             }
             JobMsg::Shutdown { policy } => state.shutdown(&myself, policy)?,
@@ -267,8 +343,22 @@ impl State {
                     state.stop(&myself, StopCause::PauseTimeout, &message)?;
                 }
             }
+            JobMsg::StoreWritable => {
+                if state.ended.is_some() {
+                    state.record_end(&myself).await?;
+                }
+                for msg in std::mem::take(&mut state.held) {
+                    myself.cast(msg)?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Asks to be told (`StoreWritable`) when the store accepts writes again: by the Supervisor when
+    /// it reopens the store, and by a timer in case the store came back before this was asked.
+    fn wait_for_store(&self, myself: &ActorRef<JobMsg>) {
+        myself.send_after(STORE_RETRY, || JobMsg::StoreWritable);
     }
 
     fn current_attempt(&self) -> u32 {
@@ -319,24 +409,30 @@ impl State {
         myself.send_after(after, move || JobMsg::BackoffOver { generation });
     }
 
-    /// The checkpoint to resume from: the latest, or the one before it when the latest is gone.
-    /// Err when checkpoints were recorded but none is left: a job never silently restarts at step 0.
-    fn resume_point(&self) -> Result<Option<PathBuf>, String> {
+    /// The checkpoint to resume from: the latest, or the one before it when the latest is gone (or is
+    /// no longer a usable file or directory). Err when checkpoints were recorded but none is left: a
+    /// job never silently restarts at step 0.
+    async fn resume_point(&self) -> Result<Option<PathBuf>, String> {
         let candidates = [&self.record.latest_checkpoint, &self.record.previous_checkpoint];
-        let recorded: Vec<_> = candidates.iter().filter_map(|c| c.as_ref()).collect();
-        if recorded.is_empty() {
-            return Ok(None);
-        }
-        recorded.iter().map(|c| c.path.clone()).find(|p| p.exists()).map(Some).ok_or_else(|| {
+        let recorded: Vec<PathBuf> = candidates.iter().filter_map(|c| c.as_ref().map(|c| c.path.clone())).collect();
+        let Some(first) = recorded.first().cloned() else { return Ok(None) };
+        let found = self
+            .lane
+            .run("looking at the checkpoints", FILE_DEADLINE, move || {
+                recorded.into_iter().find(|p| untrusted::checkpoint_usable(p).is_ok())
+            })
+            .await
+            .map_err(|e| format!("cannot tell whether checkpoint {} is usable: {e}", first.display()))?;
+        found.map(Some).ok_or_else(|| {
             format!(
                 "checkpoint {} is missing and no earlier one is left; refusing to restart from step 0",
-                recorded[0].path.display()
+                first.display()
             )
         })
     }
 
     async fn start(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
-        let resume = match self.resume_point() {
+        let resume = match self.resume_point().await {
             Ok(r) => r,
             Err(message) => {
                 self.transition(JobState::Starting, Reason::Unspecified, "", |_| {})?;
@@ -374,6 +470,15 @@ impl State {
             shim: &self.shared.config().shim,
             run_as: self.record.run_as,
         };
+        let paths = self.paths.clone();
+        let reclaimed = self
+            .lane
+            .run("checking the logs", FILE_DEADLINE, move || super::reclaim_logs(&paths))
+            .await
+            .unwrap_or_default();
+        for line in reclaimed {
+            self.event("log_reclaimed", line);
+        }
         let started = match spawn(&self.record.spec, &launch).await {
             Ok(started) => {
                 self.shared.metrics.starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -390,7 +495,7 @@ impl State {
             }
         };
         let identity = started.identity;
-        self.record_pids(&identity)?;
+        self.record_pids(&identity);
         self.pgid = identity.trainer_pid;
         self.identity = Some(identity);
         self.awaiting_exit = true;
@@ -398,40 +503,63 @@ impl State {
         self.attempt_started = Instant::now();
         self.last_beat = None;
         self.last_invalid = None;
-        self.watch_exit(Waiter::Child(started.shim), number);
+        self.watch_exit(Waiter::Child(Box::new((started.shim, started.report))), number);
         self.arm_tick(myself, ms(self.record.spec.timeouts.startup_grace_ms));
         self.publish("state");
         Ok(())
     }
 
     /// Stores the trainer's pid and start time in the attempt (for clients, and to identify it later).
-    fn record_pids(&mut self, identity: &Identity) -> Result<(), ActorProcessingErr> {
-        let Some(attempt) = self.record.attempts.last() else { return Ok(()) };
+    /// Not fatal when the store cannot write: `shim.json` names the trainer too.
+    fn record_pids(&mut self, identity: &Identity) {
+        let Some(attempt) = self.record.attempts.last() else { return };
         if attempt.pid == identity.trainer_pid && attempt.pid_start_ticks == identity.trainer_start_ticks {
-            return Ok(());
+            return;
         }
         let (pid, ticks) = (identity.trainer_pid, identity.trainer_start_ticks);
-        self.record = self.shared.store.update(self.id, |r| {
+        let updated = self.shared.store.update(self.id, |r| {
             if let Some(a) = r.attempts.last_mut() {
                 a.pid = pid;
                 a.pid_start_ticks = ticks;
             }
-        })?;
-        Ok(())
+        });
+        match updated {
+            Ok(record) => self.record = record,
+            Err(e) => tracing::warn!(job = %self.id, "the trainer's pid is not recorded: {e}"),
+        }
     }
 
-    /// A task that waits for the shim's end and reports the attempt's exit record (None: the shim
-    /// ended without one, so the attempt's end was not observed).
+    /// A task that waits for the shim's end and reports the attempt's exit record, or what the shim
+    /// said on its pipe when it could not write one (None: neither, so the end was not observed).
     fn watch_exit(&self, waiter: Waiter, attempt: u32) {
         let (id, supervisor, dir) = (self.id, self.supervisor.clone(), self.paths.dir.clone());
+        let ignore = self.hooks.ignore_shim_exit == Some(attempt);
         tokio::spawn(async move {
-            if let Err(e) = waiter.wait().await {
-                tracing::error!(job = %id, "cannot wait for the shim of attempt {attempt}: {e}");
-            }
+            let said = match waiter.wait().await {
+                Ok(said) => said,
+                Err(e) => {
+                    tracing::error!(job = %id, "cannot wait for the shim of attempt {attempt}: {e}");
+                    None
+                }
+            };
             let at = Instant::now();
-            let status = shim::read_exit(&dir, attempt).map(|e| e.status());
-            if status.is_none() {
-                tracing::warn!(job = %id, "the shim of attempt {attempt} ended without an exit record");
+            let recorded = crate::blocking::run("reading the exit record", FILE_DEADLINE, move || {
+                shim::read_exit(&dir, attempt).map(|e| e.status())
+            })
+            .await
+            .ok()
+            .flatten();
+            let status = recorded.or(said);
+            match (recorded, said) {
+                (None, Some(_)) => {
+                    tracing::warn!(job = %id, "the shim of attempt {attempt} wrote no exit record; its pipe said how the trainer ended")
+                }
+                (None, None) => tracing::warn!(job = %id, "the shim of attempt {attempt} ended without an exit record"),
+                _ => {}
+            }
+            if ignore {
+                tracing::warn!(job = %id, "test hook: the end of attempt {attempt} is not reported");
+                return;
             }
             let _ = supervisor.cast(SupervisorMsg::Exited { id, attempt, status, at });
         });
@@ -439,7 +567,8 @@ impl State {
 
     /// Mode::Restored: adopt the attempt's shim if it still runs (pid and start time), else resolve
     /// the attempt from the exit record it left, else as `lost` (stopping a trainer left orphaned).
-    fn restore(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+    /// `recreated`: this trainerd started the attempt, and a previous actor of the job failed.
+    async fn restore(&mut self, myself: &ActorRef<JobMsg>, recreated: bool) -> Result<(), ActorProcessingErr> {
         let Some(attempt) = self.record.attempts.last().cloned() else {
             // A process state with no attempt cannot be produced by this trainerd; resolve it as lost.
             self.awaiting_exit = true;
@@ -456,24 +585,39 @@ impl State {
         self.pgid = trainer.map(|(pid, _)| pid);
         match identity.map(|i| (i, shim::adopt(&i))) {
             Some((identity, Found::Alive(waiter))) => {
-                self.record_pids(&identity)?;
+                self.record_pids(&identity);
                 self.identity = Some(identity);
                 self.live.pid = self.pgid;
-                self.shared.metrics.adopted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.watch_exit(waiter, attempt.number);
-                self.event(
-                    "adopted",
-                    format!(
-                        "re-adopted attempt {} (shim {}, trainer {})",
-                        attempt.number,
-                        identity.shim_pid,
-                        self.pgid.map_or("not started yet".into(), |p| p.to_string())
-                    ),
-                );
-                self.resume_clock();
+                let trainer = self.pgid.map_or("not started yet".into(), |p| p.to_string());
+                if recreated {
+                    self.event(
+                        "reattached",
+                        format!(
+                            "attempt {} still runs (shim {}, trainer {trainer})",
+                            attempt.number, identity.shim_pid
+                        ),
+                    );
+                } else {
+                    self.shared.metrics.adopted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.event(
+                        "adopted",
+                        format!(
+                            "re-adopted attempt {} (shim {}, trainer {trainer})",
+                            attempt.number, identity.shim_pid
+                        ),
+                    );
+                }
+                self.resume_clock().await;
                 match self.record.state() {
-                    JobState::Pausing if self.last_beat.is_some() => self.signal_pause(myself)?,
-                    JobState::Pausing => self.pause_unsignalled = true,
+                    JobState::Pausing if self.last_beat.is_some() => {
+                        self.signal_pause(myself)?;
+                        self.arm_pause_timeout(myself);
+                    }
+                    JobState::Pausing => {
+                        self.pause_unsignalled = true;
+                        self.arm_pause_timeout(myself);
+                    }
                     JobState::Stopping => {
                         let cause = match self.record.reason() {
                             Reason::Cancelled => StopCause::Cancel,
@@ -493,18 +637,19 @@ impl State {
                 self.unadopted = true;
                 self.event("adopt_unknown", format!("cannot tell whether attempt {}'s shim runs: {e}", attempt.number));
             }
-            Some((_, Found::Gone)) | None => match shim::read_exit(&self.paths.dir, attempt.number) {
+            Some((_, Found::Gone)) | None => match self.read_exit(attempt.number).await {
                 Some(exit) => {
                     self.pgid = None;
+                    let unseen = if recreated {
+                        "before this job's actor could handle it"
+                    } else {
+                        "while trainerd was not watching"
+                    };
                     self.event(
                         "ended_unseen",
-                        format!(
-                            "attempt {} ended while trainerd was not watching ({}); handled now",
-                            attempt.number,
-                            describe_status(exit.status())
-                        ),
+                        format!("attempt {} ended {unseen} ({}); handled now", attempt.number, describe_status(exit)),
                     );
-                    myself.cast(JobMsg::Exited { attempt: attempt.number, status: Some(exit.status()), at: None })?;
+                    myself.cast(JobMsg::Exited { attempt: attempt.number, status: Some(exit), at: None })?;
                 }
                 None => {
                     let orphan = trainer.filter(|(pid, ticks)| shim::is_alive(*pid, *ticks) == Some(true));
@@ -525,24 +670,42 @@ impl State {
         Ok(())
     }
 
+    /// Attempt `attempt`'s exit record, read off the runtime under the file deadline.
+    async fn read_exit(&self, attempt: u32) -> Option<ExitStatus> {
+        let dir = self.paths.dir.clone();
+        self.lane
+            .run("reading the exit record", FILE_DEADLINE, move || shim::read_exit(&dir, attempt).map(|e| e.status()))
+            .await
+            .ok()
+            .flatten()
+    }
+
     /// After adoption, the stall clock starts from the progress file's own time, not from our start:
     /// a trainer silent for an hour before trainerd restarted is an hour late now.
     /// A file that cannot be read now (corrupt, or replaced mid-way) still dates the last beat by its
     /// modification time, for a trainer past its first heartbeat: otherwise the start-up grace would
     /// apply again, and a hung trainer could hide behind a corrupt file for that long.
-    fn resume_clock(&mut self) {
-        match read_progress(&self.paths.progress) {
+    async fn resume_clock(&mut self) {
+        match read_progress_bounded(&self.lane, &self.paths.progress).await {
             Ok(progress) => {
                 self.last_beat = Some((progress.heartbeat_seq, instant_at(progress.updated_at)));
                 self.live.message = progress.message.clone();
                 self.live.progress = Some(progress);
             }
             Err(_) if self.record.state() != JobState::Starting => {
-                let modified = std::fs::metadata(&self.paths.progress)
-                    .and_then(|m| m.modified())
+                let path = self.paths.progress.clone();
+                let modified = self
+                    .lane
+                    .run("dating the progress file", FILE_DEADLINE, move || {
+                        std::fs::symlink_metadata(&path)
+                            .and_then(|m| m.modified())
+                            .ok()
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map(|d| d.as_secs_f64())
+                    })
+                    .await
                     .ok()
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_secs_f64());
+                    .flatten();
                 // No sequence number was read: any valid file that comes next counts as a beat.
                 self.last_beat = Some((u64::MAX, instant_at(modified.unwrap_or(self.record.updated_at))));
             }
@@ -550,11 +713,15 @@ impl State {
         }
     }
 
-    fn progress_changed(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+    /// Reads the progress file (off the runtime, under the file deadline) and acts on it: heartbeats,
+    /// the first beat's RUNNING, checkpoints (recorded only when they are the job's own usable files),
+    /// the live view. A file that cannot be used is an event, once per distinct reason; a store that
+    /// cannot write leaves the record as it was, to be written with a later read.
+    async fn progress_changed(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
         if !self.awaiting_exit {
             return Ok(());
         }
-        let progress = match read_progress(&self.paths.progress) {
+        let progress = match read_progress_bounded(&self.lane, &self.paths.progress).await {
             Ok(p) => p,
             Err(ReadError::Missing) => return Ok(()),
             Err(e) => {
@@ -568,7 +735,7 @@ impl State {
             }
         };
         self.last_invalid = None;
-        self.check_logs();
+        self.check_logs().await;
         let beat = self.last_beat.is_none_or(|(seq, _)| seq != progress.heartbeat_seq);
         if beat {
             let first = self.last_beat.is_none();
@@ -584,24 +751,21 @@ impl State {
         }
         if let Some(checkpoint) = &progress.latest_checkpoint {
             if self.record.latest_checkpoint.as_ref().map(|c| &c.path) != Some(&checkpoint.path) {
-                let c = checkpoint.clone();
-                self.record = self.shared.store.update(self.id, |r| {
-                    if r.latest_checkpoint.as_ref().map(|l| &l.path) != Some(&c.path) {
-                        r.previous_checkpoint = r.latest_checkpoint.take();
-                    }
-                    r.latest_checkpoint = Some(c.clone());
-                    r.step = c.step;
-                    r.epoch = c.epoch;
-                })?;
-                self.event("checkpoint", format!("step {} at {}", checkpoint.step, checkpoint.path.display()));
+                self.note_checkpoint(checkpoint.clone()).await;
             }
         }
         let step = progress.step;
         let written_at = progress.updated_at;
         self.live.message = progress.message.clone();
         self.live.progress = Some(progress);
-        if self.record.state() == JobState::Starting && beat {
-            self.transition(JobState::Running, Reason::Unspecified, "first heartbeat", |_| {})?;
+        if self.record.state() == JobState::Starting && beat && self.ended.is_none() {
+            match self.transition(JobState::Running, Reason::Unspecified, "first heartbeat", |_| {}) {
+                Err(e) if store_unavailable(&e) => {
+                    tracing::warn!(job = %self.id, "RUNNING not recorded yet: {e}");
+                    self.publish("progress");
+                }
+                other => other?,
+            }
         } else {
             self.publish("progress");
         }
@@ -612,31 +776,79 @@ impl State {
         if self.pause_unsignalled && beat {
             self.signal_pause(myself)?;
         }
-        self.test_hook(step);
+        self.test_hooks(step).await;
         Ok(())
     }
 
-    /// With `--test-hooks`, a job whose env has TRAINERD_TEST_PANIC_AFTER_STEP=N panics its actor once
-    /// when its progress reaches step N (a marker file makes it once per job, across re-creations).
-    fn test_hook(&self, step: u64) {
-        if !self.shared.config().test_hooks {
+    /// Records a checkpoint the trainer named, if it is one trainerd may hand back to it: under the
+    /// job's own directories (the trainer's directory or the job's workdir), reached without a link,
+    /// and a non-empty regular file or directory. Anything else is refused with an event, once.
+    async fn note_checkpoint(&mut self, checkpoint: trainerd_proto::trainer::CheckpointRef) {
+        let path = checkpoint.path.clone();
+        let workdir = self.record.spec.workdir.clone();
+        let trainer = self.paths.trainer.clone();
+        let verdict = self
+            .lane
+            .run("checking a checkpoint", FILE_DEADLINE, move || {
+                let mut roots = vec![trainer.as_path()];
+                if !workdir.as_os_str().is_empty() {
+                    roots.push(workdir.as_path());
+                }
+                if !untrusted::lies_under(&path, &roots) {
+                    return Err(format!(
+                        "{} is not under the job's directories ({}); only the job's own files are resumed from",
+                        path.display(),
+                        roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                untrusted::checkpoint_usable(&path).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|v| v);
+        if let Err(why) = verdict {
+            if self.refused_checkpoint.as_ref() != Some(&checkpoint.path) {
+                self.event("checkpoint_refused", format!("checkpoint at step {} refused: {why}", checkpoint.step));
+                self.refused_checkpoint = Some(checkpoint.path.clone());
+            }
             return;
         }
-        let at = self.record.spec.env.iter().find(|(k, _)| k == "TRAINERD_TEST_PANIC_AFTER_STEP");
-        let marker = self.paths.dir.join("test-hook-panicked");
-        if let Some(at) = at.and_then(|(_, v)| v.parse::<u64>().ok()) {
-            if step >= at && !marker.exists() {
-                let _ = std::fs::write(&marker, b"");
-                panic!("test hook: job actor {} panics at step {step}", self.id);
+        let c = checkpoint.clone();
+        let updated = self.shared.store.update(self.id, |r| {
+            if r.latest_checkpoint.as_ref().map(|l| &l.path) != Some(&c.path) {
+                r.previous_checkpoint = r.latest_checkpoint.take();
             }
+            r.latest_checkpoint = Some(c.clone());
+            r.step = c.step;
+            r.epoch = c.epoch;
+        });
+        match updated {
+            Ok(record) => {
+                self.record = record;
+                self.event("checkpoint", format!("step {} at {}", checkpoint.step, checkpoint.path.display()));
+            }
+            // Not recorded now; the next progress read names it again.
+            Err(e) => tracing::warn!(job = %self.id, "checkpoint at step {} not recorded yet: {e}", checkpoint.step),
         }
     }
 
-    fn tick(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
-        if self.pgid.is_none() || self.stop_cause.is_some() {
+    /// The test hooks that act on progress (see `hooks`): a panic, or a wedge (this handler never
+    /// returns; only the Supervisor's replacement of the actor ends it).
+    async fn test_hooks(&self, step: u64) {
+        if self.hooks.panic_at.is_some_and(|at| step >= at) && hooks::once(&self.paths.dir, "panic") {
+            panic!("test hook: job actor {} panics at step {step}", self.id);
+        }
+        if self.hooks.wedge_at.is_some_and(|at| step >= at) && hooks::once(&self.paths.dir, "wedge") {
+            tracing::warn!(job = %self.id, "test hook: the job's actor stops answering at step {step}");
+            std::future::pending::<()>().await;
+        }
+    }
+
+    async fn tick(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+        if self.pgid.is_none() || self.stop_cause.is_some() || self.ended.is_some() {
             return Ok(());
         }
-        self.check_logs();
+        self.check_logs().await;
         let timeouts = self.record.spec.timeouts.clone();
         let silence = |s: &Self| s.last_beat.map(|(_, at)| at.elapsed()).unwrap_or(s.attempt_started.elapsed());
         let limit = |s: &Self| {
@@ -648,14 +860,15 @@ impl State {
         };
         if silence(self) >= limit(self) {
             // inotify events can be lost under load: read the file before accusing the trainer.
-            self.progress_changed(myself)?;
-            if silence(self) >= limit(self) {
+            self.progress_changed(myself).await?;
+            if silence(self) >= limit(self) && self.ended.is_none() {
                 let what = if self.last_beat.is_some() { "heartbeat_timeout" } else { "startup_grace" };
                 let message =
                     format!("no heartbeat for {:.1} s ({what}): stopping the trainer", silence(self).as_secs_f64());
-                self.event("stalled", message.clone());
+                self.stop(myself, StopCause::Stall, &message)?;
+                self.event("stalled", message);
                 self.shared.metrics.heartbeat_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return self.stop(myself, StopCause::Stall, &message);
+                return Ok(());
             }
         }
         let interval = self
@@ -686,18 +899,22 @@ impl State {
         Ok(())
     }
 
-    /// SIGUSR1 to the trainer itself (not its group: a DataLoader worker would die of it), and the
-    /// pause_timeout deadline.
-    fn signal_pause(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+    /// SIGUSR1 to the trainer itself (not its group: a DataLoader worker would die of it).
+    fn signal_pause(&mut self, _myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
         let Some(pid) = self.pgid else { return Ok(()) };
         self.pause_unsignalled = false;
         // SAFETY: kill(2) on the trainer we started; its pid is ours until we reap it.
         if unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
             tracing::warn!(job = %self.id, "cannot send the pause signal: {}", std::io::Error::last_os_error());
         }
+        Ok(())
+    }
+
+    /// The pause_timeout deadline, counted from the request: a trainer that never heartbeats (so is
+    /// never signalled) or ignores SIGUSR1 is stopped when it runs out.
+    fn arm_pause_timeout(&self, myself: &ActorRef<JobMsg>) {
         let attempt = self.current_attempt();
         myself.send_after(ms(self.record.spec.timeouts.pause_timeout_ms), move || JobMsg::PauseTimeout { attempt });
-        Ok(())
     }
 
     fn pause(&mut self, myself: &ActorRef<JobMsg>, by: &str) -> Result<Result<pb::Job, ApiError>, ActorProcessingErr> {
@@ -706,10 +923,12 @@ impl State {
             JobState::Running if self.pgid.is_some() => {
                 self.transition(JobState::Pausing, Reason::Paused, &message, |_| {})?;
                 self.signal_pause(myself)?;
+                self.arm_pause_timeout(myself);
             }
             JobState::Starting if self.pgid.is_some() => {
                 self.transition(JobState::Pausing, Reason::Paused, &message, |_| {})?;
                 self.pause_unsignalled = true;
+                self.arm_pause_timeout(myself);
             }
             JobState::Backoff => {
                 let message = format!("paused by {by} while backing off; it resumes from its latest checkpoint");
@@ -743,65 +962,92 @@ impl State {
         Ok(())
     }
 
-    /// Reconciliation of this job: an attempt whose shim is gone but whose end never reached us is
-    /// resolved now; an adoption that could not tell is tried again; the heartbeat ladder is
-    /// re-evaluated from the progress file.
-    async fn check(&mut self, myself: &ActorRef<JobMsg>) -> Result<Vec<String>, ActorProcessingErr> {
+    /// Reconciliation of this job: an end held for the store is recorded if it can be now; an attempt
+    /// whose shim is gone but whose end never reached us is resolved now; an adoption that could not
+    /// tell is tried again; the heartbeat ladder is re-evaluated from the progress file. Never fails:
+    /// what cannot be fixed now is left for the next pass, and the lines say what was fixed.
+    async fn check(&mut self, myself: &ActorRef<JobMsg>) -> Vec<String> {
         let mut fixes = Vec::new();
+        if self.ended.is_some() {
+            if self.record_end(myself).await.is_ok() {
+                fixes.push(format!("job {}: the end of its attempt, held for the store, is recorded now", self.id));
+            }
+            return fixes;
+        }
         if !self.awaiting_exit {
-            return Ok(fixes);
+            return fixes;
         }
         if self.unadopted {
-            self.restore(myself)?;
+            if let Err(e) = self.restore(myself, false).await {
+                tracing::warn!(job = %self.id, "reconciliation could not restore the job: {e}");
+            }
             if !self.unadopted {
                 fixes.push(format!("job {}: its shim could not be observed before; now resolved", self.id));
             }
-            return Ok(fixes);
+            return fixes;
         }
         if let Some(identity) = self.identity {
             if shim::is_alive(identity.shim_pid, identity.shim_start_ticks) == Some(false) {
                 let attempt = self.current_attempt();
-                let status = shim::read_exit(&self.paths.dir, attempt).map(|e| e.status());
-                fixes.push(format!(
+                let status = self.read_exit(attempt).await;
+                let fix = format!(
                     "job {}: the shim of attempt {attempt} had ended unreported ({}); its end is handled now",
                     self.id,
                     status.map_or("no exit record".into(), describe_status)
-                ));
-                self.event("reconciled", fixes[0].clone());
-                self.exited(myself, status).await?;
-                return Ok(fixes);
+                );
+                self.event("reconciled", fix.clone());
+                fixes.push(fix);
+                self.ended = Some((status, None));
+                if let Err(e) = self.record_end(myself).await {
+                    tracing::warn!(job = %self.id, "the end found by reconciliation is held: {e}");
+                    self.wait_for_store(myself);
+                }
+                return fixes;
             }
         }
         if self.stop_cause.is_none() && self.pgid.is_some() {
-            self.tick(myself)?;
+            if let Err(e) = self.tick(myself).await {
+                tracing::warn!(job = %self.id, "reconciliation's heartbeat check: {e}");
+            }
         }
-        Ok(fixes)
+        fixes
     }
 
-    /// Rotates the job's logs that outgrew their cap; at most once a second, on progress and deadlines.
     /// Rotates a log over its cap. How soon to look again follows how fast the logs grow: a quiet
     /// trainer's are looked at every 10 s, a flooding one's within the time it takes to fill half
     /// its remaining room (at least every 100 ms), so a thousand jobs cost few `statx` calls and a
-    /// flood still meets its cap.
-    fn check_logs(&mut self) {
+    /// flood still meets its cap. The looking and the copying run on the job's lane.
+    async fn check_logs(&mut self) {
         let since = self.logs_checked.elapsed();
         if since < self.logs_every {
             return;
         }
         self.logs_checked = Instant::now();
         let cap = self.shared.config().log_cap;
+        let paths = [self.paths.stdout.clone(), self.paths.stderr.clone()];
+        let before = self.log_sizes;
+        let looked = self
+            .lane
+            .run("checking the log sizes", FILE_DEADLINE, move || {
+                paths.map(|path| {
+                    let size = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    let rotated = if size > cap { Some(cap_log(&path, cap).map_err(|e| (path, e))) } else { None };
+                    (size, rotated)
+                })
+            })
+            .await;
+        let Ok(looked) = looked else { return };
         let mut next = LOGS_EVERY_MAX;
-        for (i, path) in [self.paths.stdout.clone(), self.paths.stderr.clone()].iter().enumerate() {
-            let mut size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-            let grew = size.saturating_sub(self.log_sizes[i]);
-            if size > cap {
-                match cap_log(path, cap) {
-                    Ok(_) => {
-                        self.event("log_rotated", format!("{} reached its cap; older output is in .1", path.display()));
-                        size = 0;
-                    }
-                    Err(e) => tracing::warn!(job = %self.id, "cannot rotate {}: {e}", path.display()),
+        for (i, (mut size, rotated)) in looked.into_iter().enumerate() {
+            let grew = size.saturating_sub(before[i]);
+            match rotated {
+                Some(Ok(_)) => {
+                    let path = [&self.paths.stdout, &self.paths.stderr][i].display().to_string();
+                    self.event("log_rotated", format!("{path} reached its cap; older output is in .1"));
+                    size = 0;
                 }
+                Some(Err((path, e))) => tracing::warn!(job = %self.id, "cannot rotate {}: {e}", path.display()),
+                None => {}
             }
             self.log_sizes[i] = size;
             if grew > 0 {
@@ -855,55 +1101,75 @@ impl State {
             return Ok(());
         }
         self.cancelled_by = Some(by.clone());
-        if self.pgid.is_some() {
+        if self.hooks.cancel_without_stop && self.pgid.is_some() {
+            // Test hook: the stop is "lost"; the record says cancelled while the trainer runs on.
+            let message = format!("cancelled by {by} (test hook: the trainer was not stopped)");
+            self.pgid = None;
+            self.awaiting_exit = false;
+            self.transition(JobState::Stopping, Reason::Cancelled, &message, |_| {})?;
+            self.finish(myself, JobState::Cancelled, Reason::Cancelled, &message, |r| {
+                r.cancelled_by = Some(by.clone())
+            })?;
+            let _ = reply.send(Ok(self.view()));
+            return Ok(());
+        }
+        if self.pgid.is_some() || self.ended.is_some() {
+            // Answered when the attempt's end is recorded (`finish`).
             self.cancel_replies.push(reply);
-            return self.stop(myself, StopCause::Cancel, &format!("cancelled by {by}"));
+            if self.ended.is_some() {
+                return Ok(());
+            }
+            if let Err(e) = self.stop(myself, StopCause::Cancel, &format!("cancelled by {by}")) {
+                self.cancelled_by = None;
+                for reply in self.cancel_replies.drain(..) {
+                    let _ = reply.send(Err(answer(&e)));
+                }
+                return if store_unavailable(&e) { Ok(()) } else { Err(e) };
+            }
+            return Ok(());
         }
         let message = format!("cancelled by {by}");
-        self.finish(myself, JobState::Cancelled, Reason::Cancelled, &message, |r| r.cancelled_by = Some(by.clone()))?;
-        let _ = reply.send(Ok(self.view()));
-        Ok(())
-    }
-
-    async fn exited(
-        &mut self,
-        myself: &ActorRef<JobMsg>,
-        status: Option<ExitStatus>,
-    ) -> Result<(), ActorProcessingErr> {
-        if status.is_some() {
-            self.progress_changed(myself)?;
-        }
-        self.awaiting_exit = false;
-        self.identity = None;
-        if let Some(pgid) = self.pgid.take() {
-            // The leader is gone; grandchildren may not be. None may outlive the attempt. Failures
-            // here are reported, not raised: the exit must still be recorded.
-            if let Err(e) = process::signal_group(pgid, libc::SIGKILL) {
-                tracing::error!(job = %self.id, "cannot signal process group {pgid}: {e}");
+        let result = self
+            .finish(myself, JobState::Cancelled, Reason::Cancelled, &message, |r| r.cancelled_by = Some(by.clone()));
+        match result {
+            Ok(()) => {
+                let _ = reply.send(Ok(self.view()));
+                Ok(())
             }
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match process::live_group_members(pgid) {
-                    Ok(left) if left.is_empty() => break,
-                    Ok(left) if Instant::now() >= deadline => {
-                        self.event("group_survivors", format!("processes {left:?} of group {pgid} survived SIGKILL"));
-                        break;
-                    }
-                    Ok(_) => tokio::time::sleep(ms(5)).await,
-                    Err(e) => {
-                        tracing::error!(job = %self.id, "cannot list process group {pgid}: {e}");
-                        break;
-                    }
+            Err(e) => {
+                self.cancelled_by = None;
+                let _ = reply.send(Err(answer(&e)));
+                if store_unavailable(&e) {
+                    Ok(())
+                } else {
+                    Err(e)
                 }
             }
         }
-        self.tick_generation += 1;
+    }
+
+    /// Records the end of the attempt (`self.ended`) and acts on the policy's decision. Nothing of the
+    /// attempt's state is dropped before the transition is written: when the store cannot write, the
+    /// end stays held and this runs again on `StoreWritable`.
+    async fn record_end(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+        let Some((status, at)) = self.ended else { return Ok(()) };
+        self.exit_seen_at = at;
+        if status.is_some() {
+            // The trainer's last word (completed or paused) decides an exit 0. A progress file that
+            // cannot be read in time is not waited for: the end is recorded with what was read before.
+            self.progress_changed(myself).await?;
+        }
+        self.live.pid = None;
+        self.live.stalled = false;
+        if let Some(pgid) = self.pgid {
+            self.drain_group(pgid).await;
+        }
         let now = unix_now();
         let attempt = self.record.attempts.last().cloned();
         let end = AttemptEnd {
             exit: status,
             trainer_state: self.live.progress.as_ref().map(|p| p.state),
-            stopped_by_daemon: self.stop_cause.take(),
+            stopped_by_daemon: self.stop_cause,
             ran_for: self.attempt_started.elapsed(),
             resumed: attempt.as_ref().is_some_and(|a| a.resumed_from.is_some()),
         };
@@ -934,26 +1200,22 @@ impl State {
             r.restart_times = history.restart_times.clone();
             r.consecutive_failures = history.consecutive_failures;
         };
-        self.live.pid = None;
-        self.live.stalled = false;
-        match decision {
+        let result = match decision {
             Decision::Complete => {
                 let digest = self.live.progress.as_ref().and_then(|p| p.weights_sha256.clone());
                 let message = self.live.progress.as_ref().and_then(|p| p.message.clone()).unwrap_or("completed".into());
                 self.finish(myself, JobState::Completed, Reason::Completed, &message, |r| {
                     close(r, Reason::Completed);
                     r.weights_sha256 = digest.clone();
-                })?;
+                })
             }
-            Decision::Pause => {
-                self.finish(myself, JobState::Paused, Reason::Paused, "paused with a checkpoint", |r| {
-                    close(r, Reason::Paused)
-                })?;
-            }
+            Decision::Pause => self.finish(myself, JobState::Paused, Reason::Paused, "paused with a checkpoint", |r| {
+                close(r, Reason::Paused)
+            }),
             Decision::Requeue => {
                 let message = "queued again: trainerd stopped (shutdown_policy = stop); it resumes from its latest \
                                checkpoint";
-                self.finish(myself, JobState::Queued, Reason::Shutdown, message, |r| close(r, Reason::Shutdown))?;
+                self.finish(myself, JobState::Queued, Reason::Shutdown, message, |r| close(r, Reason::Shutdown))
             }
             Decision::Cancel => {
                 let by = self.cancelled_by.clone().unwrap_or_else(|| "unknown".into());
@@ -961,27 +1223,70 @@ impl State {
                 self.finish(myself, JobState::Cancelled, Reason::Cancelled, &message, |r| {
                     close(r, Reason::Cancelled);
                     r.cancelled_by = Some(by.clone());
-                })?;
+                })
             }
             Decision::Restart { reason, delay, previous_checkpoint } => {
-                self.shared.metrics.restarted(trainerd_proto::json::reason_word(reason));
                 let what = policy::describe(&end, reason);
                 let message = format!("{what}; restarting in {:.1} s", delay.as_secs_f64());
                 let at = now + delay.as_secs_f64();
-                self.transition(JobState::Backoff, reason, &message, |r| {
+                let written = self.transition(JobState::Backoff, reason, &message, |r| {
                     close(r, reason);
                     r.next_restart_at = Some(at);
                     if previous_checkpoint && r.previous_checkpoint.is_some() {
                         r.latest_checkpoint = r.previous_checkpoint.take();
                     }
-                })?;
-                self.arm_backoff(myself, delay);
+                });
+                if written.is_ok() {
+                    self.shared.metrics.restarted(trainerd_proto::json::reason_word(reason));
+                    self.arm_backoff(myself, delay);
+                }
+                written
             }
             Decision::Fail { reason, message } => {
-                self.finish(myself, JobState::Failed, reason, &message, |r| close(r, reason))?;
+                self.finish(myself, JobState::Failed, reason, &message, |r| close(r, reason))
+            }
+        };
+        if let Err(e) = result {
+            if store_unavailable(&e) {
+                self.live.message = Some(format!(
+                    "the trainer ended ({}); its end is recorded once the state store accepts writes",
+                    status.map_or("its status unknown".into(), describe_status)
+                ));
+                self.publish("state");
+            }
+            return Err(e);
+        }
+        self.ended = None;
+        self.awaiting_exit = false;
+        self.identity = None;
+        self.pgid = None;
+        self.stop_cause = None;
+        self.tick_generation += 1;
+        Ok(())
+    }
+
+    /// SIGKILLs what is left of the attempt's process group and waits (at most 5 s) until no live
+    /// member is left: none may outlive the attempt. Failures are reported, not raised: the end must
+    /// still be recorded.
+    async fn drain_group(&mut self, pgid: u32) {
+        if let Err(e) = process::signal_group(pgid, libc::SIGKILL) {
+            tracing::error!(job = %self.id, "cannot signal process group {pgid}: {e}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match process::live_group_members(pgid) {
+                Ok(left) if left.is_empty() => break,
+                Ok(left) if Instant::now() >= deadline => {
+                    self.event("group_survivors", format!("processes {left:?} of group {pgid} survived SIGKILL"));
+                    break;
+                }
+                Ok(_) => tokio::time::sleep(ms(5)).await,
+                Err(e) => {
+                    tracing::error!(job = %self.id, "cannot list process group {pgid}: {e}");
+                    break;
+                }
             }
         }
-        Ok(())
     }
 
     /// A transition that ends the actor's work: terminal states and PAUSED release the slot.

@@ -3,12 +3,15 @@
 //! - [`actor`]: the JobActor (one per active job), child of the Supervisor.
 //! - [`shim`]: the per-attempt shim's files, its start handshake, and waiting for its end.
 //! - [`watch`]: the progress-directory watcher that wakes the actor.
+//! - [`hooks`]: fault injection for the tests (`--test-hooks` only).
 
 pub mod actor;
+pub mod hooks;
 pub mod shim;
 pub mod watch;
 
 use crate::store::records::{JobId, JobSpec, RunAs};
+use crate::untrusted;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use trainerd_proto::trainer::{env, Progress, ProgressError, MAX_PROGRESS_BYTES};
@@ -52,25 +55,30 @@ impl JobPaths {
 pub enum ReadError {
     #[error("no progress file yet")]
     Missing,
-    #[error("cannot read the progress file: {0}")]
-    Io(std::io::Error),
+    #[error("progress file refused: {0}")]
+    Refused(untrusted::Refused),
     #[error(transparent)]
     Invalid(#[from] ProgressError),
+    #[error("progress file not read: {0}")]
+    Overrun(#[from] crate::blocking::Overrun),
 }
 
-/// Reads and validates the progress file, never more than the size cap (plus one byte to tell). A
-/// symlink is refused (ELOOP): the trainer's directory is the trainer's, and trainerd must not read
-/// what a link there points at.
+/// Reads and validates the progress file, never more than the size cap (plus one byte to tell). The
+/// trainer's directory is the trainer's: anything there but a regular file (a symlink, a FIFO, a
+/// device) is refused without being opened or followed (see [`crate::untrusted`]). Blocking: run it
+/// through [`read_progress_bounded`] on the runtime.
 pub fn read_progress(path: &Path) -> Result<Progress, ReadError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ReadError::Missing),
-        Err(e) => return Err(ReadError::Io(e)),
-    };
-    let mut bytes = Vec::with_capacity(4096);
-    file.take(MAX_PROGRESS_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(ReadError::Io)?;
-    Ok(Progress::parse(&bytes)?)
+    match untrusted::read_prefix(path, MAX_PROGRESS_BYTES + 1) {
+        Ok(bytes) => Ok(Progress::parse(&bytes)?),
+        Err(untrusted::Refused::Missing(_)) => Err(ReadError::Missing),
+        Err(e) => Err(ReadError::Refused(e)),
+    }
+}
+
+/// [`read_progress`] on the blocking pool, in the job's lane, under [`crate::blocking::FILE_DEADLINE`].
+pub async fn read_progress_bounded(lane: &crate::blocking::Lane, path: &Path) -> Result<Progress, ReadError> {
+    let path = path.to_path_buf();
+    lane.run("reading the progress file", crate::blocking::FILE_DEADLINE, move || read_progress(&path)).await?
 }
 
 /// What a trainer is started with beyond its spec.
@@ -109,7 +117,7 @@ pub async fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<shim:
     if spec.command.is_empty() {
         return Err(std::io::Error::other("empty command"));
     }
-    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(&launch.paths.stderr)?;
+    let stderr = untrusted::open_append(&launch.paths.stderr).map_err(std::io::Error::other)?;
     let mut cmd = tokio::process::Command::new(launch.shim);
     let workdir = if spec.workdir.as_os_str().is_empty() { &launch.paths.trainer } else { &spec.workdir };
     cmd.current_dir(workdir)
@@ -146,12 +154,33 @@ pub async fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<shim:
     shim::start(cmd, &launch.paths.dir, launch.attempt, &launch.paths.stdout, switch, &spec.command).await
 }
 
+/// Makes the job's log paths usable again when something other than a regular file (a FIFO, a link,
+/// a socket a trainer put there) took their place: the logs are trainerd's, so whatever is there is
+/// removed, and the next attempt's logs start afresh. Returns one line per path reclaimed.
+pub fn reclaim_logs(paths: &JobPaths) -> Vec<String> {
+    let mut reclaimed = Vec::new();
+    for path in [&paths.stdout, &paths.stderr] {
+        match untrusted::kind(path) {
+            Ok(untrusted::Kind::Regular) | Err(untrusted::Refused::Missing(_)) => {}
+            Ok(kind) => {
+                let removed = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir_all(path));
+                reclaimed.push(match removed {
+                    Ok(()) => format!("{} was {}, not a log; removed, a new log begins", path.display(), kind.words()),
+                    Err(e) => format!("{} is {}, not a log, and cannot be removed: {e}", path.display(), kind.words()),
+                });
+            }
+            Err(e) => reclaimed.push(e.to_string()),
+        }
+    }
+    reclaimed
+}
+
 /// Keeps a log file under `cap` bytes by copy-truncate: the newest half of its content moves to
 /// `NAME.1` (replacing the older rotation) and the file is truncated. The trainer writes with
 /// O_APPEND, so its next write lands at the new end. Returns whether it rotated.
 pub fn cap_log(path: &Path, cap: u64) -> std::io::Result<bool> {
     use std::io::{Seek, SeekFrom};
-    let len = match std::fs::metadata(path) {
+    let len = match std::fs::symlink_metadata(path) {
         Ok(m) => m.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
@@ -160,11 +189,25 @@ pub fn cap_log(path: &Path, cap: u64) -> std::io::Result<bool> {
         return Ok(false);
     }
     let keep = cap / 2;
-    let mut file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+    let mut file = untrusted::open_read_write(path).map_err(std::io::Error::other)?;
     file.seek(SeekFrom::Start(len - keep))?;
     let mut rotated = path.as_os_str().to_owned();
     rotated.push(".1");
-    let mut out = std::fs::File::create(&rotated)?;
+    // Replaced, never opened as found: whatever is at NAME.1 (a FIFO, a link) is removed first, and
+    // a new regular file created exclusively.
+    match std::fs::remove_file(&rotated) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let mut out = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&rotated)?
+    };
     std::io::copy(&mut (&mut file).take(keep), &mut out)?;
     file.set_len(0)?;
     Ok(true)

@@ -57,7 +57,8 @@ impl ExitRecord {
 
 /// Reads a small JSON file the shim wrote; `None` when it is absent, unreadable or not for `attempt`.
 fn read_for<T: serde::de::DeserializeOwned>(dir: &Path, name: &str, attempt: u32, of: impl Fn(&T) -> u32) -> Option<T> {
-    let bytes = std::fs::read(dir.join(name)).ok()?;
+    // A trainer running as trainerd's own user could put a FIFO here: never opened as found.
+    let bytes = crate::untrusted::read_prefix(&dir.join(name), 4097).ok()?;
     if bytes.len() > 4096 {
         return None;
     }
@@ -86,9 +87,14 @@ pub fn clear(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// A started attempt: the shim (our child) and the trainer it reported.
+/// The shim's pipe after its handshake: it says `exited CODE` or `killed SIGNAL` when the trainer
+/// ends, which is how trainerd learns the end when the shim could not write `exit.json`.
+pub type Report = tokio::io::BufReader<tokio::io::Take<tokio::process::ChildStdout>>;
+
+/// A started attempt: the shim (our child), its report pipe, and the trainer it reported.
 pub struct Started {
     pub shim: tokio::process::Child,
+    pub report: Report,
     pub identity: Identity,
 }
 
@@ -130,7 +136,7 @@ pub async fn start(
     };
     let identity =
         Identity { attempt, shim_pid, shim_start_ticks, trainer_pid: Some(pid), trainer_start_ticks: Some(ticks) };
-    Ok(Started { shim, identity })
+    Ok(Started { shim, report: reader, identity })
 }
 
 /// A shim that broke the handshake is killed (its trainer, if any, is then orphaned in its group and
@@ -142,19 +148,42 @@ fn abandon(mut shim: tokio::process::Child, why: String) -> io::Error {
 
 /// Something that resolves when a shim exits.
 pub enum Waiter {
-    /// A shim this trainerd started: tokio reaps it.
-    Child(tokio::process::Child),
+    /// A shim this trainerd started: tokio reaps it, and its pipe reports the trainer's end.
+    Child(Box<(tokio::process::Child, Report)>),
     /// A shim a previous trainerd started: a pidfd, readable once it has exited.
     Pidfd(tokio::io::unix::AsyncFd<OwnedFd>),
 }
 
 impl Waiter {
-    /// Waits for the shim's exit. An error means the end could not be observed.
-    pub async fn wait(self) -> io::Result<()> {
+    /// Waits for the shim's exit, and returns the trainer's end as the shim's pipe reported it (only
+    /// a shim this trainerd started has one). An error means the end could not be observed.
+    pub async fn wait(self) -> io::Result<Option<ExitStatus>> {
         match self {
-            Waiter::Child(mut child) => child.wait().await.map(|_| ()),
-            Waiter::Pidfd(fd) => fd.readable().await.map(|_| ()),
+            Waiter::Child(started) => {
+                let (mut child, mut report) = *started;
+                // The pipe closes when the shim exits; its last line (if any) is the trainer's end.
+                let mut said = None;
+                let mut line = String::new();
+                while matches!(report.read_line(&mut line).await, Ok(n) if n > 0) {
+                    said = parse_report(line.trim_end()).or(said);
+                    line.clear();
+                }
+                child.wait().await?;
+                Ok(said)
+            }
+            Waiter::Pidfd(fd) => fd.readable().await.map(|_| None),
         }
+    }
+}
+
+/// `exited CODE` or `killed SIGNAL`, as the shim writes them.
+fn parse_report(line: &str) -> Option<ExitStatus> {
+    let (word, number) = line.split_once(' ')?;
+    let number = number.parse().ok()?;
+    match word {
+        "exited" => Some(ExitStatus::Code(number)),
+        "killed" => Some(ExitStatus::Signal(number)),
+        _ => None,
     }
 }
 

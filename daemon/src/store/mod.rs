@@ -16,7 +16,9 @@ use records::{Event, JobId, JobRecord, JobSpec, RunAs};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 use trainerd_proto::state::{can_transition, state_word};
+use trainerd_proto::trainer::unix_now;
 use trainerd_proto::v1::{JobState, Reason};
 
 /// What went wrong in the store, with what to do where there is something to do.
@@ -34,16 +36,86 @@ pub enum StoreError {
     IllegalTransition { id: JobId, from: &'static str, to: &'static str },
     #[error("job {0}: an update may not change the state; use a transition")]
     StateChangedByUpdate(JobId),
+    /// A write failed (a full disk, an I/O error) and the store waits to be reopened; nothing that was
+    /// acknowledged is lost, and nothing new is written until then.
+    #[error("the state store cannot write: {cause}")]
+    Unavailable { cause: String },
 }
 
-/// The open store.
-pub struct Store {
+impl StoreError {
+    /// Whether the store could not write (as opposed to a refusal of this request): the caller may
+    /// hold what it wanted to record and try again once the store is writable.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. } | StoreError::Sled(sled::Error::Io(_)))
+    }
+}
+
+/// Why the store stopped accepting writes, since when, and whether trainerd can expect it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// The error, in words.
+    pub cause: String,
+    /// Unix seconds of the first failure.
+    pub since: f64,
+    /// The error was a lack of space (ENOSPC, EDQUOT): freeing space brings the store back.
+    pub out_of_space: bool,
+    /// A reopen was tried with space to spare and failed: restarting trainerd is the remedy left.
+    pub unrecoverable: bool,
+}
+
+/// What [`Store::recover`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Recovery {
+    /// Nothing to recover.
+    Healthy,
+    /// The store was reopened and accepts writes again.
+    Recovered,
+    /// Still failed; the reason it was not reopened (yet).
+    Waiting(String),
+}
+
+/// The sled database and its trees: replaced whole when the store is reopened.
+struct Trees {
     db: sled::Db,
     jobs: sled::Tree,
     events: sled::Tree,
     idempotency: sled::Tree,
     /// Counters: `next_job` (the next JobId).
     meta: sled::Tree,
+}
+
+impl Trees {
+    fn open(dir: &Path) -> Result<Trees, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            // sled's default page cache is 1 GiB; the records trainerd reads often are a few MB, and the
+            // daemon's RSS is a published figure (docs/benchmarks.md).
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
+        Ok(Trees {
+            jobs: db.open_tree("jobs")?,
+            events: db.open_tree("events")?,
+            idempotency: db.open_tree("idempotency")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+}
+
+/// The open store.
+///
+/// sled remembers its first I/O error and fails every later write with it, even after the disk has
+/// room again; only a fresh open clears it (reads go on working meanwhile). So the first failed write
+/// marks the store failed, writes are refused at once with [`StoreError::Unavailable`], and
+/// [`Store::recover`] closes and reopens the database once space is back. A reopen recovers everything
+/// up to the last flush, which is everything that was ever acknowledged.
+pub struct Store {
+    dir: PathBuf,
+    trees: RwLock<Option<Arc<Trees>>>,
+    failure: Mutex<Option<Failure>>,
+    /// Woken when the store fails, for the task that brings it back.
+    failed: tokio::sync::Notify,
     /// How long flushes take.
     flushes: crate::metrics::Histogram,
 }
@@ -85,33 +157,147 @@ fn event_key(id: JobId, seq: u64) -> [u8; 16] {
     key
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether a sled error is a lack of space.
+fn out_of_space(e: &sled::Error) -> bool {
+    let sled::Error::Io(io) = e else { return false };
+    // sled wraps the OS error in a custom one; its text still carries the code.
+    io.kind() == std::io::ErrorKind::StorageFull
+        || matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+        || io.to_string().contains("No space left on device")
+        || io.to_string().contains("Disk quota exceeded")
+}
+
 /// sled's page cache.
 const CACHE_BYTES: u64 = 16 << 20;
 
 impl Store {
     /// Opens (or creates) the store in `dir`. A second process cannot open the same store.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(dir)
-            // sled's default page cache is 1 GiB; the records trainerd reads often are a few MB, and the
-            // daemon's RSS is a published figure (docs/benchmarks.md).
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
         Ok(Store {
-            jobs: db.open_tree("jobs")?,
-            events: db.open_tree("events")?,
-            idempotency: db.open_tree("idempotency")?,
-            meta: db.open_tree("meta")?,
+            dir: dir.to_path_buf(),
+            trees: RwLock::new(Some(Arc::new(Trees::open(dir)?))),
+            failure: Mutex::new(None),
+            failed: tokio::sync::Notify::new(),
             flushes: crate::metrics::Histogram::default(),
-            db,
         })
+    }
+
+    /// The open database, for reading (a failed store still serves reads).
+    fn trees(&self) -> Result<Arc<Trees>, StoreError> {
+        let trees = self.trees.read().unwrap_or_else(|p| p.into_inner()).clone();
+        trees.ok_or_else(|| StoreError::Unavailable { cause: self.cause() })
+    }
+
+    /// The open database, for writing: refused while the store is failed.
+    fn writable(&self) -> Result<Arc<Trees>, StoreError> {
+        if let Some(failure) = lock(&self.failure).as_ref() {
+            return Err(StoreError::Unavailable { cause: failure.cause.clone() });
+        }
+        self.trees()
+    }
+
+    fn cause(&self) -> String {
+        lock(&self.failure).as_ref().map_or_else(|| "the store is being reopened".into(), |f| f.cause.clone())
+    }
+
+    /// Notes a failed write: an I/O error marks the store failed (see the type's doc), and the caller
+    /// gets [`StoreError::Unavailable`] with the cause in words.
+    fn note<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        let Err(StoreError::Sled(e @ sled::Error::Io(_))) = &result else { return result };
+        let mut failure = lock(&self.failure);
+        let failure = failure.get_or_insert_with(|| {
+            let cause = self.describe(e);
+            tracing::error!("the state store cannot write ({e}): {cause}; new jobs are refused until it can");
+            self.failed.notify_one();
+            Failure { cause, since: unix_now(), out_of_space: out_of_space(e), unrecoverable: false }
+        });
+        Err(StoreError::Unavailable { cause: failure.cause.clone() })
+    }
+
+    /// A sled I/O error in words (sled's own text is a debug print of the OS error).
+    fn describe(&self, e: &sled::Error) -> String {
+        if out_of_space(e) {
+            return format!("no space left on the file system of {}", self.dir.display());
+        }
+        match e {
+            sled::Error::Io(io) => {
+                format!("an I/O error in {}: {}", self.dir.display(), std::io::Error::from(io.kind()))
+            }
+            other => format!("{other} in {}", self.dir.display()),
+        }
+    }
+
+    /// Why the store does not accept writes, when it does not.
+    pub fn failure(&self) -> Option<Failure> {
+        lock(&self.failure).clone()
+    }
+
+    /// Resolves when the store has failed (at once if it already has).
+    pub async fn wait_failed(&self) {
+        loop {
+            let notified = self.failed.notified();
+            if self.failure().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Marks the store failed as if a write had failed with `error` (tests).
+    pub fn fail_for_test(&self, error: std::io::Error) {
+        let _ = self.note::<()>(Err(StoreError::Sled(sled::Error::Io(error))));
+    }
+
+    /// Reopens a failed store when `free` (the state dir's free bytes) reaches `reserve`, or at once
+    /// when the failure was not a lack of space. A reopen that fails with space to spare marks the
+    /// failure unrecoverable.
+    pub fn recover(&self, free: u64, reserve: u64) -> Recovery {
+        let Some(failure) = self.failure() else { return Recovery::Healthy };
+        if failure.out_of_space && free < reserve {
+            return Recovery::Waiting(format!(
+                "waiting for space: {} free in the state dir, {} needed",
+                crate::disk::bytes(free),
+                crate::disk::bytes(reserve)
+            ));
+        }
+        let mut slot = self.trees.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(trees) = slot.take() {
+            match Arc::try_unwrap(trees) {
+                // Closed here: sled releases its lock on the directory when the last handle goes.
+                Ok(trees) => drop(trees),
+                Err(shared) => {
+                    *slot = Some(shared);
+                    return Recovery::Waiting("the store is in use; trying again".into());
+                }
+            }
+        }
+        match Trees::open(&self.dir) {
+            Ok(trees) => {
+                *slot = Some(Arc::new(trees));
+                *lock(&self.failure) = None;
+                tracing::info!("the state store was reopened and accepts writes again");
+                Recovery::Recovered
+            }
+            Err(e) => {
+                let mut failure = lock(&self.failure);
+                if let Some(f) = failure.as_mut() {
+                    f.unrecoverable = !matches!(&e, StoreError::Open { source, .. } if out_of_space(source));
+                    f.cause = format!("{}; reopening failed: {e}", f.cause);
+                }
+                Recovery::Waiting(format!("reopening failed: {e}"))
+            }
+        }
     }
 
     /// Creates a QUEUED job, or, when `spec.idempotency_key` names an existing job, returns that one.
     /// The boolean says whether a job was created.
     pub fn create(&self, spec: JobSpec, run_as: Option<RunAs>, now: f64) -> Result<(JobRecord, bool), StoreError> {
-        let result = (&self.jobs, &self.events, &self.idempotency, &self.meta)
+        let t = self.writable()?;
+        let result = (&t.jobs, &t.events, &t.idempotency, &t.meta)
             .transaction(|(jobs, events, idempotency, meta)| {
                 if let Some(key) = &spec.idempotency_key {
                     if let Some(existing) = idempotency.get(key.as_bytes())? {
@@ -155,14 +341,21 @@ impl Store {
                 events.insert(&event_key(id, events.generate_id()?), encode("event", &event).or_else(abort)?)?;
                 Ok((record, true))
             })
-            .map_err(flatten)?;
-        self.flush()?;
+            .map_err(flatten);
+        let result = self.note(result)?;
+        self.flush_trees(&t)?;
         Ok(result)
+    }
+
+    /// The job an idempotency key names, if any.
+    pub fn find_key(&self, key: &str) -> Result<Option<JobId>, StoreError> {
+        let found = self.trees()?.idempotency.get(key.as_bytes())?;
+        Ok(found.and_then(|v| v.as_ref().try_into().ok()).map(|b| JobId(u64::from_be_bytes(b))))
     }
 
     /// The job's record, if it exists.
     pub fn get(&self, id: JobId) -> Result<Option<JobRecord>, StoreError> {
-        self.jobs.get(id.0.to_be_bytes())?.map(|bytes| decode_job(&bytes)).transpose()
+        self.trees()?.jobs.get(id.0.to_be_bytes())?.map(|bytes| decode_job(&bytes)).transpose()
     }
 
     /// Every job, oldest first.
@@ -175,18 +368,19 @@ impl Store {
         &self,
         before: JobId,
     ) -> impl Iterator<Item = Result<JobRecord, StoreError>> + Send + 'static {
-        self.jobs.range(..before.0.to_be_bytes()).values().rev().map(|v| decode_job(&v?))
+        let range = self.trees().map(|t| t.jobs.range(..before.0.to_be_bytes()));
+        Records::new(range.map(|r| r.values().rev()))
     }
 
     /// How many jobs the store holds (without decoding them).
     pub fn count(&self) -> usize {
-        self.jobs.len()
+        self.trees().map(|t| t.jobs.len()).unwrap_or(0)
     }
 
     /// Every job, oldest first, decoded one at a time: a pass over a large store (reconciliation)
     /// holds one record, not all of them.
     pub fn records(&self) -> impl Iterator<Item = Result<JobRecord, StoreError>> + Send + 'static {
-        self.jobs.iter().values().map(|v| decode_job(&v?))
+        Records::new(self.trees().map(|t| t.jobs.iter().values()))
     }
 
     /// Moves a job to `to` if the state table allows it, applying `edit` and appending a
@@ -200,7 +394,8 @@ impl Store {
         message: &str,
         edit: impl Fn(&mut JobRecord),
     ) -> Result<JobRecord, StoreError> {
-        let record = (&self.jobs, &self.events)
+        let t = self.writable()?;
+        let record = (&t.jobs, &t.events)
             .transaction(|(jobs, events)| {
                 let mut record = read_job(jobs, id)?;
                 let from = record.state();
@@ -224,15 +419,17 @@ impl Store {
                 events.insert(&event_key(id, events.generate_id()?), encode("event", &event).or_else(abort)?)?;
                 Ok(record)
             })
-            .map_err(flatten)?;
-        self.flush()?;
+            .map_err(flatten);
+        let record = self.note(record)?;
+        self.flush_trees(&t)?;
         Ok(record)
     }
 
     /// Changes a job's record without changing its state (progress, an attempt's pid); flushed
     /// before it returns.
     pub fn update(&self, id: JobId, edit: impl Fn(&mut JobRecord)) -> Result<JobRecord, StoreError> {
-        let record = self
+        let t = self.writable()?;
+        let record = t
             .jobs
             .transaction(|jobs| {
                 let mut record = read_job(jobs, id)?;
@@ -244,20 +441,24 @@ impl Store {
                 jobs.insert(&id.0.to_be_bytes(), encode("job", &record).or_else(abort)?)?;
                 Ok(record)
             })
-            .map_err(flatten)?;
-        self.flush()?;
+            .map_err(flatten);
+        let record = self.note(record)?;
+        self.flush_trees(&t)?;
         Ok(record)
     }
 
     /// Appends an event to a job's log.
     pub fn append_event(&self, id: JobId, event: &Event) -> Result<(), StoreError> {
-        self.events.insert(event_key(id, self.db.generate_id()?), encode("event", event)?)?;
+        let t = self.writable()?;
+        let key = self.note(t.db.generate_id().map_err(StoreError::from))?;
+        self.note(t.events.insert(event_key(id, key), encode("event", event)?).map_err(StoreError::from))?;
         Ok(())
     }
 
     /// A job's events, oldest first.
     pub fn events(&self, id: JobId) -> Result<Vec<Event>, StoreError> {
-        self.events
+        self.trees()?
+            .events
             .scan_prefix(id.0.to_be_bytes())
             .values()
             .map(|v| codec::decode(&v?).map_err(|source| StoreError::Codec { what: "event".into(), source }))
@@ -266,8 +467,13 @@ impl Store {
 
     /// Writes everything to disk; returns the bytes flushed.
     pub fn flush(&self) -> Result<usize, StoreError> {
+        let t = self.writable()?;
+        self.flush_trees(&t)
+    }
+
+    fn flush_trees(&self, t: &Trees) -> Result<usize, StoreError> {
         let started = std::time::Instant::now();
-        let bytes = self.db.flush()?;
+        let bytes = self.note(t.db.flush().map_err(StoreError::from))?;
         self.flushes.observe(started.elapsed());
         Ok(bytes)
     }
@@ -275,6 +481,32 @@ impl Store {
     /// The flush latency histogram.
     pub fn flush_histogram(&self) -> &crate::metrics::Histogram {
         &self.flushes
+    }
+}
+
+/// Decoded records from an iterator over the jobs tree; one error item when the store could not be
+/// read at all.
+struct Records<I> {
+    inner: Option<Result<I, StoreError>>,
+}
+
+impl<I> Records<I> {
+    fn new(inner: Result<I, StoreError>) -> Records<I> {
+        Records { inner: Some(inner) }
+    }
+}
+
+impl<I: Iterator<Item = sled::Result<sled::IVec>>> Iterator for Records<I> {
+    type Item = Result<JobRecord, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.inner.as_mut()? {
+            Ok(values) => values.next().map(|v| decode_job(&v?)),
+            Err(_) => match self.inner.take() {
+                Some(Err(e)) => Some(Err(e)),
+                _ => None,
+            },
+        }
     }
 }
 

@@ -61,6 +61,7 @@ def main():
         scheduler.load_state_dict(state["scheduler"])
         best, bad_epochs = state["best_val_loss"], state["bad_epochs"]
     start = state["epoch"] if state is not None else 0
+    first_step = run.step_count
 
     for epoch in range(start, args.epochs):
         order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(args.seed * 1000 + epoch))
@@ -94,6 +95,7 @@ def main():
         if bad_epochs >= args.patience:
             break
     digest = trainerd.weights_sha256(model)
+    print(f"attempt {run.attempt}: {run.step_count - first_step} steps, from step {first_step}")
     print(f"weights_sha256 {digest}")
     run.complete(weights_sha256=digest, val_loss=best)
 

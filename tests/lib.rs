@@ -18,6 +18,25 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// How long a test waits for any one answer from trainerd (a cancel waits out its stop grace).
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(60);
+
+/// How long trainerd may take to print its readiness line.
+pub const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// The first line a child prints on `stdout`, waiting at most `limit` (an empty string when it closed
+/// its stdout first or the time ran out): a regression that hangs start-up fails the test in a
+/// minute, not CI in 90.
+pub fn first_line_within(stdout: std::process::ChildStdout, limit: Duration) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx.recv_timeout(limit).unwrap_or_default()
+}
+
 /// A running trainerd on its own temporary state dir and socket.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
@@ -74,9 +93,12 @@ impl Daemon {
             .stderr(self.log_file())
             .spawn()
             .expect("spawn trainerd");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("read readiness");
-        assert!(line.starts_with("trainerd ready"), "trainerd did not start: {line:?}");
+        let line = first_line_within(child.stdout.take().expect("stdout"), READY_WITHIN);
+        if !line.starts_with("trainerd ready") {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("trainerd did not start within {READY_WITHIN:?}: {line:?}; its log:\n{}", self.log());
+        }
         self.child = Some(child);
     }
 
@@ -133,9 +155,9 @@ impl Daemon {
         value["shim_pid"].as_u64().expect("shim_pid") as u32
     }
 
-    /// A fresh client.
+    /// A fresh client; every request it makes must be answered within [`ANSWER_WITHIN`].
     pub async fn client(&self) -> Client {
-        trainctl::connect_unix(&self.socket()).await.expect("connect")
+        trainctl::connect_unix_within(&self.socket(), Some(ANSWER_WITHIN)).await.expect("connect")
     }
 }
 
@@ -241,11 +263,14 @@ pub async fn events(client: &mut Client, id: &str) -> Vec<(String, String)> {
 }
 
 /// Waits, by pidfd (no polling), until process `pid` has exited, at most `limit`. A process that is
-/// already gone returns at once. Panics when it is still alive at the deadline.
+/// already gone returns at once. Panics when it is still alive at the deadline, or when the kernel
+/// cannot tell (any pidfd_open error but ESRCH).
 pub fn wait_gone(pid: u32, limit: Duration) {
     // SAFETY: pidfd_open takes a pid and flags.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
     if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        assert_eq!(e.raw_os_error(), Some(libc::ESRCH), "cannot wait for process {pid}: {e}");
         return;
     }
     let mut poll = libc::pollfd { fd: fd as i32, events: libc::POLLIN, revents: 0 };
@@ -253,6 +278,14 @@ pub fn wait_gone(pid: u32, limit: Duration) {
     let ready = unsafe { libc::poll(&mut poll, 1, limit.as_millis() as i32) };
     unsafe { libc::close(fd as i32) };
     assert!(ready == 1, "process {pid} still runs after {limit:?}");
+}
+
+/// Whether `pid` names a live (not zombie) process.
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()))
+        .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 /// The live (not zombie) processes started for job `id` by the trainerd on `state_dir`: trainers,
@@ -280,11 +313,19 @@ pub fn job_processes(state_dir: &Path, id: &str) -> Vec<u32> {
 /// Makes `cmd` run as `uid`:`gid` with no supplementary groups (the tests run as root and play
 /// other users this way).
 pub fn as_user(cmd: &mut Command, uid: u32, gid: u32) -> &mut Command {
+    as_user_in(cmd, uid, gid, &[])
+}
+
+/// Makes `cmd` run as `uid`:`gid` with the supplementary `groups` (a user added to a group, as
+/// production users are to the socket's).
+pub fn as_user_in<'a>(cmd: &'a mut Command, uid: u32, gid: u32, groups: &[u32]) -> &'a mut Command {
     use std::os::unix::process::CommandExt;
-    // SAFETY: only async-signal-safe calls between fork and exec.
+    let groups: Vec<libc::gid_t> = groups.to_vec();
+    // SAFETY: only async-signal-safe calls between fork and exec; `groups` was built before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0
+            {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! scripts/bench.sh            # release build, full size (about two minutes)
+//! scripts/bench.sh --strict   # the same, exiting 1 when any target is missed (a gate for a change)
 //! trainerd-bench --smoke      # a few of each, to check the suite works (the test suite runs this)
 //! ```
 
@@ -71,11 +72,14 @@ const SMOKE: Size = Size {
     steps: 100,
 };
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let smoke = std::env::args().any(|a| a == "--smoke");
+    let strict = std::env::args().any(|a| a == "--strict");
     if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("usage: trainerd-bench [--smoke]   (see docs/benchmarks.md)");
-        return;
+        println!("usage: trainerd-bench [--smoke] [--strict]   (see docs/benchmarks.md)");
+        println!("  --smoke   a few of each: proves the suite runs; its figures mean nothing");
+        println!("  --strict  exit 1 when any figure misses its target");
+        return std::process::ExitCode::SUCCESS;
     }
     let size = if smoke { SMOKE } else { FULL };
     let runtime =
@@ -105,6 +109,12 @@ fn main() {
     eprintln!("trainer-proc ...");
     figures.extend(measure::trainer_proc(size.epochs, size.steps));
     print_table(&figures, smoke);
+    let missed: Vec<&str> = figures.iter().filter(|f| !f.met).map(|f| f.name.as_str()).collect();
+    if strict && !missed.is_empty() {
+        eprintln!("trainerd-bench --strict: {} target(s) missed: {}", missed.len(), missed.join(", "));
+        return std::process::ExitCode::FAILURE;
+    }
+    std::process::ExitCode::SUCCESS
 }
 
 fn print_table(figures: &[Figure], smoke: bool) {

@@ -35,9 +35,20 @@ pub struct TcpOptions {
 
 /// Connects to trainerd's unix socket. The error says where it looked.
 pub async fn connect_unix(path: &Path) -> Result<Client, ConnectError> {
+    connect_unix_within(path, None).await
+}
+
+/// [`connect_unix`], with a deadline on every request's answer (a streaming answer's first
+/// message): the end-to-end tests use one, so a trainerd that stops answering fails a test in
+/// seconds instead of hanging it.
+pub async fn connect_unix_within(path: &Path, deadline: Option<std::time::Duration>) -> Result<Client, ConnectError> {
     let socket = path.to_path_buf();
     // The URI is never used for a unix socket, but must parse.
-    let channel = Endpoint::from_static("http://[::]:50051")
+    let mut endpoint = Endpoint::from_static("http://[::]:50051");
+    if let Some(deadline) = deadline {
+        endpoint = endpoint.timeout(deadline);
+    }
+    let channel = endpoint
         .connect_with_connector(tower::service_fn(move |_| {
             let socket = socket.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(socket).await?)) }

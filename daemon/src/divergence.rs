@@ -90,3 +90,116 @@ impl Leftovers {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::records::*;
+    use trainerd_proto::v1::Reason;
+
+    fn record(state: JobState, pid: Option<(u32, u64)>, ended: bool) -> JobRecord {
+        let attempt = Attempt {
+            number: 1,
+            pid: pid.map(|p| p.0),
+            pid_start_ticks: pid.map(|p| p.1),
+            started_at: 1.0,
+            ended_at: ended.then_some(2.0),
+            exit: None,
+            reason: Reason::Unspecified as i32,
+            resumed_from: None,
+        };
+        JobRecord {
+            id: JobId(7),
+            spec: JobSpec {
+                name: "j".into(),
+                command: vec!["x".into()],
+                workdir: Default::default(),
+                env: vec![],
+                gpus: 0,
+                priority: 0,
+                idempotency_key: None,
+                restart: RestartPolicy {
+                    on_failure: OnFailure::Restart,
+                    max_restarts: 1,
+                    window_ms: 1,
+                    backoff_base_ms: 1,
+                    backoff_max_ms: 1,
+                    healthy_after_ms: 1,
+                },
+                timeouts: Timeouts { startup_grace_ms: 1, heartbeat_timeout_ms: 1, stop_grace_ms: 1, pause_timeout_ms: 1 },
+            },
+            state: state as i32,
+            reason: 0,
+            created_at: 1.0,
+            updated_at: 1.0,
+            attempts: vec![attempt],
+            restart_times: vec![],
+            consecutive_failures: 0,
+            next_restart_at: None,
+            latest_checkpoint: None,
+            previous_checkpoint: None,
+            step: 0,
+            total_steps: 0,
+            epoch: 0,
+            total_epochs: 0,
+            loss: None,
+            val_loss: None,
+            exit_code: None,
+            weights_sha256: None,
+            cancelled_by: None,
+            message: None,
+            run_as: None,
+        }
+    }
+
+    fn shim_json(state_dir: &Path, shim: u32, ticks: u64) {
+        let dir = JobPaths::new(state_dir, JobId(7)).dir;
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            r#"{{"format":1,"attempt":1,"shim_pid":{shim},"shim_start_ticks":{ticks},"trainer_pid":null,"trainer_start_ticks":null}}"#
+        );
+        std::fs::write(dir.join(shim::IDENTITY_NAME), text).unwrap();
+    }
+
+    #[test]
+    fn a_record_agrees_with_live_processes_and_diverges_from_dead_or_recycled_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        // A trainer leads its own process group, as under a shim.
+        use std::os::unix::process::CommandExt;
+        let mut trainer = std::process::Command::new("sleep").arg("1000").process_group(0).spawn().unwrap();
+        let mut shim = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        let t = (trainer.id(), process::start_ticks(trainer.id()).unwrap());
+        let s = (shim.id(), process::start_ticks(shim.id()).unwrap());
+        shim_json(dir.path(), s.0, s.1);
+        let running = record(JobState::Running, Some(t), false);
+        assert!(of(&running, dir.path()).is_none(), "trainer and shim alive: no divergence");
+        assert!(of(&record(JobState::Starting, None, false), dir.path()).is_none(), "starting: no pid yet");
+        let no_pid = of(&record(JobState::Running, None, false), dir.path());
+        assert!(matches!(no_pid, Some(Divergence::Gone(ref w)) if w == "no trainer is recorded"), "{no_pid:?}");
+        let recycled = of(&record(JobState::Running, Some((t.0, t.1 + 1)), false), dir.path());
+        assert!(matches!(recycled, Some(Divergence::Gone(ref w)) if w == &format!("trainer {} is gone", t.0)));
+        for finished in [JobState::Completed, JobState::Failed, JobState::Cancelled, JobState::Paused] {
+            let left = of(&record(finished, Some(t), false), dir.path());
+            let Some(Divergence::Leftover(left)) = left else { panic!("{finished:?}: {left:?}") };
+            assert_eq!((left.trainer, left.shim), (Some(t.0), Some(s.0)), "{finished:?}");
+            // An ended attempt's shim exited after reaping everything: only its trainer is looked at.
+            let Some(Divergence::Leftover(left)) = of(&record(finished, Some(t), true), dir.path()) else { panic!() };
+            assert_eq!((left.trainer, left.shim), (Some(t.0), None));
+        }
+        assert!(of(&record(JobState::Queued, None, false), dir.path()).is_none());
+
+        shim.kill().unwrap();
+        shim.wait().unwrap();
+        let gone = of(&running, dir.path());
+        assert!(matches!(gone, Some(Divergence::Gone(ref w)) if w == &format!("shim {} is gone", s.0)), "{gone:?}");
+        let Some(Divergence::Leftover(left)) = of(&record(JobState::Completed, Some(t), false), dir.path()) else {
+            panic!()
+        };
+        assert_eq!((left.trainer, left.shim), (Some(t.0), None));
+        assert_eq!(left.stop(), Some(format!("trainer {}", t.0)));
+        trainer.wait().unwrap();
+        assert!(matches!(of(&running, dir.path()), Some(Divergence::Gone(_))));
+        assert!(of(&record(JobState::Completed, Some(t), false), dir.path()).is_none(), "nothing left");
+        assert_eq!(Leftovers::default().stop(), None);
+    }
+}

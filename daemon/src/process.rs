@@ -91,11 +91,13 @@ mod tests {
     use std::time::{Duration, Instant};
 
     #[test]
-    fn a_pid_is_identified_by_its_start_time() {
+    fn a_start_time_is_read_and_differs_between_processes_started_apart() {
         let me = std::process::id();
-        assert_eq!(start_ticks(me).unwrap(), start_ticks(me).unwrap());
+        let mine = start_ticks(me).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
         let mut child = Command::new("sleep").arg("1000").spawn().unwrap();
-        assert_ne!(start_ticks(child.id()).unwrap(), 0);
+        let its = start_ticks(child.id()).unwrap();
+        assert!(its > mine, "a later process has a later start time ({its} vs {mine})");
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(start_ticks(child.id()).is_err(), "a reaped process has no stat");

@@ -5,7 +5,11 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Command;
-use trainerd_tests::{bin, Daemon};
+use std::time::Duration;
+use trainerd_tests::{bin, first_line_within, Daemon};
+
+/// How long a control-socket reply may take.
+const REPLY_WITHIN: Duration = Duration::from_secs(30);
 
 /// A line-oriented client of the control socket.
 struct Control {
@@ -16,6 +20,9 @@ struct Control {
 impl Control {
     fn connect(daemon: &Daemon) -> Control {
         let stream = UnixStream::connect(daemon.dir.path().join("control.sock")).expect("control socket");
+        // Every read has a deadline: a regression that stops trainerd answering fails here, naming
+        // what it waited for, instead of hanging CI.
+        stream.set_read_timeout(Some(REPLY_WITHIN)).unwrap();
         Control { reader: BufReader::new(stream.try_clone().unwrap()), writer: stream }
     }
     fn send_raw(&mut self, line: &str) {
@@ -24,7 +31,9 @@ impl Control {
     }
     fn read(&mut self) -> Value {
         let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
+        if let Err(e) = self.reader.read_line(&mut line) {
+            panic!("no reply line on the control socket within {REPLY_WITHIN:?}: {e}");
+        }
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line:?}"))
     }
     fn ask(&mut self, request: Value) -> Value {
@@ -108,12 +117,14 @@ fn bad_json_lines_get_errors_and_the_connection_and_daemon_keep_serving() {
     let reply = c.ask(json!({"op": "get", "id": id}));
     assert_eq!(reply["ok"], true);
     let mut grpc_watch = Command::new(bin("trainctl"))
-        .args(["watch", &id])
+        .args(["--json", "watch", &id])
         .env("TRAINERD_SOCKET", daemon.socket())
-        .stdout(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Connected and streaming (its first update printed) before it is cut off mid-stream.
+    let first = first_line_within(grpc_watch.stdout.take().unwrap(), REPLY_WITHIN);
+    assert!(first.contains(&id), "trainctl watch printed no update: {first:?}");
     grpc_watch.kill().unwrap();
     grpc_watch.wait().unwrap();
     let out =

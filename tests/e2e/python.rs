@@ -69,4 +69,9 @@ async fn the_pytorch_example_survives_a_kill_and_a_pause_and_ends_with_the_unint
     assert_eq!(done.weights_sha256, reference.weights_sha256, "exact resume through the SDK");
     let kinds: Vec<String> = events(&mut client, &job).await.into_iter().map(|(_, m)| m).collect();
     assert!(kinds.iter().any(|m| m.contains("resuming from")), "{kinds:?}");
+    // Equal weights cannot tell a resume from a rerun from step 0: the attempt that completed took
+    // only the steps after the pause checkpoint.
+    let out = std::fs::read_to_string(daemon.job_dir(&job).join("stdout.log")).unwrap();
+    let expected = format!("attempt 3: {} steps, from step {}", 60 - paused.step, paused.step);
+    assert!(out.lines().any(|l| l == expected), "no {expected:?} in {out}");
 }

@@ -33,14 +33,6 @@ async fn divergent(client: &mut Client, n: u32) -> pb::HealthResponse {
     }
 }
 
-/// Whether `pid` names a live (not zombie) process.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()))
-        .is_some_and(|state| state != 'Z' && state != 'X')
-}
-
 #[tokio::test]
 async fn a_record_that_says_running_for_a_trainer_that_is_gone_is_resolved_from_the_exit_record() {
     let daemon = Daemon::start(&["--test-hooks", "--gpus", "none"]);

@@ -8,7 +8,9 @@ use trainctl::Client;
 use trainerd_proto::state::{has_process, is_terminal};
 use trainerd_proto::v1 as pb;
 use trainerd_proto::v1::{JobState, Reason};
-use trainerd_tests::{events, fake_job, get, job_processes, submit, trainer_proc_job, wait_gone, watch_until, Daemon};
+use trainerd_tests::{
+    alive, events, fake_job, get, job_processes, submit, trainer_proc_job, wait_gone, watch_until, Daemon,
+};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -164,19 +166,29 @@ async fn a_job_whose_shim_vanished_too_is_lost_then_restarted_by_policy_from_its
 async fn a_trainer_whose_shim_was_killed_is_stopped_and_its_job_restarted_never_run_twice() {
     let mut daemon = Daemon::start(&["--heartbeat-interval", "0.1", "--gpus", "none"]);
     let mut client = daemon.client().await;
-    let job = long_fake_job_at_step_12(&daemon, &mut client).await;
-    let (shim, trainer) = (daemon.shim_pid(&job.id), job.pid.unwrap());
+    // A trainer (with a child in its group) that would outlive the test: only trainerd can end it.
+    let env = [("FAKE_STEPS", "100000"), ("FAKE_STEP_MS", "30"), ("FAKE_CHECKPOINT_EVERY", "5"), ("FAKE_CHILDREN", "1")];
+    let job = submit(&mut client, fake_job("orphan", &env)).await;
+    let seen = watch_until(&mut client, &job.id, LIMIT, |j| j.state() == JobState::Running && j.step >= 12).await;
+    let (shim, trainer) = (daemon.shim_pid(&job.id), seen.last().unwrap().pid.unwrap());
+    let first_attempt: Vec<u32> =
+        job_processes(&daemon.state_dir(), &job.id).into_iter().filter(|p| *p != shim).collect();
+    assert_eq!(first_attempt.len(), 2, "the trainer and its child: {first_attempt:?}");
     daemon.kill();
     signal(shim, libc::SIGKILL);
     wait_gone(shim, LIMIT);
+    assert!(first_attempt.iter().all(|p| alive(*p)), "the orphans outlive their shim");
     daemon.relaunch();
-    // The orphaned trainer cannot be watched any more: it is stopped before a new attempt starts.
-    wait_gone(trainer, LIMIT);
     let mut client = daemon.client().await;
-    let done = watch_until(&mut client, &job.id, LIMIT, finished).await.pop().unwrap();
-    assert_eq!((done.state(), done.attempt), (JobState::Completed, 2), "{done:?}");
+    // Attempt 2 runs; by then no process of attempt 1 may be alive: never two copies at once.
+    let second = watch_until(&mut client, &job.id, LIMIT, |j| j.attempt == 2 && j.pid.is_some()).await;
+    let still: Vec<u32> = first_attempt.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(still.is_empty(), "attempt 1's processes {still:?} still run while attempt 2 ({:?}) does", second.last());
+    assert!(!alive(trainer));
     let messages = events(&mut client, &job.id).await;
     assert!(messages.iter().any(|(k, m)| k == "lost" && m.contains("runs unwatched and is stopped")), "{messages:?}");
+    client.cancel_job(pb::CancelJobRequest { id: job.id.clone() }).await.unwrap();
+    assert!(job_processes(&daemon.state_dir(), &job.id).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,9 +18,14 @@ fn text(out: &Output) -> String {
 
 /// One JSON-lines request on the control socket, as `uid`:`gid`; returns the first response line.
 fn control_as(socket: &Path, uid: u32, gid: u32, request: &str) -> String {
+    control_in(socket, uid, gid, &[], request)
+}
+
+/// [`control_as`] with supplementary `groups`.
+fn control_in(socket: &Path, uid: u32, gid: u32, groups: &[u32], request: &str) -> String {
     let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n\
                   try: s.sendall(sys.argv[2].encode()+b'\\n')\nexcept BrokenPipeError: pass\nprint(s.makefile().readline().strip())";
-    let out = as_user(Command::new("python3").args(["-c", script]).arg(socket).arg(request), uid, gid)
+    let out = as_user_in(Command::new("python3").args(["-c", script]).arg(socket).arg(request), uid, gid, groups)
         .output()
         .expect("python3");
     assert!(out.status.success(), "{}", text(&out));
@@ -76,6 +81,36 @@ fn sockets_are_0660_in_their_group_and_the_peer_check_denies_and_audits_an_unlis
     assert!(out.status.success(), "{}", text(&out));
     let reply = control_as(&control, STRANGER, NOGROUP, r#"{"op":"info"}"#);
     assert!(reply.starts_with(r#"{"ok":true"#), "{reply}");
+}
+
+#[test]
+fn a_user_whose_supplementary_group_is_the_sockets_is_let_in_and_one_without_it_is_not() {
+    let daemon = Daemon::start(&["--socket-group", "nogroup"]);
+    let control = daemon.dir.path().join("control.sock");
+    open_dir(daemon.dir.path());
+    let bins = tempfile::tempdir().unwrap();
+    let trainctl = public_bin(bins.path(), "trainctl");
+    let ls = |groups: &[u32]| {
+        as_user_in(Command::new(&trainctl).arg("--socket").arg(daemon.socket()).arg("ls"), STRANGER, STRANGER, groups)
+            .output()
+            .unwrap()
+    };
+    // The usual production case: the user's own primary group, and the socket's among the others.
+    let member = ls(&[STRANGER + 1, NOGROUP]);
+    assert!(member.status.success(), "{}", text(&member));
+    let stranger = ls(&[STRANGER + 1]);
+    assert!(!stranger.status.success());
+    // The socket file itself (0660, group nogroup) keeps the non-member out before the peer check.
+    assert!(text(&stranger).contains("Permission denied") || text(&stranger).contains("may not use"), "{}", text(&stranger));
+    // With the file opened to all, the peer check alone decides, by the same supplementary groups.
+    std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let stranger = ls(&[STRANGER + 1]);
+    assert!(text(&stranger).contains("uid 12345 may not use this trainerd"), "{}", text(&stranger));
+    assert!(ls(&[NOGROUP]).status.success());
+    let control_in = |groups: &[u32]| control_in(&control, STRANGER, STRANGER, groups, r#"{"op":"info"}"#);
+    assert!(control_in(&[NOGROUP]).starts_with(r#"{"ok":true"#));
+    assert!(control_in(&[STRANGER + 1]).contains("permission_denied"));
 }
 
 #[test]
@@ -251,8 +286,29 @@ fn tcp_needs_a_bearer_token_and_beyond_loopback_tls_and_never_runs_a_job_as_root
     let base = ["--addr", &https, "--ca", ca.to_str().unwrap(), "--token-file", token.to_str().unwrap()];
     let out = trainctl(&[&base[..], &["--json", "info"]].concat());
     assert!(out.status.success(), "{}", text(&out));
-    // With job-user, a TCP submission runs as that user.
-    let out = trainctl(&[&base[..], &["--json", "submit", "--workdir", "/", "--", fake.to_str().unwrap()]].concat());
+    // With job-user, a TCP submission runs as that user: its trainer's uid says so.
+    let submit = ["--json", "submit", "--workdir", "/", "--env", "FAKE_STEPS=100000", "--", fake.to_str().unwrap()];
+    let out = trainctl(&[&base[..], &submit].concat());
+    assert!(out.status.success(), "{}", text(&out));
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let id_out = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    let nobody: u32 = String::from_utf8_lossy(&id_out.stdout).trim().parse().expect("the nobody user");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let pid = loop {
+        let out = trainctl(&[&base[..], &["--json", "get", &id]].concat());
+        let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(pid) = job["pid"].as_u64() {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "the job never ran: {job}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    let uids: Vec<u32> = uid_line.split_whitespace().skip(1).map(|u| u.parse().unwrap()).collect();
+    assert_eq!(uids, vec![nobody; 4], "the trainer runs as nobody, never as root: {uid_line}");
+    let out = trainctl(&[&base[..], &["cancel", &id]].concat());
     assert!(out.status.success(), "{}", text(&out));
     // Plain text to a TLS listener does not get through.
     let out =

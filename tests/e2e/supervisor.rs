@@ -59,10 +59,41 @@ async fn a_hung_trainer_is_stopped_after_the_heartbeat_timeout_and_restarted() {
     assert_eq!(stopping.reason(), Reason::Stalled);
     let last = seen.last().unwrap();
     assert_eq!((last.state(), last.attempt, last.weights_sha256.as_str()), (JobState::Completed, 2, "fake-20-5"));
-    let kinds: Vec<String> = events(&mut client, &job.id).await.into_iter().map(|e| e.0).collect();
+    let all = events(&mut client, &job.id).await;
+    let kinds: Vec<&str> = all.iter().map(|e| e.0.as_str()).collect();
     for kind in ["heartbeat_late", "stalled", "killed"] {
-        assert!(kinds.iter().any(|k| k == kind), "no {kind} event in {kinds:?}");
+        assert!(kinds.contains(&kind), "no {kind} event in {kinds:?}");
     }
+    // When: trainerd's own measure of the silence at detection, from the last heartbeat it saw. Never
+    // before the timeout; no later than the timeout plus a generous allowance for a loaded machine
+    // (the deadline is a timer armed for the exact moment, not a poll).
+    let silence = stalled_after(&all);
+    assert!((0.8..=1.8).contains(&silence), "stalled after {silence} s of silence; the timeout is 0.8 s");
+}
+
+/// The silence, in seconds, that the `stalled` event says trainerd measured.
+fn stalled_after(events: &[(String, String)]) -> f64 {
+    let (_, message) = events.iter().find(|(k, _)| k == "stalled").expect("a stalled event");
+    let rest = message.strip_prefix("no heartbeat for ").expect(message);
+    rest.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{message}"))
+}
+
+#[tokio::test]
+async fn a_trainer_that_never_heartbeats_is_stopped_at_its_startup_grace_not_later() {
+    let daemon = Daemon::start(&["--heartbeat-interval", "0.1"]);
+    let mut client = daemon.client().await;
+    let mut req = fake_job("silent-start", &[("FAKE_START_MS", "600000")]);
+    req.startup_grace_ms = Some(1000);
+    req.stop_grace_ms = Some(200);
+    req.on_failure = Some("fail".into());
+    let job = submit(&mut client, req).await;
+    let last = watch_until(&mut client, &job.id, LIMIT, ended).await.pop().unwrap();
+    assert_eq!((last.state(), last.reason()), (JobState::Failed, Reason::Stalled));
+    let all = events(&mut client, &job.id).await;
+    let (_, message) = all.iter().find(|(k, _)| k == "stalled").unwrap();
+    assert!(message.contains("(startup_grace)"), "{message}");
+    let silence = stalled_after(&all);
+    assert!((1.0..=2.0).contains(&silence), "stalled after {silence} s; the startup grace is 1 s");
 }
 
 #[tokio::test]
@@ -207,6 +238,17 @@ async fn trainer_proc_killed_mid_epoch_resumes_to_the_same_weights() {
     assert_eq!((crashed.attempt, crashed.step), (2, 60));
     assert_eq!(crashed.weights_sha256, reference.weights_sha256);
     assert_eq!(reference.weights_sha256.len(), 64);
+    // Equal weights cannot tell a resume from a deterministic rerun from step 0: attempt 2 must have
+    // been handed the checkpoint and taken only the steps after it.
+    let all = events(&mut client, &crashed.id).await;
+    let resumed = all.iter().find_map(|(_, m)| m.strip_prefix("backoff -> starting: attempt 2, resuming from "));
+    let resumed = resumed.unwrap_or_else(|| panic!("attempt 2 was not resumed from a checkpoint: {all:?}"));
+    let from: u64 = resumed.rsplit("step-").next().and_then(|s| s.parse().ok()).expect(resumed);
+    assert_eq!(from, 28, "resumed from the newest checkpoint before the crash at step 31 (7, 14, 20, 21, 28)");
+    let out = std::fs::read_to_string(daemon.job_dir(&crashed.id).join("stdout.log")).unwrap();
+    let stats: Vec<&str> = out.lines().filter(|l| l.starts_with("trainer-proc: stats ")).collect();
+    assert_eq!(stats.len(), 1, "only attempt 2 completes: {out}");
+    assert!(stats[0].contains(&format!("steps={} ", 60 - from)), "attempt 2 took 60 - {from} steps: {}", stats[0]);
 }
 
 #[tokio::test]

@@ -2,7 +2,10 @@
 
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
-use trainerd_tests::{bin, Daemon};
+use trainerd_proto::v1::JobState;
+use trainerd_tests::{bin, events, fake_job, first_line_within, get, submit, wait_gone, watch_until, Daemon};
+
+const LIMIT: Duration = Duration::from_secs(60);
 
 fn receive(socket: &UnixDatagram) -> String {
     let mut buf = [0u8; 512];
@@ -10,16 +13,38 @@ fn receive(socket: &UnixDatagram) -> String {
     String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
-#[test]
-fn ready_after_restore_then_watchdog_pings_then_stopping_on_sigterm() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_after_restore_then_watchdog_pings_then_stopping_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&path).unwrap();
     socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut daemon =
-        Daemon::start_with_env(&[], &[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "200000")]);
+    // Something to restore: a running job, and a job that ends while trainerd is down.
+    let mut daemon = Daemon::start(&["--gpus", "none"]);
+    let mut client = daemon.client().await;
+    let running = submit(&mut client, fake_job("running", &[("FAKE_STEPS", "100000"), ("FAKE_STEP_MS", "20")])).await;
+    let pid = watch_until(&mut client, &running.id, LIMIT, |j| j.step > 0).await.pop().unwrap().pid;
+    let ending = submit(&mut client, fake_job("ending", &[("FAKE_STEPS", "100000"), ("FAKE_STEP_MS", "20")])).await;
+    let ending_pid = watch_until(&mut client, &ending.id, LIMIT, |j| j.step > 0).await.pop().unwrap().pid.unwrap();
+    drop(client);
+    daemon.kill();
+    // SAFETY: kill(2) on a trainer this test's daemon started.
+    unsafe { libc::kill(ending_pid as i32, libc::SIGKILL) };
+    wait_gone(ending_pid, LIMIT);
+    daemon.env = vec![("NOTIFY_SOCKET".into(), path.display().to_string()), ("WATCHDOG_USEC".into(), "200000".into())];
+    daemon.relaunch();
     let first = receive(&socket);
     assert!(first.starts_with("READY=1\nSTATUS=serving"), "{first:?}");
+    // READY=1 came after the restore: the running job is re-adopted with its pid, and the one that
+    // ended unseen is already resolved, before anyone could ask.
+    let mut client = daemon.client().await;
+    let now = get(&mut client, &running.id).await;
+    assert_eq!((now.state(), now.pid), (JobState::Running, pid), "{now:?}");
+    let ended = get(&mut client, &ending.id).await;
+    assert_ne!(ended.attempt, 1, "the job killed while trainerd was down was restarted: {ended:?}");
+    let kinds: Vec<String> = events(&mut client, &ending.id).await.into_iter().map(|(k, _)| k).collect();
+    assert!(kinds.contains(&"ended_unseen".to_string()), "{kinds:?}");
+    drop(client);
     let started = Instant::now();
     let mut pings = 0;
     while pings < 5 {
@@ -124,7 +149,7 @@ async fn the_metrics_endpoint_is_scraped_and_parsed() {
 /// Starts trainerd with stderr in a file and `extra` settings, waits for readiness, stops it, and
 /// returns what it logged.
 fn log_of(extra: &[&str], journal: bool) -> String {
-    use std::io::{BufRead, BufReader};
+
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let log = std::fs::File::create(dir.path().join("stderr")).unwrap();
@@ -143,8 +168,7 @@ fn log_of(extra: &[&str], journal: bool) -> String {
         cmd.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
     }
     let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let line = first_line_within(child.stdout.take().unwrap(), Duration::from_secs(60));
     assert!(line.starts_with("trainerd ready"), "{line:?}");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -306,12 +306,15 @@ impl<'a> Trainer<'a> {
         }
         let latest = CheckpointRef { path, step: self.state.step, epoch: epoch_of(self.state.step, self.config) };
         self.latest = Some(latest.clone());
-        // Written by the heartbeat thread within `progress_every`: a crash before that costs the
-        // steps since the previous checkpoint, never correctness, and the loop does not wait on fsync.
-        self.reporter.update(|p| {
+        // Written at once, one atomic write per checkpoint (off the per-step path): a crash right after
+        // the rename still leaves a progress file naming it, so the restart resumes from it.
+        let written = self.reporter.update_now(|p| {
             p.state = TrainerState::Running;
             p.latest_checkpoint = Some(latest);
         });
+        if let Err(e) = written {
+            eprintln!("trainer-proc: cannot write the progress file after a checkpoint: {e}");
+        }
         Ok(())
     }
 

@@ -105,6 +105,15 @@ fn signal(child: &Child, sig: i32) {
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
 }
 
+/// The optimizer steps this run itself took, from its `stats` line: a resumed run takes only the
+/// steps after its checkpoint (equal weights alone cannot tell a resume from a restart at step 0,
+/// since a deterministic run from scratch ends with the same weights).
+fn steps_run(out: &str) -> u64 {
+    let line = out.lines().find(|l| l.starts_with("trainer-proc: stats ")).unwrap_or_else(|| panic!("no stats: {out}"));
+    let steps = line.split_whitespace().find_map(|w| w.strip_prefix("steps=")).expect(line);
+    steps.parse().expect(line)
+}
+
 fn uninterrupted_digest() -> String {
     let run = Run::new();
     let (status, out) = run.run(1, None, None);
@@ -132,6 +141,7 @@ fn pause_by_sigusr1_after_epoch_1_then_resume_gives_identical_weights() {
     let (status, out) = run.run(2, Some(&checkpoint.path), None);
     assert!(status.success(), "{out}");
     assert!(out.contains("resuming") && !out.contains("epoch 1/3"), "resumes at epoch 2: {out}");
+    assert_eq!(steps_run(&out), 40, "continued from step 20, not from 0: {out}");
     assert_eq!(run.progress().weights_sha256, Some(reference));
 }
 
@@ -150,6 +160,7 @@ fn sigkill_mid_epoch_then_resume_from_the_latest_periodic_checkpoint_gives_ident
     let (status, out) = run.run(2, Some(&newest), Some("crash@31"));
     assert!(status.success(), "the fault fires on attempt 1 only: {out}");
     assert!(out.contains("from step 28"), "{out}");
+    assert_eq!(steps_run(&out), 32, "continued from step 28, not from 0: {out}");
     assert_eq!(run.progress().weights_sha256, Some(reference));
 }
 
@@ -168,6 +179,7 @@ fn sigterm_checkpoints_exits_75_and_the_resumed_run_is_identical() {
 
     let (status, out) = run.run(2, Some(&checkpoint.path), None);
     assert!(status.success(), "{out}");
+    assert_eq!(steps_run(&out), 60 - checkpoint.step, "continued from step {}, not from 0: {out}", checkpoint.step);
     assert_eq!(run.progress().weights_sha256, Some(reference));
 }
 

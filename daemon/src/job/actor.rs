@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 use trainerd_proto::state::{has_process, is_terminal};
-use trainerd_proto::trainer::unix_now;
+use trainerd_proto::trainer::{unix_now, CheckpointRef};
 use trainerd_proto::v1 as pb;
 use trainerd_proto::v1::{JobState, Reason};
 
@@ -409,31 +409,44 @@ impl State {
         myself.send_after(after, move || JobMsg::BackoffOver { generation });
     }
 
-    /// The checkpoint to resume from: the latest, or the one before it when the latest is gone (or is
-    /// no longer a usable file or directory). Err when checkpoints were recorded but none is left: a
-    /// job never silently restarts at step 0.
-    async fn resume_point(&self) -> Result<Option<PathBuf>, String> {
+    /// The checkpoint to resume from: a newer one found in the job's checkpoint directory (see
+    /// `checkpoints`), else the latest recorded, else the one before it when the latest is gone (or
+    /// is no longer a usable file or directory). A found one comes back as a `CheckpointRef` to
+    /// record. Err when checkpoints were recorded but none is left: a job never silently restarts at
+    /// step 0.
+    async fn resume_point(&self) -> Result<Option<(PathBuf, Option<CheckpointRef>)>, String> {
         let candidates = [&self.record.latest_checkpoint, &self.record.previous_checkpoint];
         let recorded: Vec<PathBuf> = candidates.iter().filter_map(|c| c.as_ref().map(|c| c.path.clone())).collect();
-        let Some(first) = recorded.first().cloned() else { return Ok(None) };
+        let floor = self.record.latest_checkpoint.as_ref().map(|c| c.step);
+        let dir = self.paths.checkpoints.clone();
+        let first = recorded.first().cloned();
         let found = self
             .lane
             .run("looking at the checkpoints", FILE_DEADLINE, move || {
-                recorded.into_iter().find(|p| untrusted::checkpoint_usable(p).is_ok())
+                let discovered = super::checkpoints::newest_in(&dir).filter(|(step, path)| {
+                    floor.is_none_or(|f| *step > f) && !recorded.contains(path)
+                });
+                if let Some((step, path)) = discovered {
+                    return Some((path.clone(), Some(CheckpointRef { path, step, epoch: 0 })));
+                }
+                recorded.into_iter().find(|p| untrusted::checkpoint_usable(p).is_ok()).map(|p| (p, None))
             })
             .await
-            .map_err(|e| format!("cannot tell whether checkpoint {} is usable: {e}", first.display()))?;
-        found.map(Some).ok_or_else(|| {
-            format!(
+            .map_err(|e| format!("cannot tell which checkpoint to resume from: {e}"))?;
+        match (found, first) {
+            (Some(found), _) => Ok(Some(found)),
+            (None, None) => Ok(None),
+            (None, Some(first)) => Err(format!(
                 "checkpoint {} is missing and no earlier one is left; refusing to restart from step 0",
                 first.display()
-            )
-        })
+            )),
+        }
     }
 
     async fn start(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
-        let resume = match self.resume_point().await {
-            Ok(r) => r,
+        let (resume, discovered) = match self.resume_point().await {
+            Ok(Some((path, discovered))) => (Some(path), discovered),
+            Ok(None) => (None, None),
             Err(message) => {
                 self.transition(JobState::Starting, Reason::Unspecified, "", |_| {})?;
                 return self.finish(myself, JobState::Failed, Reason::SpawnFailed, &message, |_| {});
@@ -442,12 +455,23 @@ impl State {
         let number = self.current_attempt() + 1;
         let now = unix_now();
         let resumed_from = resume.clone();
-        let message = match &resume {
-            Some(p) => format!("attempt {number}, resuming from {}", p.display()),
-            None => format!("attempt {number}"),
+        let message = match (&resume, &discovered) {
+            (Some(p), Some(c)) => format!(
+                "attempt {number}, resuming from {} (step {}, found in the checkpoint directory, newer than the \
+                 recorded one)",
+                p.display(),
+                c.step
+            ),
+            (Some(p), None) => format!("attempt {number}, resuming from {}", p.display()),
+            (None, _) => format!("attempt {number}"),
         };
         self.transition(JobState::Starting, Reason::Unspecified, &message, |r| {
             r.next_restart_at = None;
+            if let Some(c) = &discovered {
+                r.previous_checkpoint = r.latest_checkpoint.take();
+                r.latest_checkpoint = Some(c.clone());
+                r.step = c.step;
+            }
             r.attempts.push(Attempt {
                 number,
                 pid: None,
@@ -783,7 +807,7 @@ impl State {
     /// Records a checkpoint the trainer named, if it is one trainerd may hand back to it: under the
     /// job's own directories (the trainer's directory or the job's workdir), reached without a link,
     /// and a non-empty regular file or directory. Anything else is refused with an event, once.
-    async fn note_checkpoint(&mut self, checkpoint: trainerd_proto::trainer::CheckpointRef) {
+    async fn note_checkpoint(&mut self, checkpoint: CheckpointRef) {
         let path = checkpoint.path.clone();
         let workdir = self.record.spec.workdir.clone();
         let trainer = self.paths.trainer.clone();

@@ -4,8 +4,10 @@
 //! - [`shim`]: the per-attempt shim's files, its start handshake, and waiting for its end.
 //! - [`watch`]: the progress-directory watcher that wakes the actor.
 //! - [`hooks`]: fault injection for the tests (`--test-hooks` only).
+//! - [`checkpoints`]: which checkpoint an attempt resumes from (recorded, or found in the directory).
 
 pub mod actor;
+pub mod checkpoints;
 pub mod hooks;
 pub mod shim;
 pub mod watch;

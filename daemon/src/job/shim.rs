@@ -232,3 +232,50 @@ pub fn is_alive(pid: u32, ticks: u64) -> Option<bool> {
         Err(_) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pid_that_names_another_process_now_is_not_taken_for_the_recorded_one() {
+        let mut child = std::process::Command::new("sleep").arg("1000").spawn().unwrap();
+        let pid = child.id();
+        let ticks = process::start_ticks(pid).unwrap();
+        assert_eq!(is_alive(pid, ticks), Some(true));
+        // A record from before a pid was recycled names the same pid with an earlier start time: that
+        // is another process, neither alive for the record nor adopted.
+        assert_eq!(is_alive(pid, ticks.wrapping_sub(1)), Some(false));
+        let stale = Identity {
+            attempt: 1,
+            shim_pid: pid,
+            shim_start_ticks: ticks.wrapping_sub(1),
+            trainer_pid: None,
+            trainer_start_ticks: None,
+        };
+        assert!(matches!(adopt(&stale), Found::Gone), "a recycled pid was adopted");
+        let current = Identity { shim_start_ticks: ticks, ..stale };
+        assert!(matches!(adopt(&current), Found::Alive(Waiter::Pidfd(_))));
+        child.kill().unwrap();
+        // A zombie (exited, not yet reaped) is gone too.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !process::is_zombie(pid) {
+            assert!(std::time::Instant::now() < deadline, "the child never became a zombie");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(is_alive(pid, ticks), Some(false));
+        assert!(matches!(adopt(&current), Found::Gone));
+        child.wait().unwrap();
+        assert_eq!(is_alive(pid, ticks), Some(false), "a reaped pid is gone");
+    }
+
+    #[test]
+    fn the_shims_report_of_the_end_is_read_exactly() {
+        assert_eq!(parse_report("exited 0"), Some(ExitStatus::Code(0)));
+        assert_eq!(parse_report("exited 75"), Some(ExitStatus::Code(75)));
+        assert_eq!(parse_report("killed 9"), Some(ExitStatus::Signal(9)));
+        for line in ["", "exited", "exited x", "started 1 2", "killed -"] {
+            assert_eq!(parse_report(line), None, "{line:?}");
+        }
+    }
+}

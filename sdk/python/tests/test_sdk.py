@@ -24,12 +24,15 @@ import trainerd
 run = trainerd.Run(total_epochs=4, out={out!r})
 state = run.resume()
 start = state["epoch"] if state else 0
+ran = 0
 for epoch in range(start, 4):
     for _ in range(5):
         time.sleep({sleep})
         run.step(loss=1.0 / (run.step_count + 1))
+        ran += 1
         open({ready!r}, "w").close()
     run.end_epoch(epoch + 1, {{"epoch": epoch + 1, "step": run.step_count, "w": run.step_count * 2}})
+print("ran", ran, "from", run.step_count - ran, flush=True)
 run.complete(weights_sha256="w%d" % run.step_count)
 """
 
@@ -47,7 +50,9 @@ class SdkTest(unittest.TestCase):
         code = LOOP.format(src=SRC, out=self.out, sleep=sleep, ready=self.ready)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINERD_")}
         full_env.update(env or {})
-        return subprocess.Popen([sys.executable, "-c", code], env=full_env, stderr=subprocess.PIPE)
+        return subprocess.Popen(
+            [sys.executable, "-c", code], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def wait_ready(self, proc):
         deadline = time.time() + 30
@@ -80,6 +85,9 @@ class SdkTest(unittest.TestCase):
         resumed = self.start(env={"TRAINERD_RESUME_FROM": p["latest_checkpoint"]["path"], "TRAINERD_ATTEMPT": "2"})
         self.assertEqual(resumed.wait(), 0)
         self.assertEqual((self.progress()["state"], self.progress()["weights_sha256"]), ("completed", "w20"))
+        # Equal results cannot tell a resume from a rerun from step 0: the attempt must have taken
+        # only the steps after the pause checkpoint.
+        self.assertEqual(resumed.stdout.read().strip(), "ran %d from %d" % (20 - p["step"], p["step"]))
 
     def test_sigterm_stops_at_the_next_step_with_exit_75(self):
         proc = self.start(sleep=0.05)

@@ -101,7 +101,9 @@ class Run:
         self.reporter.update(state="checkpointing")
         path = checkpoint.save(state, self.checkpoint_dir, self.step_count)
         latest = {"path": path, "step": self.step_count, "epoch": self.epoch}
-        self.reporter.update(state="running", epoch=self.epoch, latest_checkpoint=latest)
+        # Written at once (one atomic write per checkpoint, not per step): a crash right after the
+        # rename still leaves a progress file that names this checkpoint.
+        self.reporter.write(state="running", epoch=self.epoch, latest_checkpoint=latest)
         checkpoint.prune(self.checkpoint_dir, self.keep, protect=[path])
         return path
 

@@ -9,6 +9,7 @@
 //! - `FAKE_CHILDREN=K`: start K grandchildren (`sleep`) in the process group;
 //! - `FAKE_PRINT_BYTES=B`: print B bytes to stdout at every step (a flooding trainer);
 //! - `FAKE_START_MS=T`: wait T ms before the first heartbeat (a slow start);
+//! - `FAKE_IGNORE_RESUME=1`: ignore `TRAINERD_RESUME_FROM` and start from step 0 (a resume bug);
 //! - `FAKE_STAMP_FILE=PATH`: append `start UNIX_TIME` when main begins, and in hang mode
 //!   `term UNIX_TIME` for each SIGTERM (the benchmarks time restarts and hang detection by them).
 //!
@@ -54,15 +55,18 @@ fn main() {
     let _children: Vec<std::process::Child> = (0..var("FAKE_CHILDREN", 0))
         .map(|_| std::process::Command::new("sleep").arg("1000").spawn().expect("sleep"))
         .collect();
-    let start = match std::env::var(env::RESUME_FROM) {
-        Ok(path) => {
+    // FAKE_IGNORE_RESUME=1: a trainer that validates its checkpoint, then starts from step 0 anyway.
+    let resume = std::env::var(env::RESUME_FROM).ok();
+    let ignore = var("FAKE_IGNORE_RESUME", 0) == 1;
+    let start = match resume.filter(|_| !ignore) {
+        Some(path) => {
             let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
                 eprintln!("cannot read checkpoint {path}: {e}");
                 std::process::exit(65)
             });
             text.trim().parse::<u64>().unwrap_or_else(|_| std::process::exit(65))
         }
-        Err(_) => 0,
+        None => 0,
     };
     let pause = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));

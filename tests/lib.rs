@@ -324,8 +324,7 @@ pub fn as_user_in<'a>(cmd: &'a mut Command, uid: u32, gid: u32, groups: &[u32]) 
     // SAFETY: only async-signal-safe calls between fork and exec; `groups` was built before the fork.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0
-            {
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Submit a job: trainctl submit [OPTIONS] -- COMMAND [ARGS...]
-    Submit(Submit),
+    Submit(Box<Submit>),
     /// List jobs, newest first.
     Ls(Ls),
     /// Show one job (a unique id prefix will do).
@@ -93,9 +93,41 @@ pub struct Submit {
     /// Silence after which the trainer is stopped as stalled, like 10m, 90s or 1h [default: the daemon's].
     #[arg(long, value_parser = crate::format::parse_duration_ms)]
     pub heartbeat_timeout: Option<u64>,
-    /// Time for the first heartbeat after a start [default: the daemon's].
+    /// Time for the first heartbeat after a start (protocol v1) [default: the daemon's].
     #[arg(long, value_parser = crate::format::parse_duration_ms)]
     pub startup_grace: Option<u64>,
+    /// Whether the trainer speaks the trainer protocol: `auto` (running once started; heartbeat
+    /// deadlines from its first progress on), `v1` (startup grace for the first heartbeat) or `none`
+    /// (a plain process) [default: the daemon's, auto].
+    #[arg(long)]
+    pub protocol: Option<String>,
+    /// No output on stdout or stderr (and no progress) for this long is a stall, like 30m.
+    #[arg(long, value_parser = crate::format::parse_duration_ms)]
+    pub idle_timeout: Option<u64>,
+    /// Progress from output lines: a regular expression with named groups step, total, epoch, loss
+    /// (others become metrics), like '(?P<step>\d+)/(?P<total>\d+) .*loss=(?P<loss>[\d.]+)'.
+    #[arg(long)]
+    pub progress_regex: Option<String>,
+    /// Checkpoints of an unchanged script, a glob relative to the workdir, like 'output/checkpoint-*';
+    /// the newest complete one is passed with --resume-arg at each restart.
+    #[arg(long, requires = "resume_arg")]
+    pub checkpoint_glob: Option<String>,
+    /// How the script takes a checkpoint, `{checkpoint}` standing for its path, like
+    /// '--resume_from_checkpoint {checkpoint}'.
+    #[arg(long, requires = "checkpoint_glob")]
+    pub resume_arg: Option<String>,
+    /// A file a checkpoint directory must hold to count as complete (Hugging Face: trainer_state.json).
+    #[arg(long, requires = "checkpoint_glob")]
+    pub checkpoint_marker: Option<String>,
+    /// The window the restart budget counts in, like 1h [default: the daemon's].
+    #[arg(long, value_parser = crate::format::parse_duration_ms)]
+    pub restart_window: Option<u64>,
+    /// The first backoff before a restart (doubles per consecutive failure) [default: the daemon's].
+    #[arg(long, value_parser = crate::format::parse_duration_ms)]
+    pub backoff_base: Option<u64>,
+    /// The longest backoff [default: the daemon's].
+    #[arg(long, value_parser = crate::format::parse_duration_ms)]
+    pub backoff_max: Option<u64>,
     /// SIGTERM to SIGKILL [default: the daemon's].
     #[arg(long, value_parser = crate::format::parse_duration_ms)]
     pub stop_grace: Option<u64>,

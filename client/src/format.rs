@@ -25,6 +25,30 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     Ok(ms.round() as u64)
 }
 
+/// Unix time `t` as the local date and time with milliseconds (`2026-12-04 18:21:33.123`), in the
+/// time zone the C library finds (TZ, else /etc/localtime).
+pub fn local_time(t: f64) -> String {
+    if !t.is_finite() || t < 0.0 {
+        return format!("{t}");
+    }
+    let secs = t.floor() as libc::time_t;
+    let millis = ((t - t.floor()) * 1000.0).floor() as u32;
+    // SAFETY: localtime_r writes into the struct we pass and reads only `secs`.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&secs, &mut tm) }.is_null() {
+        return format!("{t:.3}");
+    }
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{millis:03}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
 /// How long ago Unix time `t` was, in words (`3s`, `4m`, `2h`, `5d`).
 pub fn ago(t: f64) -> String {
     let secs = (trainerd_proto::trainer::unix_now() - t).max(0.0);
@@ -103,8 +127,20 @@ pub fn detail(job: &pb::Job) -> String {
         ("epoch", job.epoch.to_string()),
         ("loss", job.loss.map(|l| format!("{l:.6}")).unwrap_or_default()),
         ("val_loss", job.val_loss.map(|l| format!("{l:.6}")).unwrap_or_default()),
+        ("metrics", metrics(job)),
         ("attempt", job.attempt.to_string()),
+        ("resumed_from", job.resumed_from.clone()),
+        (
+            "resume",
+            if job.resume_ignored {
+                "ignored: the trainer started over instead of resuming".into()
+            } else {
+                String::new()
+            },
+        ),
         ("restarts", job.restarts.to_string()),
+        ("budget", if job.restarts_exhausted { "spent: not restarted again".into() } else { String::new() }),
+        ("protocol", job.protocol.clone()),
         ("exit_code", job.exit_code.map(|c| c.to_string()).unwrap_or_default()),
         ("exit_signal", job.exit_signal.map(|c| c.to_string()).unwrap_or_default()),
         ("pid", job.pid.map(|p| p.to_string()).unwrap_or_default()),
@@ -119,6 +155,13 @@ pub fn detail(job: &pb::Job) -> String {
     ];
     lines.retain(|(_, v)| !v.is_empty());
     lines.iter().map(|(k, v)| format!("{k:<15}{v}")).collect::<Vec<_>>().join("\n")
+}
+
+/// The trainer's other metrics, `name=value` in name order.
+fn metrics(job: &pb::Job) -> String {
+    let mut names: Vec<&String> = job.metrics.keys().collect();
+    names.sort();
+    names.iter().map(|n| format!("{n}={}", job.metrics[*n])).collect::<Vec<_>>().join(" ")
 }
 
 /// One line of `watch`: a bar with step/total, epoch, loss, rate, ETA and restarts.

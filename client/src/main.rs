@@ -110,7 +110,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match cli.command {
         Command::Submit(submit) => {
             let follow = submit.watch;
-            let req = submission(submit)?;
+            let req = submission(*submit)?;
             let resp = client.submit_job(req).await?.into_inner();
             let job = resp.job.unwrap_or_default();
             if json {
@@ -180,7 +180,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 if json {
                     print_json(&serde_json::json!({"at": e.at, "kind": e.kind, "message": e.message}));
                 } else {
-                    println!("{:.3}  {:<18} {}", e.at, e.kind, e.message);
+                    println!("{}  {:<18} {}", format::local_time(e.at), e.kind, e.message);
                 }
             }
         }
@@ -206,6 +206,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     println!("{:<9} {}", "cause", health.cause);
                 }
                 println!("{:<9} {}", "divergent", health.divergent);
+                if health.resume_ignored > 0 {
+                    println!(
+                        "{:<9} {} job(s) started over instead of resuming (`trainctl events ID`: resume_ignored)",
+                        "resume", health.resume_ignored
+                    );
+                }
                 println!("{:<9} {}", "free", trainerd_proto::units::bytes(health.state_dir_free_bytes));
                 for c in &health.jobs {
                     println!("{:<9} {}", trainerd_proto::state::state_word(c.state()), c.count);
@@ -279,8 +285,16 @@ fn submission(s: cli::Submit) -> Result<pb::SubmitJobRequest, Failure> {
         heartbeat_timeout_ms: s.heartbeat_timeout,
         startup_grace_ms: s.startup_grace,
         stop_grace_ms: s.stop_grace,
+        restart_window_ms: s.restart_window,
+        backoff_base_ms: s.backoff_base,
+        backoff_max_ms: s.backoff_max,
         pause_timeout_ms: s.pause_timeout,
-        ..Default::default()
+        protocol: s.protocol,
+        idle_timeout_ms: s.idle_timeout,
+        progress_regex: s.progress_regex.unwrap_or_default(),
+        checkpoint_glob: s.checkpoint_glob.unwrap_or_default(),
+        resume_arg: s.resume_arg.unwrap_or_default(),
+        checkpoint_marker: s.checkpoint_marker.unwrap_or_default(),
     })
 }
 

@@ -142,11 +142,61 @@ mod tests {
     }
 
     #[test]
+    fn root_is_let_in_whoever_trainerd_runs_as_and_so_is_trainerds_own_user() {
+        let a = Access { own_uid: 1000, users: vec![], groups: vec![], ..access() };
+        assert!(a.check_local(0, 0, None, "s").is_ok(), "root");
+        assert!(a.check_local(1000, 1000, None, "s").is_ok(), "trainerd's own user");
+        assert!(a.check_local(1001, 1000, None, "s").is_err());
+    }
+
+    #[test]
+    fn a_supplementary_group_of_the_peer_process_lets_it_in() {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: geteuid(2) has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            println!("skipped: playing another user with supplementary groups needs root");
+            return;
+        }
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("1000");
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let groups = [4242 as libc::gid_t];
+                if libc::setgroups(1, groups.as_ptr()) != 0 || libc::setgid(2000) != 0 || libc::setuid(2000) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().unwrap();
+        let pid = Some(child.id() as i32);
+        let member = Access { groups: vec![4242], ..access() };
+        let outsider = Access { groups: vec![4243], ..access() };
+        let (allowed, denied) = (member.check_local(2000, 2000, pid, "s"), outsider.check_local(2000, 2000, pid, "s"));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(allowed.is_ok(), "a member by a supplementary group: {allowed:?}");
+        assert!(denied.is_err());
+    }
+
+    #[test]
+    fn callers_and_secrets_in_words() {
+        let remote: std::net::SocketAddr = "127.0.0.1:7070".parse().unwrap();
+        assert_eq!(Caller::Remote { addr: Some(remote) }.to_string(), "a TCP client at 127.0.0.1:7070");
+        assert_eq!(Caller::Remote { addr: None }.to_string(), "a TCP client");
+        assert_eq!(Caller::Local { uid: 0, gid: 0, pid: None }.to_string(), users::describe_uid(0));
+        assert_eq!(format!("{:?}", Secret("s3cret".into())), "Secret(***)", "a secret never shows");
+    }
+
+    #[test]
     fn tokens_must_match_exactly() {
         let a = access();
         assert!(a.check_token(Some(b"Bearer s3cret-token"), None).is_ok());
         assert_eq!(a.check_token(Some(b"Bearer s3cret-tokem"), None).unwrap_err(), "the bearer token is wrong");
         assert_eq!(a.check_token(Some(b"Bearer s3cret-token2"), None).unwrap_err(), "the bearer token is wrong");
+        // Two differences that would cancel out if they were xor-ed together rather than or-ed.
+        assert!(constant_time_eq(b"ab", b"ab") && !constant_time_eq(b"ab", b"ba"));
         assert!(a.check_token(None, None).unwrap_err().contains("--token-file"));
         let none = Access { token: None, ..access() };
         assert!(none.check_token(Some(b"Bearer s3cret-token"), None).is_err());

@@ -77,9 +77,14 @@ pub struct Flags {
     /// Default seconds without a heartbeat before a trainer is stopped as stalled. [default: 600].
     #[arg(long)]
     pub heartbeat_timeout: Option<f64>,
-    /// Default seconds a new trainer has for its first heartbeat. [default: 300].
+    /// Default seconds a new trainer has for its first heartbeat (protocol v1 only). [default: 300].
     #[arg(long)]
     pub startup_grace: Option<f64>,
+    /// Default trainer protocol of a job: `auto` (RUNNING once started; heartbeat deadlines from its
+    /// first progress on), `v1` (startup grace for the first heartbeat) or `none` (a plain process).
+    /// [default: auto].
+    #[arg(long)]
+    pub protocol: Option<String>,
     /// Default seconds between SIGTERM and SIGKILL. [default: 30].
     #[arg(long)]
     pub stop_grace: Option<f64>,
@@ -170,6 +175,8 @@ pub struct DaemonConfig {
     pub log_cap: u64,
     pub default_restart: RestartPolicy,
     pub default_timeouts: Timeouts,
+    /// The protocol a submission that names none gets.
+    pub default_protocol: crate::store::records::Protocol,
     pub shutdown_policy: ShutdownPolicy,
     pub reconcile_interval: Duration,
     /// Free bytes kept on the state dir's file system for running jobs' transitions.
@@ -258,6 +265,7 @@ impl Flags {
             slots,
             heartbeat_timeout,
             startup_grace,
+            protocol,
             stop_grace,
             max_restarts,
             restart_window,
@@ -423,6 +431,11 @@ impl Flags {
                 heartbeat_timeout_ms: seconds("heartbeat-timeout", self.heartbeat_timeout.unwrap_or(600.0))?,
                 stop_grace_ms: seconds("stop-grace", self.stop_grace.unwrap_or(30.0))?,
                 pause_timeout_ms: 3_600_000,
+            },
+            default_protocol: match self.protocol.as_deref() {
+                None => crate::store::records::Protocol::Auto,
+                Some(word) => crate::store::records::Protocol::from_word(word)
+                    .ok_or_else(|| format!("--protocol {word:?}: use auto, v1 or none"))?,
             },
             shutdown_policy: self.shutdown_policy.unwrap_or_default(),
             reconcile_interval: Duration::from_millis(reconcile),

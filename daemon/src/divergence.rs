@@ -107,6 +107,9 @@ mod tests {
             exit: None,
             reason: Reason::Unspecified as i32,
             resumed_from: None,
+            resumed_step: None,
+            first_step: None,
+            resume_ignored: false,
         };
         JobRecord {
             id: JobId(7),
@@ -126,7 +129,16 @@ mod tests {
                     backoff_max_ms: 1,
                     healthy_after_ms: 1,
                 },
-                timeouts: Timeouts { startup_grace_ms: 1, heartbeat_timeout_ms: 1, stop_grace_ms: 1, pause_timeout_ms: 1 },
+                timeouts: Timeouts {
+                    startup_grace_ms: 1,
+                    heartbeat_timeout_ms: 1,
+                    stop_grace_ms: 1,
+                    pause_timeout_ms: 1,
+                },
+                protocol: Protocol::Auto,
+                idle_timeout_ms: None,
+                progress_regex: None,
+                resume_rule: None,
             },
             state: state as i32,
             reason: 0,
@@ -149,6 +161,7 @@ mod tests {
             cancelled_by: None,
             message: None,
             run_as: None,
+            restarts_exhausted: false,
         }
     }
 

@@ -113,7 +113,20 @@ pub struct LiveFacts {
     pub message: Option<String>,
     /// The GPUs the job holds.
     pub gpus: Vec<u32>,
+    /// Values from the trainer's output lines beyond step and loss (`progress_regex`'s other groups).
+    pub metrics: std::collections::HashMap<String, f64>,
 }
+
+/// Where an attempt started from, in the words `get`, events and the stream use.
+pub fn resumed_from_words(attempt: &crate::store::records::Attempt) -> String {
+    match &attempt.resumed_from {
+        Some(path) => path.display().to_string(),
+        None => FROM_THE_BEGINNING.into(),
+    }
+}
+
+/// What an attempt that was given no checkpoint says.
+pub const FROM_THE_BEGINNING: &str = "from the beginning: no checkpoint known";
 
 /// A job as clients see it: the record, with live facts on top.
 pub fn job_view(record: &JobRecord, live: &LiveFacts, queue: (u32, String)) -> pb::Job {
@@ -160,6 +173,11 @@ pub fn job_view(record: &JobRecord, live: &LiveFacts, queue: (u32, String)) -> p
         pid: live.pid,
         waiting_for,
         assigned_gpus: live.gpus.clone(),
+        protocol: record.spec.protocol.word().into(),
+        resumed_from: last.map(resumed_from_words).unwrap_or_default(),
+        resume_ignored: last.is_some_and(|a| a.resume_ignored),
+        restarts_exhausted: record.restarts_exhausted,
+        metrics: live.metrics.clone(),
     };
     if is_terminal(job.state()) {
         job.pid = None;

@@ -66,9 +66,12 @@ pub enum Decision {
         delay: Duration,
         previous_checkpoint: bool,
     },
+    /// Fail the job. `exhausted`: because the restart budget is spent; `reason` is then the last
+    /// attempt's own cause (stalled, crashed, ...), so the cause stays visible.
     Fail {
         reason: Reason,
         message: String,
+        exhausted: bool,
     },
 }
 
@@ -99,6 +102,7 @@ pub fn decide(policy: &RestartPolicy, history: &mut History, end: &AttemptEnd, n
         ExitStatus::Code(code @ 64..=78) => Decision::Fail {
             reason: Reason::PermanentExit,
             message: format!("the trainer exited {code}, a permanent failure: not restarted"),
+            exhausted: false,
         },
         ExitStatus::Code(_) | ExitStatus::Signal(_) => {
             failure(policy, history, end, now, jitter, Reason::Crashed, false)
@@ -110,7 +114,9 @@ pub fn decide(policy: &RestartPolicy, history: &mut History, end: &AttemptEnd, n
 pub fn describe(end: &AttemptEnd, reason: Reason) -> String {
     match (reason, end.exit) {
         (Reason::Stalled, _) => "no heartbeat within the timeout".into(),
-        (_, None) => "the attempt's shim ended without an exit record, so how the trainer ended is unknown (lost)".into(),
+        (_, None) => {
+            "the attempt's shim ended without an exit record, so how the trainer ended is unknown (lost)".into()
+        }
         (_, Some(ExitStatus::Code(code))) => format!("exited {code}"),
         (_, Some(ExitStatus::Signal(signal))) => format!("killed by signal {signal}"),
     }
@@ -127,7 +133,7 @@ fn failure(
 ) -> Decision {
     let what = describe(end, reason);
     if policy.on_failure == OnFailure::Fail {
-        return Decision::Fail { reason, message: format!("{what}; on_failure = fail") };
+        return Decision::Fail { reason, message: format!("{what}; on_failure = fail"), exhausted: false };
     }
     if end.ran_for >= Duration::from_millis(policy.healthy_after_ms) {
         history.consecutive_failures = 0;
@@ -136,13 +142,14 @@ fn failure(
     history.restart_times.retain(|t| now - t < window);
     if history.restart_times.len() >= policy.max_restarts as usize {
         return Decision::Fail {
-            reason: Reason::RestartsExhausted,
+            reason,
             message: format!(
-                "{what}; {} restarts within {} s already, the budget (max_restarts {})",
+                "{what}; not restarted: the restart budget is spent ({} restarts within {} s already, max_restarts {})",
                 history.restart_times.len(),
                 window,
                 policy.max_restarts
             ),
+            exhausted: true,
         };
     }
     history.restart_times.push(now);
@@ -238,9 +245,12 @@ mod tests {
             ));
         }
         let d = decide(&policy(), &mut h, &end(ExitStatus::Code(75)), 10.0, 0.0);
-        let Decision::Fail { reason, message } = d else { panic!("{d:?}") };
-        assert_eq!(reason, Reason::RestartsExhausted);
-        assert!(message.contains("exited 75; 3 restarts within 60 s"), "{message}");
+        let Decision::Fail { reason, message, exhausted } = d else { panic!("{d:?}") };
+        assert_eq!((reason, exhausted), (Reason::RetryableExit, true), "the cause stays the reason");
+        assert!(
+            message.contains("exited 75; not restarted: the restart budget is spent (3 restarts within 60 s"),
+            "{message}"
+        );
         // A minute after the first failures they no longer count.
         assert!(matches!(decide(&policy(), &mut h, &end(ExitStatus::Code(75)), 61.0, 0.0), Decision::Restart { .. }));
     }

@@ -31,7 +31,7 @@ use trainerd_proto::v1::{JobState, Reason};
 /// Messages to the Supervisor.
 pub enum SupervisorMsg {
     /// A validated submission; replies with the job and whether it was created.
-    Submit { spec: JobSpec, run_as: Option<RunAs>, reply: RpcReplyPort<Result<(JobRecord, bool), ApiError>> },
+    Submit { spec: Box<JobSpec>, run_as: Option<RunAs>, reply: RpcReplyPort<Result<(JobRecord, bool), ApiError>> },
     /// Cancel a job; the reply comes when it is CANCELLED.
     Cancel { id: JobId, by: String, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
     /// Pause a job (hold it, when queued); the reply comes at once.
@@ -198,7 +198,7 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Submit { spec, run_as, reply } => {
-                let result = state.shared.store.create(spec, run_as, unix_now()).map_err(ApiError::from);
+                let result = state.shared.store.create(*spec, run_as, unix_now()).map_err(ApiError::from);
                 if let Ok((record, true)) = &result {
                     state.enqueue(Queued::of(record));
                     state.publish_queued(record);

@@ -111,11 +111,15 @@ pub fn open_append(path: &Path) -> Result<File, Refused> {
         .create(true)
         .append(true)
         .mode(0o640)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(SAFE_OPEN)
         .open(path)
         .map_err(|e| Refused::io(path, e))?;
     regular_or_refuse(path, file)
 }
+
+/// How every trainer-controlled path is opened: never blocking (a FIFO), never through a link, never
+/// inherited by a child.
+const SAFE_OPEN: i32 = libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC;
 
 fn open_checked(path: &Path, options: &mut std::fs::OpenOptions) -> Result<File, Refused> {
     let before = std::fs::symlink_metadata(path).map_err(|e| Refused::io(path, e))?;
@@ -123,10 +127,7 @@ fn open_checked(path: &Path, options: &mut std::fs::OpenOptions) -> Result<File,
     if kind != Kind::Regular {
         return Err(Refused::NotRegular { path: path.to_path_buf(), kind });
     }
-    let file = options
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(|e| Refused::io(path, e))?;
+    let file = options.custom_flags(SAFE_OPEN).open(path).map_err(|e| Refused::io(path, e))?;
     let file = regular_or_refuse(path, file)?;
     let after = file.metadata().map_err(|e| Refused::io(path, e))?;
     // Replaced between the lstat and the open (by a rename, say): use it only if it is still the file
@@ -261,6 +262,23 @@ mod tests {
         open_append(&log).unwrap().write_all(b"a").unwrap();
         open_append(&log).unwrap().write_all(b"b").unwrap();
         assert_eq!(std::fs::read(&log).unwrap(), b"ab");
+    }
+
+    #[test]
+    fn paths_open_nonblocking_without_links_or_inheritance_and_hand_over_blocking_files() {
+        use std::os::fd::AsRawFd;
+        for flag in [libc::O_NONBLOCK, libc::O_NOFOLLOW, libc::O_CLOEXEC] {
+            assert_eq!(SAFE_OPEN & flag, flag, "flag {flag:#o}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        for file in [open_append(&log).unwrap(), open_regular(&log).unwrap(), open_read_write(&log).unwrap()] {
+            // SAFETY: fcntl on descriptors we own.
+            let (status, fd) =
+                unsafe { (libc::fcntl(file.as_raw_fd(), libc::F_GETFL), libc::fcntl(file.as_raw_fd(), libc::F_GETFD)) };
+            assert_eq!(status & libc::O_NONBLOCK, 0, "O_NONBLOCK is cleared once it is known to be a regular file");
+            assert_ne!(fd & libc::FD_CLOEXEC, 0, "not inherited by children");
+        }
     }
 
     #[test]

@@ -30,6 +30,11 @@ pub fn job_json(job: &pb::Job) -> Value {
         "stalled": job.stalled,
         "message": job.message,
         "pid": job.pid,
+        "protocol": job.protocol,
+        "resumed_from": Some(&job.resumed_from).filter(|s| !s.is_empty()),
+        "resume_ignored": job.resume_ignored,
+        "restarts_exhausted": job.restarts_exhausted,
+        "metrics": job.metrics,
     })
 }
 
@@ -47,6 +52,7 @@ pub fn health_json(h: &pb::HealthResponse) -> Value {
         "divergent": h.divergent,
         "cause": Some(&h.cause).filter(|c| !c.is_empty()),
         "state_dir_free_bytes": h.state_dir_free_bytes,
+        "resume_ignored": h.resume_ignored,
         "jobs": jobs,
         "last_reconcile": reconcile_json(&h.last_reconcile.clone().unwrap_or_default()),
     })

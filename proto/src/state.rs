@@ -77,6 +77,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn exactly_the_states_with_a_trainer_process_have_one() {
+        use JobState::*;
+        let with: Vec<JobState> = ALL_STATES.into_iter().filter(|s| has_process(*s)).collect();
+        assert_eq!(with, [Starting, Running, Pausing, Stopping]);
+        assert!(!has_process(Unspecified));
+    }
+
+    #[test]
     fn terminal_states_have_no_way_out() {
         for from in ALL_STATES.into_iter().filter(|s| is_terminal(*s)) {
             for to in ALL_STATES {

@@ -203,6 +203,60 @@ async fn bad_requests_get_exact_errors_and_trainerd_keeps_serving_with_nothing_l
         invalid,
         "gpus: asks for 1 GPU(s); this trainerd has 0 ([])".into(),
     ));
+    let with = |edit: fn(&mut pb::SubmitJobRequest)| {
+        let mut req = submission(&[&fake]);
+        edit(&mut req);
+        req
+    };
+    cases.push((
+        "unknown protocol",
+        with(|r| r.protocol = Some("v2".into())),
+        invalid,
+        "protocol: \"v2\": use auto (the default), v1 (it heartbeats) or none (a plain process)".into(),
+    ));
+    cases.push((
+        "zero idle timeout",
+        with(|r| r.idle_timeout_ms = Some(0)),
+        invalid,
+        "idle_timeout_ms: must be positive".into(),
+    ));
+    cases.push((
+        "a progress regex that does not parse",
+        with(|r| r.progress_regex = "(?P<step>\\d+".into()),
+        invalid,
+        "progress_regex: is not a regular expression: regex parse error…".into(),
+    ));
+    cases.push((
+        "a progress regex without a named group",
+        with(|r| r.progress_regex = "\\d+/\\d+".into()),
+        invalid,
+        "progress_regex: \"\\\\d+/\\\\d+\" names no group…".into(),
+    ));
+    cases.push((
+        "a resume argument without {checkpoint}",
+        with(|r| {
+            r.checkpoint_glob = "out/checkpoint-*".into();
+            r.resume_arg = "--resume".into();
+        }),
+        invalid,
+        "resume_arg: \"--resume\" must hold {checkpoint}, where the path goes (--resume_from_checkpoint {checkpoint})"
+            .into(),
+    ));
+    cases.push((
+        "a checkpoint glob outside the workdir",
+        with(|r| {
+            r.checkpoint_glob = "../other/*".into();
+            r.resume_arg = "--resume {checkpoint}".into();
+        }),
+        invalid,
+        "checkpoint_glob: \"../other/*\" must be relative to the workdir, without `..` or `.`".into(),
+    ));
+    cases.push((
+        "a resume argument without a glob",
+        with(|r| r.resume_arg = "--resume {checkpoint}".into()),
+        invalid,
+        "checkpoint_glob: is empty; resume_arg needs the checkpoints to choose from".into(),
+    ));
     cases.push((
         "unknown on_failure",
         pb::SubmitJobRequest { on_failure: Some("maybe".into()), ..submission(&[&fake]) },

@@ -9,6 +9,7 @@ mod pause_queue;
 mod python;
 mod reconcile;
 mod restart;
+mod scripts;
 mod security;
 mod supervisor;
 mod systemd;

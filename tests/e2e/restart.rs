@@ -167,7 +167,8 @@ async fn a_trainer_whose_shim_was_killed_is_stopped_and_its_job_restarted_never_
     let mut daemon = Daemon::start(&["--heartbeat-interval", "0.1", "--gpus", "none"]);
     let mut client = daemon.client().await;
     // A trainer (with a child in its group) that would outlive the test: only trainerd can end it.
-    let env = [("FAKE_STEPS", "100000"), ("FAKE_STEP_MS", "30"), ("FAKE_CHECKPOINT_EVERY", "5"), ("FAKE_CHILDREN", "1")];
+    let env =
+        [("FAKE_STEPS", "100000"), ("FAKE_STEP_MS", "30"), ("FAKE_CHECKPOINT_EVERY", "5"), ("FAKE_CHILDREN", "1")];
     let job = submit(&mut client, fake_job("orphan", &env)).await;
     let seen = watch_until(&mut client, &job.id, LIMIT, |j| j.state() == JobState::Running && j.step >= 12).await;
     let (shim, trainer) = (daemon.shim_pid(&job.id), seen.last().unwrap().pid.unwrap());
@@ -196,7 +197,10 @@ async fn sigkill_with_jobs_queued_starting_running_pausing_backing_off_and_compl
     let mut daemon = Daemon::start(&["--heartbeat-interval", "0.1", "--gpus", "none", "--slots", "5"]);
     let mut client = daemon.client().await;
     let running = submit(&mut client, fake_job("running", &[("FAKE_STEPS", "100"), ("FAKE_STEP_MS", "30")])).await;
-    let starting = submit(&mut client, fake_job("starting", &[("FAKE_START_MS", "1500")])).await;
+    // Protocol v1: STARTING until its first heartbeat (under auto it would be running at once).
+    let starting_req =
+        pb::SubmitJobRequest { protocol: Some("v1".into()), ..fake_job("starting", &[("FAKE_START_MS", "1500")]) };
+    let starting = submit(&mut client, starting_req).await;
     let pausing_env = [("FAKE_STEPS", "200"), ("FAKE_STEP_MS", "20"), ("FAKE_CHECKPOINT_EVERY", "60")];
     let pausing = submit(&mut client, fake_job("pausing", &pausing_env)).await;
     let backoff_req = pb::SubmitJobRequest {
@@ -316,7 +320,15 @@ async fn randomized_faults_never_lose_a_job_never_rerun_a_finished_one_and_keep_
         if running.is_empty() && matches!(kind, "kill a trainer" | "hang a trainer" | "corrupt a progress file") {
             kind = "kill trainerd";
         }
-        let target = (!running.is_empty()).then(|| running[rng.below(running.len())].clone());
+        let mut target = (!running.is_empty()).then(|| running[rng.below(running.len())].clone());
+        // A corrupt file planted over a trainer's final record would be its last word (completed, with
+        // no digest): corrupt only jobs far from their end.
+        if kind == "corrupt a progress file" && target.as_ref().is_some_and(|j| j.step >= 50) {
+            kind = "kill a trainer";
+        }
+        if kind == "corrupt a progress file" {
+            target = target.filter(|j| j.step < 50);
+        }
         match (kind, target) {
             ("kill trainerd", _) => {
                 daemon.kill();

@@ -101,7 +101,11 @@ fn a_user_whose_supplementary_group_is_the_sockets_is_let_in_and_one_without_it_
     let stranger = ls(&[STRANGER + 1]);
     assert!(!stranger.status.success());
     // The socket file itself (0660, group nogroup) keeps the non-member out before the peer check.
-    assert!(text(&stranger).contains("Permission denied") || text(&stranger).contains("may not use"), "{}", text(&stranger));
+    assert!(
+        text(&stranger).contains("Permission denied") || text(&stranger).contains("may not use"),
+        "{}",
+        text(&stranger)
+    );
     // With the file opened to all, the peer check alone decides, by the same supplementary groups.
     std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
     std::fs::set_permissions(&control, std::fs::Permissions::from_mode(0o666)).unwrap();

@@ -83,6 +83,7 @@ async fn a_trainer_that_never_heartbeats_is_stopped_at_its_startup_grace_not_lat
     let daemon = Daemon::start(&["--heartbeat-interval", "0.1"]);
     let mut client = daemon.client().await;
     let mut req = fake_job("silent-start", &[("FAKE_START_MS", "600000")]);
+    req.protocol = Some("v1".into());
     req.startup_grace_ms = Some(1000);
     req.stop_grace_ms = Some(200);
     req.on_failure = Some("fail".into());
@@ -139,8 +140,16 @@ async fn exit_codes_follow_the_contract_and_the_budget_ends_in_failed() {
         (JobState::Failed, Reason::PermanentExit, 1, Some(78))
     );
     let last = watch_until(&mut client, &budget.id, LIMIT, ended).await.pop().unwrap();
-    assert_eq!((last.state(), last.reason(), last.attempt), (JobState::Failed, Reason::RestartsExhausted, 3));
-    assert!(last.message.contains("max_restarts 2"), "{}", last.message);
+    // The cause stays the reason (exit 75, retryable); the spent budget is its own field and message.
+    assert_eq!(
+        (last.state(), last.reason(), last.attempt, last.restarts_exhausted),
+        (JobState::Failed, Reason::RetryableExit, 3, true)
+    );
+    assert!(
+        last.message.contains("the restart budget is spent") && last.message.contains("max_restarts 2"),
+        "{}",
+        last.message
+    );
 }
 
 #[tokio::test]
@@ -155,7 +164,7 @@ async fn a_daemon_restart_in_the_middle_of_a_backoff_keeps_the_count() {
     daemon.restart();
     let mut client = daemon.client().await;
     let last = watch_until(&mut client, &job.id, LIMIT, ended).await.pop().unwrap();
-    assert_eq!((last.state(), last.reason()), (JobState::Failed, Reason::RestartsExhausted));
+    assert_eq!((last.state(), last.reason(), last.restarts_exhausted), (JobState::Failed, Reason::RetryableExit, true));
     assert_eq!(last.attempt, 4, "1 start + 3 restarts, counted across the daemon restart");
 }
 

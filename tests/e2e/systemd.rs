@@ -149,7 +149,6 @@ async fn the_metrics_endpoint_is_scraped_and_parsed() {
 /// Starts trainerd with stderr in a file and `extra` settings, waits for readiness, stops it, and
 /// returns what it logged.
 fn log_of(extra: &[&str], journal: bool) -> String {
-
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let log = std::fs::File::create(dir.path().join("stderr")).unwrap();

@@ -81,8 +81,18 @@ fn submit_watch_get_ls_events_with_human_and_json_output() {
 
     let events = ok(&daemon, &["events", &id]);
     assert!(events.contains("submitted") && events.contains("running -> completed"), "{events}");
+    // Local date and time with milliseconds for people; unix seconds for scripts.
+    let line = events.lines().next().unwrap();
+    let (date, rest) = line.split_at(23);
+    let shape = date.chars().map(|c| if c.is_ascii_digit() { '9' } else { c }).collect::<String>();
+    assert_eq!(shape, "9999-99-99 99:99:99.999", "{line}");
+    assert!(rest.trim_start().starts_with("submitted"), "{line}");
     let first = json(ok(&daemon, &["--json", "events", &id]).lines().next().unwrap());
     assert_eq!(first["kind"], "submitted");
+    assert!(first["at"].as_f64().unwrap() > 1.7e9, "{first}");
+    assert!(human.contains("protocol       auto"), "get shows the protocol: {human}");
+    assert!(human.contains("resumed_from   from the beginning: no checkpoint known"), "{human}");
+    assert_eq!((got["protocol"].as_str(), got["resume_ignored"].as_bool()), (Some("auto"), Some(false)));
 
     assert!(ok(&daemon, &["health"]).contains("completed 1"), "human health lists jobs by state");
     let health = json(&ok(&daemon, &["--json", "health"]));

@@ -29,7 +29,7 @@ const MAX_LINE: usize = 1 << 20;
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum Request {
-    Submit(Submit),
+    Submit(Box<Submit>),
     Get(Id),
     List(List),
     Watch(Id),
@@ -95,7 +95,20 @@ struct Submit {
     heartbeat_timeout_ms: Option<u64>,
     startup_grace_ms: Option<u64>,
     stop_grace_ms: Option<u64>,
+    restart_window_ms: Option<u64>,
+    backoff_base_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
     pause_timeout_ms: Option<u64>,
+    protocol: Option<String>,
+    idle_timeout_ms: Option<u64>,
+    #[serde(default)]
+    progress_regex: String,
+    #[serde(default)]
+    checkpoint_glob: String,
+    #[serde(default)]
+    resume_arg: String,
+    #[serde(default)]
+    checkpoint_marker: String,
 }
 
 fn error(e: &ApiError) -> Value {
@@ -202,6 +215,7 @@ async fn handle(
 ) -> std::io::Result<()> {
     let reply = match request {
         Request::Submit(s) => {
+            let s = *s;
             let req = pb::SubmitJobRequest {
                 name: s.name,
                 command: s.command,
@@ -215,8 +229,16 @@ async fn handle(
                 heartbeat_timeout_ms: s.heartbeat_timeout_ms,
                 startup_grace_ms: s.startup_grace_ms,
                 stop_grace_ms: s.stop_grace_ms,
+                restart_window_ms: s.restart_window_ms,
+                backoff_base_ms: s.backoff_base_ms,
+                backoff_max_ms: s.backoff_max_ms,
                 pause_timeout_ms: s.pause_timeout_ms,
-                ..Default::default()
+                protocol: s.protocol,
+                idle_timeout_ms: s.idle_timeout_ms,
+                progress_regex: s.progress_regex,
+                checkpoint_glob: s.checkpoint_glob,
+                resume_arg: s.resume_arg,
+                checkpoint_marker: s.checkpoint_marker,
             };
             api.submit(req, caller)
                 .await

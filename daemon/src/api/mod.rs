@@ -9,7 +9,7 @@ mod logs;
 use crate::access::Caller;
 use crate::config::DaemonConfig;
 use crate::hub::{ends_watch, job_view, Hub, LiveFacts};
-use crate::store::records::{JobId, JobRecord, JobSpec, OnFailure, RestartPolicy, Timeouts};
+use crate::store::records::{JobId, JobRecord, JobSpec, OnFailure, Protocol, RestartPolicy, Timeouts};
 use crate::store::{Store, StoreError};
 use crate::supervisor::SupervisorMsg;
 use ractor::ActorRef;
@@ -97,7 +97,7 @@ impl Api {
         let run_as = self.config().access.run_as(caller).map_err(ApiError::PermissionDenied)?;
         let (record, created) = self
             .supervisor
-            .call(|reply| SupervisorMsg::Submit { spec, run_as, reply }, Some(Duration::from_secs(30)))
+            .call(|reply| SupervisorMsg::Submit { spec: Box::new(spec), run_as, reply }, Some(Duration::from_secs(30)))
             .await
             .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
             .success_or_unavailable()??;
@@ -229,6 +229,25 @@ impl Api {
             Some(v) => Ok(v),
             None => Ok(default),
         };
+        let protocol = match req.protocol.as_deref() {
+            None | Some("") => self.config().default_protocol,
+            Some(word) => Protocol::from_word(word).ok_or_else(|| {
+                invalid(
+                    "protocol",
+                    format!("{word:?}: use auto (the default), v1 (it heartbeats) or none (a plain process)"),
+                )
+            })?,
+        };
+        let progress_regex = match req.progress_regex.as_str() {
+            "" => None,
+            text => Some(
+                crate::job::output::compile(text)
+                    .map(|_| text.to_string())
+                    .map_err(|e| invalid("progress_regex", e))?,
+            ),
+        };
+        let resume_rule = crate::job::resume::rule(&req.checkpoint_glob, &req.resume_arg, &req.checkpoint_marker)
+            .map_err(|(field, message)| invalid(field, message))?;
         let bounded = |field: &'static str, v: Option<u64>, default: u64| match v {
             Some(v) if v > MAX_MS => Err(invalid(field, format!("{v} ms is more than a year; give at most {MAX_MS}"))),
             v => Ok(v.unwrap_or(default)),
@@ -259,6 +278,13 @@ impl Api {
                 stop_grace_ms: positive("stop_grace_ms", req.stop_grace_ms, t.stop_grace_ms)?,
                 pause_timeout_ms: positive("pause_timeout_ms", req.pause_timeout_ms, t.pause_timeout_ms)?,
             },
+            protocol,
+            idle_timeout_ms: match req.idle_timeout_ms {
+                Some(_) => Some(positive("idle_timeout_ms", req.idle_timeout_ms, 0)?),
+                None => None,
+            },
+            progress_regex,
+            resume_rule,
         })
     }
 
@@ -506,6 +532,8 @@ impl Api {
             last_reconcile,
             cause,
             state_dir_free_bytes: free.unwrap_or(0),
+            resume_ignored: records.iter().filter(|r| r.attempts.last().is_some_and(|a| a.resume_ignored)).count()
+                as u32,
         })
     }
 

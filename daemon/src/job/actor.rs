@@ -27,6 +27,7 @@ use crate::config::ShutdownPolicy;
 use crate::hub::{job_view, LiveFacts};
 use crate::policy::{self, AttemptEnd, Decision, History, StopCause};
 use crate::process;
+use crate::store::records::Protocol;
 use crate::store::records::{Attempt, ExitStatus, JobId, JobRecord};
 use crate::store::StoreError;
 use crate::supervisor::{Shared, SupervisorMsg};
@@ -38,7 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument;
 use trainerd_proto::state::{has_process, is_terminal};
-use trainerd_proto::trainer::{unix_now, CheckpointRef};
+use trainerd_proto::trainer::{unix_now, CheckpointRef, Progress, TrainerState};
 use trainerd_proto::v1 as pb;
 use trainerd_proto::v1::{JobState, Reason};
 
@@ -69,6 +70,10 @@ pub enum JobMsg {
     Shutdown { policy: ShutdownPolicy },
     /// The store accepts writes again: record a held end, handle held messages.
     StoreWritable,
+    /// The job's logs grew (only for jobs that read progress from their output).
+    OutputChanged,
+    /// Time to look at the logs' sizes (their caps); stale generations are ignored.
+    CheckLogs { generation: u64 },
 }
 
 impl JobMsg {
@@ -82,6 +87,7 @@ impl JobMsg {
             JobMsg::PauseTimeout { attempt } => JobMsg::PauseTimeout { attempt: *attempt },
             JobMsg::Shutdown { policy } => JobMsg::Shutdown { policy: *policy },
             JobMsg::Kill { attempt } => JobMsg::Kill { attempt: *attempt },
+            JobMsg::OutputChanged => JobMsg::OutputChanged,
             _ => return None,
         })
     }
@@ -166,6 +172,20 @@ pub struct State {
     /// The last checkpoint path refused (it is reported once, not at every progress write).
     refused_checkpoint: Option<PathBuf>,
     hooks: Hooks,
+    /// When the trainer last wrote output (the logs' modification time), for the idle timeout.
+    last_output: Option<Instant>,
+    /// A valid progress file was read this attempt: it wins over progress from output lines.
+    file_progress: bool,
+    /// The attempt's first progress was noted (its step, and whether it ignored its resume).
+    first_step_noted: bool,
+    /// Matches the job's output lines (`progress_regex`), from the attempt's start.
+    scanner: Option<Arc<std::sync::Mutex<super::output::Scanner>>>,
+    /// Like `progress_pending`, for log growth.
+    output_pending: Arc<AtomicBool>,
+    _log_watch: Option<super::watch::WatchGuard>,
+    /// When output lines were last scanned (a flood is scanned at most every `MIN_SCAN`).
+    last_scan: Instant,
+    logs_generation: u64,
 }
 
 /// The longest wait between two looks at a job's log sizes.
@@ -173,6 +193,9 @@ const LOGS_EVERY_MAX: Duration = Duration::from_secs(10);
 
 /// How often a job holding an unrecorded end tries the store again, besides being told it is back.
 const STORE_RETRY: Duration = Duration::from_secs(5);
+
+/// The least time between two scans of a job's output lines.
+const MIN_SCAN: Duration = Duration::from_millis(200);
 
 /// An actor error as the answer to a user's request: a cancel or pause that could not be recorded is
 /// not carried out, and the user is told why.
@@ -219,6 +242,25 @@ impl Actor for JobActor {
             }
         };
         let hooks = Hooks::of(&record.spec, args.shared.config().test_hooks);
+        let output_pending = Arc::new(AtomicBool::new(false));
+        let log_watch = match record.spec.progress_regex {
+            Some(_) => {
+                let (me, pending) = (myself.clone(), output_pending.clone());
+                args.shared
+                    .progress_watch
+                    .watch_logs(&paths.dir, move || {
+                        if !pending.swap(true, Ordering::AcqRel) {
+                            let _ = me.cast(JobMsg::OutputChanged);
+                        }
+                    })
+                    .map_err(
+                        |e| tracing::warn!(job = %args.id, "cannot watch the logs of {}: {e}", paths.dir.display()),
+                    )
+                    .ok()
+            }
+            None => None,
+        };
+        let first_step_noted = record.attempts.last().is_some_and(|a| a.first_step.is_some());
         let mut state = State {
             id: args.id,
             shared: args.shared,
@@ -250,6 +292,14 @@ impl Actor for JobActor {
             held: Vec::new(),
             refused_checkpoint: None,
             hooks,
+            last_output: None,
+            file_progress: false,
+            first_step_noted,
+            scanner: None,
+            output_pending,
+            _log_watch: log_watch,
+            last_scan: Instant::now(),
+            logs_generation: 0,
         };
         let job_state = state.record.state();
         match args.mode {
@@ -351,8 +401,165 @@ impl State {
                     myself.cast(msg)?;
                 }
             }
+            JobMsg::OutputChanged => {
+                let wait = MIN_SCAN.saturating_sub(state.last_scan.elapsed());
+                if !wait.is_zero() {
+                    // A flood is scanned at most every MIN_SCAN; the pending flag stays set meanwhile.
+                    myself.send_after(wait, || JobMsg::OutputChanged);
+                    return Ok(());
+                }
+                state.output_pending.store(false, Ordering::Release);
+                state.scan_output(&myself).await?;
+            }
+            JobMsg::CheckLogs { generation } if generation == state.logs_generation => {
+                if state.awaiting_exit && state.ended.is_none() {
+                    state.check_logs().await;
+                    state.arm_logs(&myself);
+                }
+            }
+            JobMsg::CheckLogs { .. } => {}
         }
         Ok(())
+    }
+
+    /// The next look at the logs' sizes, `logs_every` from now.
+    fn arm_logs(&mut self, myself: &ActorRef<JobMsg>) {
+        self.logs_generation += 1;
+        let generation = self.logs_generation;
+        myself.send_after(self.logs_every, move || JobMsg::CheckLogs { generation });
+    }
+
+    /// What the job's silence is measured against now.
+    fn limits(&self) -> super::stall::Limits {
+        let t = &self.record.spec.timeouts;
+        let interval = self
+            .live
+            .progress
+            .as_ref()
+            .and_then(|p| p.heartbeat_interval)
+            .filter(|i| i.is_finite() && *i > 0.0)
+            .map(|i| Duration::from_secs_f64(i.min(trainerd_proto::trainer::MAX_HEARTBEAT_INTERVAL)))
+            .unwrap_or(self.shared.config().heartbeat_interval);
+        super::stall::Limits {
+            protocol: self.record.spec.protocol,
+            startup_grace: ms(t.startup_grace_ms),
+            heartbeat_timeout: ms(t.heartbeat_timeout_ms),
+            late_after: interval * 2,
+            idle_timeout: self.record.spec.idle_timeout_ms.map(ms),
+        }
+    }
+
+    fn readings(&self) -> super::stall::Readings {
+        super::stall::Readings {
+            started: self.attempt_started,
+            last_beat: self.last_beat.map(|(_, at)| at),
+            last_output: self.last_output,
+        }
+    }
+
+    /// Arms the next tick for the stall clock's nearest deadline (none when no rule has one).
+    fn rearm(&mut self, myself: &ActorRef<JobMsg>, now: Instant) {
+        let verdict = super::stall::judge(&self.limits(), &self.readings(), now);
+        if let Some(next) = verdict.next {
+            self.arm_tick(myself, next.max(ms(1)));
+        }
+    }
+
+    /// Reads the job's new output lines (off the runtime) and takes the last match as progress: a
+    /// heartbeat, and the live step, loss and metrics unless a progress file speaks for the trainer.
+    async fn scan_output(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+        let Some(scanner) = self.scanner.clone() else { return Ok(()) };
+        if !self.awaiting_exit {
+            return Ok(());
+        }
+        self.last_scan = Instant::now();
+        let paths = [self.paths.stdout.clone(), self.paths.stderr.clone()];
+        let found = self
+            .lane
+            .run("reading output lines", FILE_DEADLINE, move || {
+                scanner.lock().unwrap_or_else(|p| p.into_inner()).scan([&paths[0], &paths[1]])
+            })
+            .await
+            .ok()
+            .flatten();
+        let Some(m) = found else { return Ok(()) };
+        let now = Instant::now();
+        self.last_output = Some(now);
+        let first = self.last_beat.is_none();
+        // No sequence number: any progress file that comes next counts as a beat too.
+        self.last_beat = Some((u64::MAX, now));
+        if first {
+            self.arm_tick(myself, ms(1));
+        }
+        if self.live.stalled {
+            self.live.stalled = false;
+            self.event("heartbeat_resumed", "a progress line arrived".into());
+        }
+        self.live.metrics.extend(m.metrics.iter().cloned());
+        if !self.file_progress {
+            let p = self.live.progress.get_or_insert_with(|| Progress::starting(unix_now()));
+            p.state = TrainerState::Running;
+            p.updated_at = unix_now();
+            if let Some(step) = m.step {
+                p.step = step;
+            }
+            if let Some(total) = m.total {
+                p.total_steps = total;
+            }
+            if let Some(epoch) = m.epoch {
+                p.epoch = epoch;
+            }
+            if m.loss.is_some() {
+                p.loss = m.loss;
+            }
+        }
+        if let Some(step) = m.step {
+            self.note_first_step(step);
+        }
+        if self.record.state() == JobState::Starting && self.ended.is_none() {
+            match self.transition(JobState::Running, Reason::Unspecified, "first progress line", |_| {}) {
+                Err(e) if store_unavailable(&e) => self.publish("progress"),
+                other => other?,
+            }
+        } else {
+            self.publish("progress");
+        }
+        Ok(())
+    }
+
+    /// The attempt's first progress: its step is recorded, and an attempt given a checkpoint at step S
+    /// that reports an earlier step started over (`resume_ignored`), which the event log, `get` and
+    /// `health` say.
+    fn note_first_step(&mut self, step: u64) {
+        if self.first_step_noted {
+            return;
+        }
+        self.first_step_noted = true;
+        let Some(attempt) = self.record.attempts.last().cloned() else { return };
+        let ignored = attempt.resumed_step.is_some_and(|given| step < given);
+        let updated = self.shared.store.update(self.id, |r| {
+            if let Some(a) = r.attempts.last_mut() {
+                a.first_step = Some(step);
+                a.resume_ignored = ignored;
+            }
+        });
+        match updated {
+            Ok(record) => self.record = record,
+            Err(e) => tracing::warn!(job = %self.id, "the attempt's first step is not recorded: {e}"),
+        }
+        if ignored {
+            let given = attempt.resumed_step.unwrap_or_default();
+            let path = attempt.resumed_from.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+            self.event(
+                "resume_ignored",
+                format!(
+                    "attempt {} was given the checkpoint at step {given} ({path}) and reported step {step} first: it \
+                     started over instead of resuming (does the trainer read TRAINERD_RESUME_FROM, or its resume \
+                     argument?)",
+                    attempt.number
+                ),
+            );
+        }
     }
 
     /// Asks to be told (`StoreWritable`) when the store accepts writes again: by the Supervisor when
@@ -417,15 +624,17 @@ impl State {
     async fn resume_point(&self) -> Result<Option<(PathBuf, Option<CheckpointRef>)>, String> {
         let candidates = [&self.record.latest_checkpoint, &self.record.previous_checkpoint];
         let recorded: Vec<PathBuf> = candidates.iter().filter_map(|c| c.as_ref().map(|c| c.path.clone())).collect();
-        let floor = self.record.latest_checkpoint.as_ref().map(|c| c.step);
+        // Newer than the latest recorded one, and than the one the last attempt was given (which may
+        // have just failed to load: 65 falls back to the checkpoint before it, never forward again).
+        let given = self.record.attempts.last().and_then(|a| a.resumed_step);
+        let floor = self.record.latest_checkpoint.as_ref().map(|c| c.step).max(given);
         let dir = self.paths.checkpoints.clone();
         let first = recorded.first().cloned();
         let found = self
             .lane
             .run("looking at the checkpoints", FILE_DEADLINE, move || {
-                let discovered = super::checkpoints::newest_in(&dir).filter(|(step, path)| {
-                    floor.is_none_or(|f| *step > f) && !recorded.contains(path)
-                });
+                let discovered = super::checkpoints::newest_in(&dir)
+                    .filter(|(step, path)| floor.is_none_or(|f| *step > f) && !recorded.contains(path));
                 if let Some((step, path)) = discovered {
                     return Some((path.clone(), Some(CheckpointRef { path, step, epoch: 0 })));
                 }
@@ -453,17 +662,58 @@ impl State {
             }
         };
         let number = self.current_attempt() + 1;
+        // A script resumed by its own argument: the newest complete checkpoint its glob matches.
+        let by_rule = match (&self.record.spec.resume_rule, number > 1) {
+            (Some(rule), true) => {
+                let (rule, workdir) = (rule.clone(), self.workdir());
+                let found = self
+                    .lane
+                    .run("looking for checkpoints", FILE_DEADLINE, move || {
+                        super::resume::newest(&rule, &workdir, std::time::SystemTime::now())
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                Some(found)
+            }
+            _ => None,
+        };
+        let extra_args = match (&self.record.spec.resume_rule, &by_rule) {
+            (Some(rule), Some(Some(path))) => super::resume::arguments(rule, path),
+            _ => Vec::new(),
+        };
         let now = unix_now();
-        let resumed_from = resume.clone();
-        let message = match (&resume, &discovered) {
-            (Some(p), Some(c)) => format!(
+        let resumed_from = match &by_rule {
+            Some(found) => found.clone(),
+            None => resume.clone(),
+        };
+        let resumed_step = match &by_rule {
+            Some(found) => found.as_deref().and_then(super::resume::step_of),
+            None => discovered.as_ref().map(|c| c.step).or_else(|| {
+                [&self.record.latest_checkpoint, &self.record.previous_checkpoint]
+                    .into_iter()
+                    .flatten()
+                    .find(|c| Some(&c.path) == resume.as_ref())
+                    .map(|c| c.step)
+            }),
+        };
+        let message = match (&by_rule, &resume, &discovered) {
+            (Some(Some(p)), _, _) => {
+                format!("attempt {number}, resuming from {} ({})", p.display(), extra_args.join(" "))
+            }
+            (Some(None), _, _) => format!(
+                "attempt {number}, {}: no complete checkpoint matches {} yet; started as submitted",
+                crate::hub::FROM_THE_BEGINNING,
+                self.record.spec.resume_rule.as_ref().map(|r| r.glob.as_str()).unwrap_or_default()
+            ),
+            (None, Some(p), Some(c)) => format!(
                 "attempt {number}, resuming from {} (step {}, found in the checkpoint directory, newer than the \
                  recorded one)",
                 p.display(),
                 c.step
             ),
-            (Some(p), None) => format!("attempt {number}, resuming from {}", p.display()),
-            (None, _) => format!("attempt {number}"),
+            (None, Some(p), None) => format!("attempt {number}, resuming from {}", p.display()),
+            (None, None, _) => format!("attempt {number}, {}", crate::hub::FROM_THE_BEGINNING),
         };
         self.transition(JobState::Starting, Reason::Unspecified, &message, |r| {
             r.next_restart_at = None;
@@ -481,6 +731,9 @@ impl State {
                 exit: None,
                 reason: Reason::Unspecified as i32,
                 resumed_from: resumed_from.clone(),
+                resumed_step,
+                first_step: None,
+                resume_ignored: false,
             });
         })?;
         let launch = Launch {
@@ -488,6 +741,7 @@ impl State {
             paths: &self.paths,
             attempt: number,
             resume_from: resume.as_deref(),
+            extra_args: &extra_args,
             heartbeat_interval: self.shared.config().heartbeat_interval,
             gpus: (!self.shared.config().gpus.is_empty()).then_some(self.live.gpus.as_slice()),
             stop_grace_ms: self.record.spec.timeouts.stop_grace_ms,
@@ -503,6 +757,14 @@ impl State {
         for line in reclaimed {
             self.event("log_reclaimed", line);
         }
+        // Output lines are read from the logs' ends now: an earlier attempt's lines are not this one's.
+        self.scanner = self.record.spec.progress_regex.as_deref().and_then(|text| {
+            let regex = super::output::compile(text).ok()?;
+            Some(Arc::new(std::sync::Mutex::new(super::output::Scanner::new(
+                regex,
+                [&self.paths.stdout, &self.paths.stderr],
+            ))))
+        });
         let started = match spawn(&self.record.spec, &launch).await {
             Ok(started) => {
                 self.shared.metrics.starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -526,11 +788,32 @@ impl State {
         self.live = LiveFacts { pid: self.pgid, gpus: std::mem::take(&mut self.live.gpus), ..LiveFacts::default() };
         self.attempt_started = Instant::now();
         self.last_beat = None;
+        self.last_output = None;
+        self.file_progress = false;
+        self.first_step_noted = false;
         self.last_invalid = None;
         self.watch_exit(Waiter::Child(Box::new((started.shim, started.report))), number);
-        self.arm_tick(myself, ms(self.record.spec.timeouts.startup_grace_ms));
+        if self.record.spec.protocol != Protocol::V1 {
+            // Not waiting for a heartbeat that an unchanged script never sends: running once started.
+            let message = format!("started (protocol {}: running once started)", self.record.spec.protocol.word());
+            match self.transition(JobState::Running, Reason::Unspecified, &message, |_| {}) {
+                Err(e) if store_unavailable(&e) => tracing::warn!(job = %self.id, "RUNNING not recorded yet: {e}"),
+                other => other?,
+            }
+        }
+        self.arm_logs(myself);
+        self.rearm(myself, Instant::now());
         self.publish("state");
         Ok(())
+    }
+
+    /// The job's working directory (its trainer directory when none was given).
+    fn workdir(&self) -> PathBuf {
+        if self.record.spec.workdir.as_os_str().is_empty() {
+            self.paths.trainer.clone()
+        } else {
+            self.record.spec.workdir.clone()
+        }
     }
 
     /// Stores the trainer's pid and start time in the attempt (for clients, and to identify it later).
@@ -654,7 +937,13 @@ impl State {
                     }
                     _ => {}
                 }
+                self.scanner = self.record.spec.progress_regex.as_deref().and_then(|text| {
+                    let regex = super::output::compile(text).ok()?;
+                    let logs = [self.paths.stdout.as_path(), self.paths.stderr.as_path()];
+                    Some(Arc::new(std::sync::Mutex::new(super::output::Scanner::new(regex, logs))))
+                });
                 self.arm_tick(myself, ms(1));
+                self.arm_logs(myself);
             }
             Some((_, Found::Unknown(e))) => {
                 // Not known to be dead is not dead: keep the record as it is and try again later.
@@ -759,7 +1048,7 @@ impl State {
             }
         };
         self.last_invalid = None;
-        self.check_logs().await;
+        self.file_progress = true;
         let beat = self.last_beat.is_none_or(|(seq, _)| seq != progress.heartbeat_seq);
         if beat {
             let first = self.last_beat.is_none();
@@ -779,6 +1068,10 @@ impl State {
             }
         }
         let step = progress.step;
+        if progress.state != TrainerState::Starting {
+            // A trainer's first records may say step 0 before it has loaded its checkpoint.
+            self.note_first_step(step);
+        }
         let written_at = progress.updated_at;
         self.live.message = progress.message.clone();
         self.live.progress = Some(progress);
@@ -868,59 +1161,68 @@ impl State {
         }
     }
 
+    /// A deadline of the stall clock may have passed: judge the readings (read the progress file and
+    /// the output again before accusing the trainer: inotify events can be lost under load), stop a
+    /// stalled trainer, flag a late one, and arm the next deadline.
     async fn tick(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
         if self.pgid.is_none() || self.stop_cause.is_some() || self.ended.is_some() {
             return Ok(());
         }
-        self.check_logs().await;
-        let timeouts = self.record.spec.timeouts.clone();
-        let silence = |s: &Self| s.last_beat.map(|(_, at)| at.elapsed()).unwrap_or(s.attempt_started.elapsed());
-        let limit = |s: &Self| {
-            if s.last_beat.is_some() {
-                ms(timeouts.heartbeat_timeout_ms)
-            } else {
-                ms(timeouts.startup_grace_ms)
-            }
-        };
-        if silence(self) >= limit(self) {
-            // inotify events can be lost under load: read the file before accusing the trainer.
-            self.progress_changed(myself).await?;
-            if silence(self) >= limit(self) && self.ended.is_none() {
-                let what = if self.last_beat.is_some() { "heartbeat_timeout" } else { "startup_grace" };
-                let message =
-                    format!("no heartbeat for {:.1} s ({what}): stopping the trainer", silence(self).as_secs_f64());
-                self.stop(myself, StopCause::Stall, &message)?;
-                self.event("stalled", message);
-                self.shared.metrics.heartbeat_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Ok(());
-            }
+        if self.record.spec.idle_timeout_ms.is_some() {
+            self.read_output_time().await;
         }
-        let interval = self
-            .live
-            .progress
-            .as_ref()
-            .and_then(|p| p.heartbeat_interval)
-            .filter(|i| i.is_finite() && *i > 0.0)
-            .map(|i| Duration::from_secs_f64(i.min(trainerd_proto::trainer::MAX_HEARTBEAT_INTERVAL)))
-            .unwrap_or(self.shared.config().heartbeat_interval);
-        let late_after = interval * 2;
-        let quiet = silence(self);
-        if self.last_beat.is_some() && quiet >= late_after && !self.live.stalled {
+        let mut verdict = super::stall::judge(&self.limits(), &self.readings(), Instant::now());
+        if verdict.stall.is_some() {
+            self.progress_changed(myself).await?;
+            self.scan_output(myself).await?;
+            verdict = super::stall::judge(&self.limits(), &self.readings(), Instant::now());
+        }
+        if let (Some((rule, silence)), None) = (verdict.stall, self.ended) {
+            let message = match rule {
+                super::stall::Rule::IdleTimeout => {
+                    format!("no output for {:.1} s ({}): stopping the trainer", silence.as_secs_f64(), rule.word())
+                }
+                _ => format!("no heartbeat for {:.1} s ({}): stopping the trainer", silence.as_secs_f64(), rule.word()),
+            };
+            self.stop(myself, StopCause::Stall, &message)?;
+            self.event("stalled", message);
+            self.shared.metrics.heartbeat_timeouts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
+        if let (Some(quiet), false) = (verdict.late, self.live.stalled) {
             self.live.stalled = true;
+            let interval = self.limits().late_after / 2;
             self.event(
                 "heartbeat_late",
                 format!("no heartbeat for {:.1} s (interval {:.1} s)", quiet.as_secs_f64(), interval.as_secs_f64()),
             );
             self.publish("state");
         }
-        let limit = limit(self);
-        let next = if self.last_beat.is_some() && !self.live.stalled && late_after < limit {
-            late_after.saturating_sub(quiet)
-        } else {
-            limit.saturating_sub(quiet)
-        };
-        self.arm_tick(myself, next.max(ms(1)));
+        if let Some(next) = verdict.next {
+            self.arm_tick(myself, next.max(ms(1)));
+        }
         Ok(())
+    }
+
+    /// Takes the time of the trainer's latest output from its logs' modification times.
+    async fn read_output_time(&mut self) {
+        let paths = [self.paths.stdout.clone(), self.paths.stderr.clone()];
+        let newest = self
+            .lane
+            .run("dating the logs", FILE_DEADLINE, move || {
+                paths
+                    .iter()
+                    .filter_map(|p| std::fs::symlink_metadata(p).and_then(|m| m.modified()).ok())
+                    .max()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map(|d| d.as_secs_f64())
+            })
+            .await
+            .ok()
+            .flatten();
+        if let Some(at) = newest.map(instant_at).filter(|at| *at > self.attempt_started) {
+            self.last_output = Some(self.last_output.map_or(at, |o| o.max(at)));
+        }
     }
 
     /// SIGUSR1 to the trainer itself (not its group: a DataLoader worker would die of it).
@@ -943,13 +1245,22 @@ impl State {
 
     fn pause(&mut self, myself: &ActorRef<JobMsg>, by: &str) -> Result<Result<pb::Job, ApiError>, ActorProcessingErr> {
         let message = format!("pause requested by {by}: the trainer stops at the end of its epoch");
+        if self.record.spec.protocol == Protocol::None && self.pgid.is_some() {
+            return Ok(Err(ApiError::FailedPrecondition(format!(
+                "job {} runs with protocol none: its trainer does not pause at an epoch boundary (SIGUSR1 would kill \
+                 it); cancel it, or submit it with --protocol auto and the trainer protocol",
+                self.id
+            ))));
+        }
         match self.record.state() {
-            JobState::Running if self.pgid.is_some() => {
+            JobState::Running if self.pgid.is_some() && self.last_beat.is_some() => {
                 self.transition(JobState::Pausing, Reason::Paused, &message, |_| {})?;
                 self.signal_pause(myself)?;
                 self.arm_pause_timeout(myself);
             }
-            JobState::Starting if self.pgid.is_some() => {
+            // Before its first heartbeat a trainer may not handle SIGUSR1 yet (its default action
+            // kills): the signal goes at the first beat.
+            JobState::Starting | JobState::Running if self.pgid.is_some() => {
                 self.transition(JobState::Pausing, Reason::Paused, &message, |_| {})?;
                 self.pause_unsignalled = true;
                 self.arm_pause_timeout(myself);
@@ -1182,6 +1493,8 @@ impl State {
             // The trainer's last word (completed or paused) decides an exit 0. A progress file that
             // cannot be read in time is not waited for: the end is recorded with what was read before.
             self.progress_changed(myself).await?;
+            // Its last output lines too (the final step of a bar).
+            self.scan_output(myself).await?;
         }
         self.live.pid = None;
         self.live.stalled = false;
@@ -1266,8 +1579,11 @@ impl State {
                 }
                 written
             }
-            Decision::Fail { reason, message } => {
-                self.finish(myself, JobState::Failed, reason, &message, |r| close(r, reason))
+            Decision::Fail { reason, message, exhausted } => {
+                self.finish(myself, JobState::Failed, reason, &message, |r| {
+                    close(r, reason);
+                    r.restarts_exhausted = exhausted;
+                })
             }
         };
         if let Err(e) = result {

@@ -24,7 +24,8 @@ pub fn step_of(name: &str) -> Option<u64> {
         Some((d, e)) => (d, Some(e)),
         None => (rest, None),
     };
-    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    // Digits only: u64's parser would take a leading `+`, and refuses empty and overflowing input.
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     if let Some(e) = extension {
@@ -43,7 +44,7 @@ pub fn newest_in(dir: &Path) -> Option<(u64, PathBuf)> {
         .filter_map(|e| e.ok())
         .filter_map(|e| Some((step_of(e.file_name().to_str()?)?, e.path())))
         .collect();
-    found.sort_by(|a, b| b.0.cmp(&a.0));
+    found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
     found.into_iter().find(|(_, path)| untrusted::checkpoint_usable(path).is_ok())
 }
 
@@ -56,7 +57,9 @@ mod tests {
         assert_eq!(step_of("step-000000000028"), Some(28));
         assert_eq!(step_of("step-7.json"), Some(7));
         assert_eq!(step_of("step-7.pt"), Some(7));
-        for name in ["step-", "step-x", "step-7.tmp", "step-7.partial", ".tmp-step-7-99", "step-7.old-99", "steps-7", "step-7."] {
+        for name in
+            ["step-", "step-x", "step-7.tmp", "step-7.partial", ".tmp-step-7-99", "step-7.old-99", "steps-7", "step-7."]
+        {
             assert_eq!(step_of(name), None, "{name}");
         }
     }

@@ -5,11 +5,17 @@
 //! - [`watch`]: the progress-directory watcher that wakes the actor.
 //! - [`hooks`]: fault injection for the tests (`--test-hooks` only).
 //! - [`checkpoints`]: which checkpoint an attempt resumes from (recorded, or found in the directory).
+//! - [`resume`]: resuming an unchanged script from a glob of its own checkpoints (`--resume-arg`).
+//! - [`output`]: progress from output lines (`--progress-regex`).
+//! - [`stall`]: the stall clock, a pure verdict from the job's limits and its last signs of life.
 
 pub mod actor;
 pub mod checkpoints;
 pub mod hooks;
+pub mod output;
+pub mod resume;
 pub mod shim;
+pub mod stall;
 pub mod watch;
 
 use crate::store::records::{JobId, JobSpec, RunAs};
@@ -89,6 +95,8 @@ pub struct Launch<'a> {
     pub paths: &'a JobPaths,
     pub attempt: u32,
     pub resume_from: Option<&'a Path>,
+    /// Arguments appended to the job's command for this attempt (`--resume-arg`).
+    pub extra_args: &'a [String],
     pub heartbeat_interval: std::time::Duration,
     /// The assigned GPUs, when this host has a GPU pool (an empty list hides every GPU).
     pub gpus: Option<&'a [u32]>,
@@ -153,7 +161,8 @@ pub async fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<shim:
             }
         }
     }
-    shim::start(cmd, &launch.paths.dir, launch.attempt, &launch.paths.stdout, switch, &spec.command).await
+    let command: Vec<String> = spec.command.iter().chain(launch.extra_args).cloned().collect();
+    shim::start(cmd, &launch.paths.dir, launch.attempt, &launch.paths.stdout, switch, &command).await
 }
 
 /// Makes the job's log paths usable again when something other than a regular file (a FIFO, a link,

@@ -21,9 +21,15 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 type Wake = Arc<dyn Fn() + Send + Sync>;
-/// Watch descriptor → the wake-ups of its directory, by guard. inotify gives a directory watched
-/// twice (a job actor re-created while the old one's guard lives) the same descriptor.
-type Wakers = HashMap<i32, Vec<(u64, Wake)>>;
+/// Watch descriptor → the wake-ups of its directory, by guard, with the names that wake them. inotify
+/// gives a directory watched twice (a job actor re-created while the old one's guard lives) the same
+/// descriptor.
+type Wakers = HashMap<i32, Vec<(u64, &'static [&'static str], Wake)>>;
+
+/// The names whose growth a log watch reports.
+const LOG_NAMES: &[&str] = &["stdout.log", "stderr.log"];
+/// The name a progress watch reports.
+const PROGRESS_NAMES: &[&str] = &[PROGRESS_NAME];
 
 /// The shared progress watcher.
 pub struct ProgressWatch {
@@ -65,16 +71,37 @@ impl ProgressWatch {
 
     /// Watches `dir`; `wake` runs for each new progress file in it, until the guard is dropped.
     pub fn watch(self: &Arc<Self>, dir: &Path, wake: impl Fn() + Send + Sync + 'static) -> std::io::Result<WatchGuard> {
-        let path = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
         // IN_CREATE too: a progress file may appear by link or symlink (refused, but seen).
         let mask = libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE | libc::IN_CREATE | libc::IN_ONLYDIR;
+        self.add(dir, mask, PROGRESS_NAMES, wake)
+    }
+
+    /// Watches the job directory `dir` for writes to its logs (only jobs that read progress from
+    /// their output ask for this: every write(2) of the trainer is an event). `wake` runs for each,
+    /// until the guard is dropped.
+    pub fn watch_logs(
+        self: &Arc<Self>,
+        dir: &Path,
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> std::io::Result<WatchGuard> {
+        self.add(dir, libc::IN_MODIFY | libc::IN_ONLYDIR, LOG_NAMES, wake)
+    }
+
+    fn add(
+        self: &Arc<Self>,
+        dir: &Path,
+        mask: u32,
+        names: &'static [&'static str],
+        wake: impl Fn() + Send + Sync + 'static,
+    ) -> std::io::Result<WatchGuard> {
+        let path = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
         // SAFETY: a valid descriptor and a NUL-terminated path.
         let wd = unsafe { libc::inotify_add_watch(self.fd.get_ref().as_raw_fd(), path.as_ptr(), mask) };
         if wd < 0 {
             return Err(std::io::Error::last_os_error());
         }
         let id = self.next_guard.fetch_add(1, Ordering::Relaxed);
-        lock(&self.wakers).entry(wd).or_default().push((id, Arc::new(wake)));
+        lock(&self.wakers).entry(wd).or_default().push((id, names, Arc::new(wake)));
         Ok(WatchGuard { wd, id, watch: self.clone() })
     }
 
@@ -97,9 +124,10 @@ impl ProgressWatch {
             let wakers = lock(&self.wakers);
             for (wd, mask, name) in events(&buf[..n as usize]) {
                 if mask & libc::IN_Q_OVERFLOW != 0 {
-                    wakers.values().flatten().for_each(|(_, wake)| wake());
-                } else if name == PROGRESS_NAME.as_bytes() {
-                    wakers.get(&wd).into_iter().flatten().for_each(|(_, wake)| wake());
+                    wakers.values().flatten().for_each(|(_, _, wake)| wake());
+                } else {
+                    let named = |names: &&[&str]| names.iter().any(|n| n.as_bytes() == name);
+                    wakers.get(&wd).into_iter().flatten().filter(|(_, n, _)| named(n)).for_each(|(_, _, w)| w());
                 }
             }
         }
@@ -130,7 +158,7 @@ impl Drop for WatchGuard {
         let mut wakers = lock(&self.watch.wakers);
         let last = match wakers.get_mut(&self.wd) {
             Some(guards) => {
-                guards.retain(|(id, _)| *id != self.id);
+                guards.retain(|(id, _, _)| *id != self.id);
                 guards.is_empty()
             }
             None => false,

@@ -6,11 +6,14 @@
 //! - 2: `JobRecord` gained its last field, `run_as: Option<RunAs>`. bincode writes `None` as one zero
 //!   byte, so a format-1 job record becomes a format-2 one by appending that byte ([`upgrade_job`]).
 //!   Other values encode as in format 1.
+//! - 3: `JobSpec` gained `protocol`, `idle_timeout_ms`, `progress_regex` and `resume_rule`; `Attempt`
+//!   gained `first_step` and `resume_ignored`; `JobRecord` gained `restarts_exhausted`. Job records
+//!   of formats 1 and 2 decode through `legacy::JobRecordV2` (see `Store`); events are unchanged.
 
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The format this build writes.
-pub const FORMAT: u8 = 2;
+pub const FORMAT: u8 = 3;
 
 /// Why a stored value could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +47,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     }
 }
 
-/// A stored job record in the current format: a format-1 record gets its `run_as: None` byte.
+/// A stored job record in format 2's layout: a format-1 record gets its `run_as: None` byte.
 pub fn upgrade_job(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     match bytes.first() {
         Some(1) => {

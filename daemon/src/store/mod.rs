@@ -9,6 +9,7 @@
 //! (key → JobId), `meta` (counters). Values go through [`codec`]'s versioned envelope.
 
 pub mod codec;
+pub mod legacy;
 pub mod records;
 
 use codec::CodecError;
@@ -131,8 +132,15 @@ fn flatten(e: TransactionError<StoreError>) -> StoreError {
     }
 }
 
-fn decode_job(bytes: &[u8]) -> Result<JobRecord, StoreError> {
-    codec::decode(&codec::upgrade_job(bytes)).map_err(|source| StoreError::Codec { what: "job".into(), source })
+/// Decodes a stored job record of any format this build reads (see `codec` and `legacy`).
+pub fn decode_job(bytes: &[u8]) -> Result<JobRecord, StoreError> {
+    let what = |source| StoreError::Codec { what: "job".into(), source };
+    match bytes.first() {
+        Some(1 | 2) => {
+            codec::decode::<legacy::JobRecordV2>(&codec::upgrade_job(bytes)).map(JobRecord::from).map_err(what)
+        }
+        _ => codec::decode(bytes).map_err(what),
+    }
 }
 
 /// Reads a job inside a transaction; a missing job aborts it.
@@ -332,6 +340,7 @@ impl Store {
                     cancelled_by: None,
                     message: None,
                     run_as,
+                    restarts_exhausted: false,
                 };
                 jobs.insert(&id.0.to_be_bytes(), encode("job", &record).or_else(abort)?)?;
                 if let Some(key) = &spec.idempotency_key {

@@ -56,6 +56,54 @@ pub struct Timeouts {
     pub pause_timeout_ms: u64,
 }
 
+/// Whether a job's trainer speaks the trainer protocol, which decides what its silence means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Protocol {
+    /// RUNNING once started; heartbeat deadlines from its first valid progress file (or progress
+    /// line) on, none before it: an unchanged script is never killed for not speaking the protocol.
+    #[default]
+    Auto,
+    /// It speaks protocol v1: STARTING until its first heartbeat, stopped if none comes within the
+    /// startup grace.
+    V1,
+    /// Supervised as a process only: RUNNING once started, no heartbeat deadlines, no pause.
+    None,
+}
+
+impl Protocol {
+    /// The protocol's word (`auto`, `v1`, `none`).
+    pub fn word(self) -> &'static str {
+        match self {
+            Protocol::Auto => "auto",
+            Protocol::V1 => "v1",
+            Protocol::None => "none",
+        }
+    }
+
+    /// The protocol a word names.
+    pub fn from_word(word: &str) -> Option<Protocol> {
+        match word {
+            "auto" => Some(Protocol::Auto),
+            "v1" => Some(Protocol::V1),
+            "none" => Some(Protocol::None),
+            _ => None,
+        }
+    }
+}
+
+/// Resuming a script that knows nothing of `TRAINERD_RESUME_FROM`: at each restart, the newest
+/// complete checkpoint matching `glob` (relative to the workdir) is appended as `arg`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResumeRule {
+    /// A glob pattern relative to the job's workdir (`output/checkpoint-*`).
+    pub glob: String,
+    /// The arguments to append, `{checkpoint}` replaced by the path (`--resume_from_checkpoint
+    /// {checkpoint}`), split at whitespace.
+    pub arg: String,
+    /// A file a checkpoint directory must hold to count as complete (Hugging Face: `trainer_state.json`).
+    pub marker: Option<String>,
+}
+
 /// What the user asked for. Never changes after submission.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
@@ -70,6 +118,14 @@ pub struct JobSpec {
     pub idempotency_key: Option<String>,
     pub restart: RestartPolicy,
     pub timeouts: Timeouts,
+    /// Added in format 3, as are the fields below.
+    pub protocol: Protocol,
+    /// No output on stdout or stderr (nor progress) for this long is a stall.
+    pub idle_timeout_ms: Option<u64>,
+    /// Progress from output lines: a regular expression with named groups (`step`, `total`, `epoch`,
+    /// `loss`, others as metrics).
+    pub progress_regex: Option<String>,
+    pub resume_rule: Option<ResumeRule>,
 }
 
 /// How a trainer process ended.
@@ -93,6 +149,13 @@ pub struct Attempt {
     /// `Reason` as its proto number.
     pub reason: i32,
     pub resumed_from: Option<PathBuf>,
+    /// The step of the checkpoint it was given, when known (added in format 3, as are the next two).
+    pub resumed_step: Option<u64>,
+    /// The step of the attempt's first progress.
+    pub first_step: Option<u64>,
+    /// The attempt was given a checkpoint at step S and reported a step below S first: it started
+    /// over instead of resuming.
+    pub resume_ignored: bool,
 }
 
 /// The durable state of one job.
@@ -131,8 +194,11 @@ pub struct JobRecord {
     /// Why the job is in its state, in words (the last transition's message).
     pub message: Option<String>,
     /// The user and group the trainer runs as; `None`: as trainerd itself. Set at submission (see
-    /// `access::Access::run_as`). Added in format 2: it must stay the last field (see `codec`).
+    /// `access::Access::run_as`). Added in format 2.
     pub run_as: Option<RunAs>,
+    /// The job failed because its restart budget was spent (its reason is the last attempt's cause).
+    /// Added in format 3.
+    pub restarts_exhausted: bool,
 }
 
 /// A uid and gid a trainer runs as (with the user's supplementary groups, looked up at each start).

@@ -25,6 +25,10 @@ fn spec(name: &str, key: Option<&str>) -> JobSpec {
             stop_grace_ms: 30_000,
             pause_timeout_ms: 3_600_000,
         },
+        protocol: Protocol::V1,
+        idle_timeout_ms: None,
+        progress_regex: None,
+        resume_rule: None,
     }
 }
 
@@ -142,6 +146,9 @@ fn fixture_record() -> JobRecord {
             exit: Some(ExitStatus::Signal(9)),
             reason: Reason::Crashed as i32,
             resumed_from: None,
+            resumed_step: None,
+            first_step: None,
+            resume_ignored: false,
         }],
         restart_times: vec![1_790_000_099.0],
         consecutive_failures: 1,
@@ -159,6 +166,7 @@ fn fixture_record() -> JobRecord {
         cancelled_by: None,
         message: Some("killed by signal 9; restarting in 1 s".into()),
         run_as: None,
+        restarts_exhausted: false,
     }
 }
 
@@ -169,23 +177,45 @@ fn the_committed_format_1_fixture_still_decodes() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/job-record-v1.bin");
     let bytes = std::fs::read(&path).unwrap();
     assert_eq!(bytes[0], 1, "the fixture is format 1");
-    let decoded: JobRecord = codec::decode(&codec::upgrade_job(&bytes)).unwrap();
-    assert_eq!(decoded, fixture_record());
+    assert_eq!(decode_job(&bytes).unwrap(), fixture_record());
 }
 
-/// The same for format 2, which added `run_as`. Regenerate with TRAINERD_WRITE_FIXTURES=1 only when
-/// introducing a format.
+/// The same for format 2, which added `run_as` (its jobs keep protocol v1's rules).
 #[test]
 fn the_committed_format_2_fixture_still_decodes() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/job-record-v2.bin");
     let record = JobRecord { run_as: Some(RunAs { uid: 65534, gid: 65534 }), ..fixture_record() };
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes[0], 2, "the fixture is format 2");
+    assert_eq!(decode_job(&bytes).unwrap(), record);
+}
+
+/// Format 3, which added the protocol, the idle timeout, progress from output, the resume rule, each
+/// attempt's resume check and `restarts_exhausted`. Regenerate with TRAINERD_WRITE_FIXTURES=1 only
+/// when introducing a format.
+#[test]
+fn the_committed_format_3_fixture_still_decodes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/job-record-v3.bin");
+    let mut record =
+        JobRecord { run_as: Some(RunAs { uid: 1000, gid: 1000 }), restarts_exhausted: true, ..fixture_record() };
+    record.spec.protocol = Protocol::None;
+    record.spec.idle_timeout_ms = Some(60_000);
+    record.spec.progress_regex = Some(r"(?P<step>\d+)/(?P<total>\d+)".into());
+    record.spec.resume_rule = Some(ResumeRule {
+        glob: "output/checkpoint-*".into(),
+        arg: "--resume_from_checkpoint {checkpoint}".into(),
+        marker: Some("trainer_state.json".into()),
+    });
+    record.attempts[0].resumed_from = Some("/ckpt/step-000000000021".into());
+    record.attempts[0].resumed_step = Some(21);
+    record.attempts[0].first_step = Some(0);
+    record.attempts[0].resume_ignored = true;
     if std::env::var_os("TRAINERD_WRITE_FIXTURES").is_some() {
         std::fs::write(&path, codec::encode(&record).unwrap()).unwrap();
     }
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(bytes[0], 2, "the fixture is format 2");
-    let decoded: JobRecord = codec::decode(&codec::upgrade_job(&bytes)).unwrap();
-    assert_eq!(decoded, record);
+    assert_eq!(bytes[0], 3, "the fixture is format 3");
+    assert_eq!(decode_job(&bytes).unwrap(), record);
 }
 
 /// Opens a store just dropped in this process: sled's background flusher may hold the file lock a

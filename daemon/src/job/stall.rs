@@ -1,0 +1,187 @@
+//! The stall clock: whether a running attempt is stalled, late, or fine, and when to look again. A
+//! pure function of the job's limits and three instants (the attempt's start, its last heartbeat, its
+//! last output): no clock of its own, no I/O, tested as a table. The job actor reads the instants
+//! and carries the verdict out.
+//!
+//! The rules (docs/trainer-protocol.md):
+//! - heartbeats (a new progress file, or a line matching `progress_regex`): silence for
+//!   `heartbeat_timeout` after the last one is a stall; silence for twice the promised interval is
+//!   late (a warning). Not for protocol `none`.
+//! - before the first heartbeat: protocol `v1` must beat within `startup_grace`; `auto` and `none`
+//!   have no deadline (an unchanged script is not killed for not speaking the protocol).
+//! - `idle_timeout`: no output and no heartbeat for that long is a stall, whatever the protocol.
+
+use crate::store::records::Protocol;
+use std::time::{Duration, Instant};
+
+/// What a job's silence is measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub protocol: Protocol,
+    pub startup_grace: Duration,
+    pub heartbeat_timeout: Duration,
+    /// Late after this much silence since the last heartbeat (twice the promised interval).
+    pub late_after: Duration,
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The rule a stall broke, as its event names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    StartupGrace,
+    HeartbeatTimeout,
+    IdleTimeout,
+}
+
+impl Rule {
+    /// The rule's word in events (`heartbeat_timeout`).
+    pub fn word(self) -> &'static str {
+        match self {
+            Rule::StartupGrace => "startup_grace",
+            Rule::HeartbeatTimeout => "heartbeat_timeout",
+            Rule::IdleTimeout => "idle_timeout",
+        }
+    }
+}
+
+/// The clock's readings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Readings {
+    pub started: Instant,
+    pub last_beat: Option<Instant>,
+    pub last_output: Option<Instant>,
+}
+
+/// The verdict at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// A rule is broken: stop the trainer. With the silence that broke it.
+    pub stall: Option<(Rule, Duration)>,
+    /// Silent past `late_after` since the last heartbeat (not yet a stall).
+    pub late: Option<Duration>,
+    /// When to look again, if any rule still has a deadline ahead.
+    pub next: Option<Duration>,
+}
+
+fn since(now: Instant, then: Instant) -> Duration {
+    now.saturating_duration_since(then)
+}
+
+/// Judges the readings at `now`.
+pub fn judge(limits: &Limits, r: &Readings, now: Instant) -> Verdict {
+    let mut stall = None;
+    let mut late = None;
+    let mut next: Option<Duration> = None;
+    let mut ahead = |d: Duration| next = Some(next.map_or(d, |n| n.min(d)));
+    match (limits.protocol, r.last_beat) {
+        (Protocol::None, _) => {}
+        (_, Some(beat)) => {
+            let silence = since(now, beat);
+            if silence >= limits.heartbeat_timeout {
+                stall = Some((Rule::HeartbeatTimeout, silence));
+            } else {
+                ahead(limits.heartbeat_timeout - silence);
+                if silence >= limits.late_after {
+                    late = Some(silence);
+                } else if limits.late_after < limits.heartbeat_timeout {
+                    ahead(limits.late_after - silence);
+                }
+            }
+        }
+        (Protocol::V1, None) => {
+            let silence = since(now, r.started);
+            if silence >= limits.startup_grace {
+                stall = Some((Rule::StartupGrace, silence));
+            } else {
+                ahead(limits.startup_grace - silence);
+            }
+        }
+        (Protocol::Auto, None) => {}
+    }
+    if let (None, Some(idle)) = (stall, limits.idle_timeout) {
+        let activity = [Some(r.started), r.last_beat, r.last_output].into_iter().flatten().max().unwrap_or(r.started);
+        let quiet = since(now, activity);
+        if quiet >= idle {
+            stall = Some((Rule::IdleTimeout, quiet));
+        } else {
+            ahead(idle - quiet);
+        }
+    }
+    if stall.is_some() {
+        next = None;
+    }
+    Verdict { stall, late, next }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    fn limits(protocol: Protocol, idle: Option<u64>) -> Limits {
+        Limits {
+            protocol,
+            startup_grace: s(300),
+            heartbeat_timeout: s(600),
+            late_after: s(10),
+            idle_timeout: idle.map(s),
+        }
+    }
+
+    /// The readings `started`, `beat` and `output` seconds after a common origin, judged `now` seconds
+    /// after it.
+    fn at(l: &Limits, beat: Option<u64>, output: Option<u64>, now: u64) -> Verdict {
+        let origin = Instant::now();
+        let r = Readings {
+            started: origin,
+            last_beat: beat.map(|b| origin + s(b)),
+            last_output: output.map(|o| origin + s(o)),
+        };
+        judge(l, &r, origin + s(now))
+    }
+
+    #[test]
+    fn the_rules_as_a_table() {
+        use Protocol::{Auto, V1};
+        use Rule::*;
+        let off = Protocol::None;
+        /// protocol, idle, beat, output, now => stall, late, next (seconds).
+        type Case =
+            (Protocol, Option<u64>, Option<u64>, Option<u64>, u64, Option<(Rule, u64)>, Option<u64>, Option<u64>);
+        let cases: &[Case] = &[
+            // protocol, idle, beat, output, now => stall, late, next
+            (V1, None, None, None, 0, None, None, Some(300)),
+            (V1, None, None, None, 299, None, None, Some(1)),
+            (V1, None, None, None, 300, Some((StartupGrace, 300)), None, None),
+            (Auto, None, None, None, 100_000, None, None, None),
+            (off, None, None, None, 100_000, None, None, None),
+            (V1, None, Some(5), None, 10, None, None, Some(5)),
+            (Auto, None, Some(5), None, 15, None, Some(10), Some(590)),
+            (Auto, None, Some(5), None, 605, Some((HeartbeatTimeout, 600)), None, None),
+            (V1, None, Some(5), None, 604, None, Some(599), Some(1)),
+            (off, None, Some(5), None, 100_000, None, None, None),
+            (Auto, Some(60), None, None, 59, None, None, Some(1)),
+            (Auto, Some(60), None, Some(50), 100, None, None, Some(10)),
+            (Auto, Some(60), None, Some(50), 110, Some((IdleTimeout, 60)), None, None),
+            (off, Some(60), None, None, 60, Some((IdleTimeout, 60)), None, None),
+            (Auto, Some(60), Some(100), Some(50), 150, None, Some(50), Some(10)),
+            (V1, Some(60), None, None, 60, Some((IdleTimeout, 60)), None, None),
+            (V1, Some(600), None, None, 300, Some((StartupGrace, 300)), None, None),
+        ];
+        for (i, &(protocol, idle, beat, output, now, stall, late, next)) in cases.iter().enumerate() {
+            let v = at(&limits(protocol, idle), beat, output, now);
+            assert_eq!(v.stall, stall.map(|(r, d)| (r, s(d))), "case {i}");
+            assert_eq!(v.late, late.map(s), "case {i}");
+            assert_eq!(v.next, next.map(s), "case {i}");
+        }
+    }
+
+    #[test]
+    fn rules_have_their_event_words() {
+        let words: Vec<_> = [Rule::StartupGrace, Rule::HeartbeatTimeout, Rule::IdleTimeout].map(Rule::word).to_vec();
+        assert_eq!(words, ["startup_grace", "heartbeat_timeout", "idle_timeout"]);
+    }
+}

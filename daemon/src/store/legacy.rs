@@ -1,0 +1,126 @@
+//! The records as earlier formats wrote them, frozen, and their conversion to the current ones.
+//! bincode is positional: a field added inside `JobSpec` or `Attempt` changes every byte after it,
+//! so each format's layout is kept here as it was, and a stored record is decoded by its format byte.
+//!
+//! - Formats 1 and 2: `JobRecordV2` (format 1 lacks its last field, `run_as`; see
+//!   `codec::upgrade_job`). Their jobs were submitted under protocol v1's rules and keep them.
+
+use super::records::{Attempt, ExitStatus, JobId, JobRecord, JobSpec, Protocol, RestartPolicy, RunAs, Timeouts};
+use serde::Deserialize;
+use std::path::PathBuf;
+use trainerd_proto::trainer::CheckpointRef;
+
+#[derive(Deserialize)]
+struct JobSpecV2 {
+    name: String,
+    command: Vec<String>,
+    workdir: PathBuf,
+    env: Vec<(String, String)>,
+    gpus: u32,
+    priority: i32,
+    idempotency_key: Option<String>,
+    restart: RestartPolicy,
+    timeouts: Timeouts,
+}
+
+#[derive(Deserialize)]
+struct AttemptV2 {
+    number: u32,
+    pid: Option<u32>,
+    pid_start_ticks: Option<u64>,
+    started_at: f64,
+    ended_at: Option<f64>,
+    exit: Option<ExitStatus>,
+    reason: i32,
+    resumed_from: Option<PathBuf>,
+}
+
+/// A job record of formats 1 and 2.
+#[derive(Deserialize)]
+pub struct JobRecordV2 {
+    id: JobId,
+    spec: JobSpecV2,
+    state: i32,
+    reason: i32,
+    created_at: f64,
+    updated_at: f64,
+    attempts: Vec<AttemptV2>,
+    restart_times: Vec<f64>,
+    consecutive_failures: u32,
+    next_restart_at: Option<f64>,
+    latest_checkpoint: Option<CheckpointRef>,
+    previous_checkpoint: Option<CheckpointRef>,
+    step: u64,
+    total_steps: u64,
+    epoch: u64,
+    total_epochs: u64,
+    loss: Option<f64>,
+    val_loss: Option<f64>,
+    exit_code: Option<i32>,
+    weights_sha256: Option<String>,
+    cancelled_by: Option<String>,
+    message: Option<String>,
+    run_as: Option<RunAs>,
+}
+
+impl From<JobRecordV2> for JobRecord {
+    fn from(r: JobRecordV2) -> JobRecord {
+        let s = r.spec;
+        JobRecord {
+            id: r.id,
+            spec: JobSpec {
+                name: s.name,
+                command: s.command,
+                workdir: s.workdir,
+                env: s.env,
+                gpus: s.gpus,
+                priority: s.priority,
+                idempotency_key: s.idempotency_key,
+                restart: s.restart,
+                timeouts: s.timeouts,
+                protocol: Protocol::V1,
+                idle_timeout_ms: None,
+                progress_regex: None,
+                resume_rule: None,
+            },
+            state: r.state,
+            reason: r.reason,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            attempts: r
+                .attempts
+                .into_iter()
+                .map(|a| Attempt {
+                    number: a.number,
+                    pid: a.pid,
+                    pid_start_ticks: a.pid_start_ticks,
+                    started_at: a.started_at,
+                    ended_at: a.ended_at,
+                    exit: a.exit,
+                    reason: a.reason,
+                    resumed_from: a.resumed_from,
+                    resumed_step: None,
+                    first_step: None,
+                    resume_ignored: false,
+                })
+                .collect(),
+            restart_times: r.restart_times,
+            consecutive_failures: r.consecutive_failures,
+            next_restart_at: r.next_restart_at,
+            latest_checkpoint: r.latest_checkpoint,
+            previous_checkpoint: r.previous_checkpoint,
+            step: r.step,
+            total_steps: r.total_steps,
+            epoch: r.epoch,
+            total_epochs: r.total_epochs,
+            loss: r.loss,
+            val_loss: r.val_loss,
+            exit_code: r.exit_code,
+            weights_sha256: r.weights_sha256,
+            cancelled_by: r.cancelled_by,
+            message: r.message,
+            run_as: r.run_as,
+            restarts_exhausted: false,
+        }
+    }
+}

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what building trainerd needs and is missing, and reuses what an earlier run installed:
-# torch==2.11.0 (the libtorch that tch 0.24 requires exactly) into the project-local venv .venv, and
-# the link .venv/libtorch that .cargo/config.toml points LIBTORCH at. protoc needs nothing: the build
-# takes it from the protoc-bin-vendored crate.
+# Installs what building and testing trainerd needs and is missing, and reuses what an earlier run
+# installed: torch==2.11.0 (the libtorch that tch 0.24 requires exactly) into the project-local venv
+# .venv, the link .venv/libtorch that .cargo/config.toml points LIBTORCH at, and the Hugging Face
+# libraries the unchanged-script test trains with (transformers, accelerate; pinned). protoc needs
+# nothing: the build takes it from the protoc-bin-vendored crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,11 @@ fi
 if ! have_torch; then
   echo "setup: installing torch==$TORCH_VERSION into .venv (about a minute, 4.6 GB; once)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+fi
+HF_PACKAGES=("transformers==4.57.6" "accelerate==1.16.0")
+if ! .venv/bin/python -c 'import transformers, accelerate' 2>/dev/null; then
+  echo "setup: installing ${HF_PACKAGES[*]} into .venv (for the unchanged-script test; once)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "${HF_PACKAGES[@]}"
 fi
 torch_dir=$(.venv/bin/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torch").origin))')
 ln -sfn "$torch_dir" .venv/libtorch

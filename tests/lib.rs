@@ -37,6 +37,37 @@ pub fn first_line_within(stdout: std::process::ChildStdout, limit: Duration) -> 
     rx.recv_timeout(limit).unwrap_or_default()
 }
 
+/// How long a command the tests run (trainctl, trainerd check-config, a tool) may take.
+pub const COMMAND_WITHIN: Duration = Duration::from_secs(120);
+
+/// `Command::output` with a deadline: a command that hangs (a trainctl waiting on a wedged trainerd)
+/// is killed and the test fails naming it, instead of hanging CI.
+pub trait OutputWithin {
+    /// Runs the command to its end within [`COMMAND_WITHIN`] and returns its output.
+    fn output_within(&mut self) -> std::io::Result<std::process::Output>;
+}
+
+impl OutputWithin for Command {
+    fn output_within(&mut self) -> std::io::Result<std::process::Output> {
+        let what = format!("{self:?}");
+        let child = self.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(COMMAND_WITHIN) {
+            Ok(output) => output,
+            Err(_) => {
+                // SAFETY: kill(2) on a child this function started; it has not been reaped (its waiter
+                // thread has not returned).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                panic!("{what} did not finish within {COMMAND_WITHIN:?}");
+            }
+        }
+    }
+}
+
 /// A running trainerd on its own temporary state dir and socket.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
@@ -127,6 +158,7 @@ impl Daemon {
         let mut child = self.child.take().expect("trainerd is running");
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        wait_gone(child.id(), COMMAND_WITHIN);
         child.wait().expect("wait for trainerd")
     }
 

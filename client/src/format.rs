@@ -188,7 +188,7 @@ pub fn watch_line(job: &pb::Job) -> String {
         job.total_steps,
         job.epoch,
         job.loss.map(|l| format!(" loss {l:.4}")).unwrap_or_default(),
-        job.samples_per_sec.map(|r| format!(" {r:.0}/s")).unwrap_or_default(),
+        job.samples_per_sec.map(|r| format!(" {r:.0} samples/s")).unwrap_or_default(),
         eta,
         if job.restarts > 0 { format!(" restarts {}", job.restarts) } else { String::new() },
     )

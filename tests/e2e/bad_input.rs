@@ -553,7 +553,7 @@ fn bad_configuration_is_refused_at_start_with_the_setting_named() {
             .arg("--socket")
             .arg(dir.path().join("s.sock"))
             .arg("check-config")
-            .output()
+            .output_within()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{text:?} was accepted: {stderr}");

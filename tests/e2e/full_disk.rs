@@ -26,7 +26,7 @@ impl Mount {
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(at)
-            .output()
+            .output_within()
             .map_err(|e| format!("cannot run mount: {e}"))?;
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());

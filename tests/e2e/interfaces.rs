@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Command;
 use std::time::Duration;
-use trainerd_tests::{bin, first_line_within, Daemon};
+use trainerd_tests::{bin, first_line_within, Daemon, OutputWithin};
 
 /// How long a control-socket reply may take.
 const REPLY_WITHIN: Duration = Duration::from_secs(30);
@@ -80,7 +80,7 @@ fn the_json_socket_serves_every_operation() {
     let out = Command::new(bin("trainctl"))
         .args(["--json", "get", &id])
         .env("TRAINERD_SOCKET", daemon.socket())
-        .output()
+        .output_within()
         .unwrap();
     let via_grpc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(via_grpc["weights_sha256"], got["job"]["weights_sha256"]);
@@ -127,8 +127,11 @@ fn bad_json_lines_get_errors_and_the_connection_and_daemon_keep_serving() {
     assert!(first.contains(&id), "trainctl watch printed no update: {first:?}");
     grpc_watch.kill().unwrap();
     grpc_watch.wait().unwrap();
-    let out =
-        Command::new(bin("trainctl")).args(["watch", &id]).env("TRAINERD_SOCKET", daemon.socket()).output().unwrap();
+    let out = Command::new(bin("trainctl"))
+        .args(["watch", &id])
+        .env("TRAINERD_SOCKET", daemon.socket())
+        .output_within()
+        .unwrap();
     assert!(out.status.success(), "the job still completes and others are still served");
 }
 
@@ -142,14 +145,14 @@ fn logs_print_the_tail_and_follow_to_the_end() {
     let out = Command::new(bin("trainctl"))
         .args(["logs", "-f", &id])
         .env("TRAINERD_SOCKET", daemon.socket())
-        .output()
+        .output_within()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.stdout.len(), 1000, "-f follows every byte until the job ends");
     let out = Command::new(bin("trainctl"))
         .args(["logs", "--tail", "150", &id])
         .env("TRAINERD_SOCKET", daemon.socket())
-        .output()
+        .output_within()
         .unwrap();
     assert_eq!(out.stdout.len(), 150);
 }
@@ -162,7 +165,7 @@ fn a_second_daemon_on_the_same_state_dir_refuses_and_a_stale_socket_is_replaced(
         .arg(daemon.state_dir())
         .arg("--socket")
         .arg(daemon.dir.path().join("other.sock"))
-        .output()
+        .output_within()
         .unwrap();
     assert!(!out.status.success());
     let message = String::from_utf8_lossy(&out.stderr);
@@ -172,7 +175,8 @@ fn a_second_daemon_on_the_same_state_dir_refuses_and_a_stale_socket_is_replaced(
     daemon.kill();
     assert!(daemon.socket().exists());
     daemon.restart();
-    let out = Command::new(bin("trainctl")).arg("info").env("TRAINERD_SOCKET", daemon.socket()).output().unwrap();
+    let out =
+        Command::new(bin("trainctl")).arg("info").env("TRAINERD_SOCKET", daemon.socket()).output_within().unwrap();
     assert!(out.status.success());
 }
 
@@ -212,11 +216,11 @@ fn the_daemon_reads_its_configuration_file_and_flags_win() {
     let out = Command::new(bin("trainerd"))
         .args(["--config", config.to_str().unwrap(), "--state-dir", dir.path().join("s").to_str().unwrap()])
         .args(["--socket", dir.path().join("x.sock").to_str().unwrap()])
-        .output()
+        .output_within()
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `slot`"));
-    let check = |args: &[&str]| Command::new(bin("trainerd")).args(args).arg("check-config").output().unwrap();
+    let check = |args: &[&str]| Command::new(bin("trainerd")).args(args).arg("check-config").output_within().unwrap();
     let out = check(&["--state-dir", dir.path().join("ok").to_str().unwrap(), "--gpus", "none"]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
     let out = check(&["--state-dir", "/proc/no-such-dir", "--gpus", "none"]);

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 use trainerd_proto::state::is_terminal;
 use trainerd_proto::v1::JobState;
-use trainerd_tests::{bin, events, watch_until, Daemon};
+use trainerd_tests::{bin, events, watch_until, Daemon, OutputWithin};
 
 const LIMIT: Duration = Duration::from_secs(180);
 
@@ -28,7 +28,7 @@ fn submit_example(daemon: &Daemon, name: &str, args: &[&str]) -> String {
         .arg(&example)
         .args(["--epochs", "6", "--steps-per-epoch", "10"])
         .args(args)
-        .output()
+        .output_within()
         .expect("trainctl");
     assert!(out.status.success(), "submit: {}", String::from_utf8_lossy(&out.stderr));
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -36,7 +36,7 @@ fn submit_example(daemon: &Daemon, name: &str, args: &[&str]) -> String {
 }
 
 fn trainctl(daemon: &Daemon, args: &[&str]) {
-    let out = Command::new(bin("trainctl")).env("TRAINERD_SOCKET", daemon.socket()).args(args).output().unwrap();
+    let out = Command::new(bin("trainctl")).env("TRAINERD_SOCKET", daemon.socket()).args(args).output_within().unwrap();
     assert!(out.status.success(), "trainctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 

@@ -26,7 +26,7 @@ fn control_in(socket: &Path, uid: u32, gid: u32, groups: &[u32], request: &str) 
     let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\n\
                   try: s.sendall(sys.argv[2].encode()+b'\\n')\nexcept BrokenPipeError: pass\nprint(s.makefile().readline().strip())";
     let out = as_user_in(Command::new("python3").args(["-c", script]).arg(socket).arg(request), uid, gid, groups)
-        .output()
+        .output_within()
         .expect("python3");
     assert!(out.status.success(), "{}", text(&out));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -64,7 +64,7 @@ fn sockets_are_0660_in_their_group_and_the_peer_check_denies_and_audits_an_unlis
     let bins = tempfile::tempdir().unwrap();
     let trainctl = public_bin(bins.path(), "trainctl");
     let out = as_user(Command::new(&trainctl).arg("--socket").arg(daemon.socket()).arg("ls"), STRANGER, STRANGER)
-        .output()
+        .output_within()
         .unwrap();
     assert!(!out.status.success());
     assert!(text(&out).contains("uid 12345 may not use this trainerd"), "{}", text(&out));
@@ -76,7 +76,7 @@ fn sockets_are_0660_in_their_group_and_the_peer_check_denies_and_audits_an_unlis
 
     // A member of the socket's group (here by its primary group) is let in on both sockets.
     let out = as_user(Command::new(&trainctl).arg("--socket").arg(daemon.socket()).arg("ls"), STRANGER, NOGROUP)
-        .output()
+        .output_within()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let reply = control_as(&control, STRANGER, NOGROUP, r#"{"op":"info"}"#);
@@ -92,7 +92,7 @@ fn a_user_whose_supplementary_group_is_the_sockets_is_let_in_and_one_without_it_
     let trainctl = public_bin(bins.path(), "trainctl");
     let ls = |groups: &[u32]| {
         as_user_in(Command::new(&trainctl).arg("--socket").arg(daemon.socket()).arg("ls"), STRANGER, STRANGER, groups)
-            .output()
+            .output_within()
             .unwrap()
     };
     // The usual production case: the user's own primary group, and the socket's among the others.
@@ -139,7 +139,7 @@ fn a_job_runs_as_the_user_who_submitted_it_and_cannot_touch_trainerds_files() {
         STRANGER,
         STRANGER,
     )
-    .output()
+    .output_within()
     .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -166,7 +166,7 @@ fn a_job_runs_as_the_user_who_submitted_it_and_cannot_touch_trainerds_files() {
         // The user cannot write where trainerd keeps logs and exit records.
         let forge =
             as_user(Command::new("sh").arg("-c").arg("echo forged > \"$0\"/exit.json").arg(&dir), STRANGER, STRANGER)
-                .output()
+                .output_within()
                 .unwrap();
         assert!(!forge.status.success(), "a job's user could write into its job dir");
 
@@ -179,7 +179,7 @@ fn a_job_runs_as_the_user_who_submitted_it_and_cannot_touch_trainerds_files() {
 /// A self-signed CA and a server certificate for 127.0.0.1 and localhost, made with openssl.
 fn certificates(dir: &Path) {
     let run = |args: &[&str]| {
-        let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
+        let out = Command::new("openssl").args(args).current_dir(dir).output_within().expect("openssl");
         assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
     };
     std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
@@ -253,7 +253,7 @@ fn tcp_needs_a_bearer_token_and_beyond_loopback_tls_and_never_runs_a_job_as_root
 
     let port = free_port();
     let daemon = Daemon::start(&["--listen", &format!("127.0.0.1:{port}"), "--token-file", token.to_str().unwrap()]);
-    let trainctl = |args: &[&str]| Command::new(bin("trainctl")).args(args).output().unwrap();
+    let trainctl = |args: &[&str]| Command::new(bin("trainctl")).args(args).output_within().unwrap();
     let addr = format!("http://127.0.0.1:{port}");
     let out = trainctl(&["--addr", &addr, "--token-file", token.to_str().unwrap(), "--json", "info"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -296,7 +296,7 @@ fn tcp_needs_a_bearer_token_and_beyond_loopback_tls_and_never_runs_a_job_as_root
     assert!(out.status.success(), "{}", text(&out));
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let id = job["id"].as_str().unwrap().to_string();
-    let id_out = Command::new("id").args(["-u", "nobody"]).output().unwrap();
+    let id_out = Command::new("id").args(["-u", "nobody"]).output_within().unwrap();
     let nobody: u32 = String::from_utf8_lossy(&id_out.stdout).trim().parse().expect("the nobody user");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     let pid = loop {
@@ -334,7 +334,7 @@ fn tcp_settings_that_would_be_unsafe_are_refused_at_start_with_the_reason() {
             .arg("--socket")
             .arg(dir.path().join("s.sock"))
             .args(args)
-            .output()
+            .output_within()
             .unwrap();
         assert!(!out.status.success(), "{args:?} started");
         assert!(text(&out).contains(expected), "{args:?}: expected {expected:?} in {}", text(&out));

@@ -3,7 +3,9 @@
 use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 use trainerd_proto::v1::JobState;
-use trainerd_tests::{bin, events, fake_job, first_line_within, get, submit, wait_gone, watch_until, Daemon};
+use trainerd_tests::{
+    bin, events, fake_job, first_line_within, get, submit, wait_gone, watch_until, Daemon, OutputWithin,
+};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -66,6 +68,7 @@ async fn ready_after_restore_then_watchdog_pings_then_stopping_on_sigterm() {
         seen.push(message);
         assert!(seen.len() < 50, "no STOPPING=1 after SIGTERM: {seen:?}");
     }
+    wait_gone(child.id(), LIMIT);
     let status = child.wait_with_output().unwrap().status;
     assert!(status.success(), "an orderly shutdown exits 0: {status:?}");
 }
@@ -80,7 +83,7 @@ fn the_unit_passes_systemd_analyze_verify_with_no_output() {
     let out = std::process::Command::new("systemd-analyze")
         .arg("verify")
         .arg(&path)
-        .output()
+        .output_within()
         .expect("systemd-analyze (Debian package systemd) must be installed");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify said: {text}");
@@ -171,6 +174,7 @@ fn log_of(extra: &[&str], journal: bool) -> String {
     assert!(line.starts_with("trainerd ready"), "{line:?}");
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_gone(child.id(), LIMIT);
     assert!(child.wait().unwrap().success());
     std::fs::read_to_string(dir.path().join("stderr")).unwrap()
 }

@@ -3,10 +3,10 @@
 
 use serde_json::Value;
 use std::process::{Command, Output};
-use trainerd_tests::{bin, Daemon};
+use trainerd_tests::{bin, Daemon, OutputWithin};
 
 fn trainctl(daemon: &Daemon, args: &[&str]) -> Output {
-    Command::new(bin("trainctl")).args(args).env("TRAINERD_SOCKET", daemon.socket()).output().expect("trainctl")
+    Command::new(bin("trainctl")).args(args).env("TRAINERD_SOCKET", daemon.socket()).output_within().expect("trainctl")
 }
 
 fn ok(daemon: &Daemon, args: &[&str]) -> String {
@@ -113,16 +113,15 @@ fn watch_exit_status_tells_the_outcome_and_cancel_records_who() {
 
     let hung =
         ok(&daemon, &["submit", "--stop-grace", "200ms", "--env", "FAKE_FAULT=hang@2", "--", &fake]).trim().to_string();
-    let watcher = Command::new(bin("trainctl"))
-        .args(["watch", &hung])
-        .env("TRAINERD_SOCKET", daemon.socket())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let socket = daemon.socket();
+    let hung_id = hung.clone();
+    let watcher = std::thread::spawn(move || {
+        Command::new(bin("trainctl")).args(["watch", &hung_id]).env("TRAINERD_SOCKET", socket).output_within().unwrap()
+    });
     assert_eq!(ok(&daemon, &["cancel", &hung]).trim(), format!("{hung} cancelled"));
     let cancelled = json(&ok(&daemon, &["--json", "get", &hung]));
     assert_eq!(cancelled["state"], "cancelled");
-    let out = watcher.wait_with_output().unwrap();
+    let out = watcher.join().unwrap();
     assert_eq!(out.status.code(), Some(3), "a cancelled job's watch exits 3");
     let (_, message) = err(&daemon, &["cancel", &hung]);
     assert!(message.contains("already cancelled"), "{message}");
@@ -168,7 +167,7 @@ fn bad_requests_get_clear_errors_and_the_daemon_keeps_serving() {
 fn an_unreachable_daemon_is_one_clear_line() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("nobody.sock");
-    let out = Command::new(bin("trainctl")).args(["--socket", socket.to_str().unwrap(), "ls"]).output().unwrap();
+    let out = Command::new(bin("trainctl")).args(["--socket", socket.to_str().unwrap(), "ls"]).output_within().unwrap();
     assert_eq!(out.status.code(), Some(69));
     let message = String::from_utf8_lossy(&out.stderr);
     assert_eq!(message.lines().count(), 1, "{message}");
@@ -177,9 +176,9 @@ fn an_unreachable_daemon_is_one_clear_line() {
 
 #[test]
 fn completions_and_man_page_are_generated() {
-    let out = Command::new(bin("trainctl")).args(["completions", "bash"]).output().unwrap();
+    let out = Command::new(bin("trainctl")).args(["completions", "bash"]).output_within().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("trainctl"));
-    let out = Command::new(bin("trainctl")).arg("man").output().unwrap();
+    let out = Command::new(bin("trainctl")).arg("man").output_within().unwrap();
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(".TH trainctl"));
 }
 

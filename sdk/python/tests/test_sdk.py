@@ -18,7 +18,7 @@ SRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 # A loop of EPOCHS epochs of 5 steps that checkpoints its step and epoch, with a ready marker after
 # its first step so a test knows when its signal handlers are in place.
 LOOP = """
-import os, sys, time
+import fractions, os, sys, time
 sys.path.insert(0, {src!r})
 import trainerd
 run = trainerd.Run(total_epochs=4, out={out!r})
@@ -31,10 +31,112 @@ for epoch in range(start, 4):
         run.step(loss=1.0 / (run.step_count + 1))
         ran += 1
         open({ready!r}, "w").close()
-    run.end_epoch(epoch + 1, {{"epoch": epoch + 1, "step": run.step_count, "w": run.step_count * 2}})
+    run.end_epoch(epoch + 1, {{"epoch": epoch + 1, "step": run.step_count, "w": fractions.Fraction(run.step_count, 3)}})
 print("ran", ran, "from", run.step_count - ran, flush=True)
 run.complete(weights_sha256="w%d" % run.step_count)
 """
+
+
+class SdkApiTest(unittest.TestCase):
+    """The SDK's parts in this process: defaults, edges and exact values the loop tests do not reach."""
+
+    def setUp(self):
+        sys.path.insert(0, SRC)
+        import trainerd  # noqa: F401 - the module under test, from the source tree
+
+        self.trainerd = sys.modules["trainerd"]
+        self.dir = tempfile.TemporaryDirectory()
+        self.saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("TRAINERD_")}
+
+    def tearDown(self):
+        os.environ.update(self.saved)
+        self.dir.cleanup()
+
+    def read(self, path):
+        with open(path) as f:
+            return json.load(f)
+
+    def run_obj(self, **kw):
+        run = self.trainerd.Run(out=os.path.join(self.dir.name, "run"), install_signals=False, **kw)
+        self.addCleanup(run.reporter._stop.set)
+        return run
+
+    def test_a_fresh_run_starts_at_zero_and_reports_zero_totals_when_not_told(self):
+        run = self.run_obj()
+        p = self.read(run.progress_file)
+        self.assertEqual((p["step"], p["total_steps"], p["total_epochs"], p["state"]), (0, 0, 0, "starting"))
+        self.assertEqual((run.step_count, run.epoch, run.attempt), (0, 0, 1))
+        path = run.checkpoint({"w": 1})
+        self.assertTrue(os.path.isdir(path) and path.endswith("step-000000000000"), path)
+        p = self.read(run.progress_file)
+        self.assertEqual(p["latest_checkpoint"], {"path": path, "step": 0, "epoch": 0})
+
+    def test_heartbeat_sequence_numbers_grow_by_one_per_write(self):
+        run = self.run_obj()
+        first = self.read(run.progress_file)["heartbeat_seq"]
+        run.reporter.write()
+        self.assertEqual(self.read(run.progress_file)["heartbeat_seq"], first + 1)
+
+    def test_a_state_without_step_or_epoch_resumes_at_zero_never_guessing(self):
+        from trainerd import checkpoint
+
+        for state in [{"w": 1}, [1, 2]]:
+            path = checkpoint.save(state, os.path.join(self.dir.name, "ck"), 7)
+            os.environ["TRAINERD_RESUME_FROM"] = path
+            run = self.run_obj()
+            self.assertEqual(run.resume(), state)
+            self.assertEqual((run.step_count, run.epoch), (0, 0))
+            del os.environ["TRAINERD_RESUME_FROM"]
+
+    def test_pruning_keeps_exactly_the_newest_and_the_protected(self):
+        from trainerd import checkpoint
+
+        d = os.path.join(self.dir.name, "ck")
+        paths = [checkpoint.save({"s": s}, d, s) for s in range(5)]
+        checkpoint.save({"s": 2}, d, 2)  # the same step again keeps one copy
+        checkpoint.prune(d, 1, protect=[paths[0]])
+        self.assertEqual(sorted(os.listdir(d)), ["step-000000000000", "step-000000000004"])
+        checkpoint.prune(d, 0)
+        self.assertEqual(len(os.listdir(d)), 2, "keep 0 prunes nothing")
+
+    def test_a_progress_file_is_refused_one_byte_over_64_kib(self):
+        from trainerd.progress import MAX_PROGRESS_BYTES, Reporter
+
+        self.assertEqual(MAX_PROGRESS_BYTES, 65536)
+        reporter = Reporter(os.path.join(self.dir.name, "p.json"))
+        # The time's digits vary by a byte or two from write to write: aim until exactly 64 KiB.
+        n = 0
+        for _ in range(40):
+            try:
+                reporter.write(message="x" * n)
+            except ValueError:
+                n -= 1
+                continue
+            size = os.path.getsize(reporter.path)
+            if size == MAX_PROGRESS_BYTES:
+                break
+            n += MAX_PROGRESS_BYTES - size
+        self.assertEqual(size, MAX_PROGRESS_BYTES, "exactly 64 KiB is allowed")
+        with self.assertRaises(ValueError):
+            reporter.write(message="x" * (n + 5))
+
+    def test_a_reporter_never_started_can_still_finish(self):
+        from trainerd.progress import Reporter
+
+        reporter = Reporter(os.path.join(self.dir.name, "p.json"))
+        reporter.finish("completed")
+        self.assertEqual(self.read(reporter.path)["state"], "completed")
+        with self.assertRaises(ValueError):
+            reporter.finish("running")
+
+    def test_the_final_state_is_the_files_last_word_even_with_a_fast_heartbeat(self):
+        from trainerd.progress import Reporter
+
+        for i in range(50):
+            reporter = Reporter(os.path.join(self.dir.name, f"p{i}.json"), heartbeat_interval=0.0001).start()
+            reporter.finish("completed")
+            time.sleep(0.002)
+            self.assertEqual(self.read(reporter.path)["state"], "completed", f"round {i}")
 
 
 class SdkTest(unittest.TestCase):
@@ -50,9 +152,12 @@ class SdkTest(unittest.TestCase):
         code = LOOP.format(src=SRC, out=self.out, sleep=sleep, ready=self.ready)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("TRAINERD_")}
         full_env.update(env or {})
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-c", code], env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
+        self.addCleanup(proc.stdout.close)
+        self.addCleanup(proc.stderr.close)
+        return proc
 
     def wait_ready(self, proc):
         deadline = time.time() + 30
@@ -88,6 +193,19 @@ class SdkTest(unittest.TestCase):
         # Equal results cannot tell a resume from a rerun from step 0: the attempt must have taken
         # only the steps after the pause checkpoint.
         self.assertEqual(resumed.stdout.read().strip(), "ran %d from %d" % (20 - p["step"], p["step"]))
+
+    def test_fail_exits_78_by_default_and_a_crash_never_hangs_on_the_heartbeat_thread(self):
+        code = (
+            f"import sys\nsys.path.insert(0, {SRC!r})\nimport trainerd\n"
+            f"run = trainerd.Run(out={self.out!r})\nrun.fail('bad configuration')"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        self.assertEqual(proc.returncode, 78, proc.stderr)
+        self.assertEqual(self.progress()["state"], "failed")
+        # A loop that dies of an exception exits: the heartbeat thread never keeps the process alive.
+        code = f"import sys\nsys.path.insert(0, {SRC!r})\nimport trainerd\nrun = trainerd.Run(out={self.out!r})\nraise RuntimeError('boom')"
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        self.assertEqual(proc.returncode, 1, proc.stderr)
 
     def test_sigterm_stops_at_the_next_step_with_exit_75(self):
         proc = self.start(sleep=0.05)

@@ -47,10 +47,6 @@ class Reporter:
         with self._lock:
             self._fields.update(fields)
 
-    def get(self, name, default=None):
-        with self._lock:
-            return self._fields.get(name, default)
-
     def write(self, fsync=False, **fields):
         """Writes the file now: temp file in the same directory, then rename over the old one."""
         with self._lock:

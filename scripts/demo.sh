@@ -28,7 +28,7 @@ echo "trainerd is running (state in $dir/state, log in $dir/trainerd.log)"
 # a checkpoint every 50 steps and at each epoch's end.
 train=(target/release/trainer-proc --device auto --epochs 6 --steps-per-epoch 150 --hidden 512,512,512
   --batch-size 128 --train-samples 8192 --checkpoint-every 50 "$@")
-field() { $ctl --json get "$1" | python3 -c "import json,sys; print(json.load(sys.stdin).get('$2') or '')"; }
+field() { $ctl --json get "$1" | python3 -c "import json,sys; v = json.load(sys.stdin).get('$2'); print('' if v is None else v)"; }
 reference=$($ctl submit --name uninterrupted -- "${train[@]}")
 demo=$($ctl submit --name interrupted -- "${train[@]}")
 echo "submitted $reference (left alone) and $demo (to be killed midway)"

@@ -255,11 +255,6 @@ impl Store {
         }
     }
 
-    /// Marks the store failed as if a write had failed with `error` (tests).
-    pub fn fail_for_test(&self, error: std::io::Error) {
-        let _ = self.note::<()>(Err(StoreError::Sled(sled::Error::Io(error))));
-    }
-
     /// Reopens a failed store when `free` (the state dir's free bytes) reaches `reserve`, or at once
     /// when the failure was not a lack of space. A reopen that fails with space to spare marks the
     /// failure unrecoverable.

@@ -303,3 +303,33 @@ async fn a_shim_that_cannot_write_its_exit_record_reports_the_end_on_its_pipe_an
     let kinds: Vec<String> = events(&mut client, &job.id).await.into_iter().map(|(k, _)| k).collect();
     assert!(!kinds.contains(&"lost".to_string()), "{kinds:?}");
 }
+
+#[tokio::test]
+async fn sigterm_under_the_pause_policy_ends_within_shutdown_timeout_whatever_the_trainer_does() {
+    let mut daemon = Daemon::start(&["--gpus", "none", "--shutdown-policy", "pause", "--shutdown-timeout", "2"]);
+    let mut client = daemon.client().await;
+    // A protocol trainer that heartbeats but ignores SIGUSR1 (and every other signal it can), with a
+    // pause_timeout far beyond the shutdown timeout.
+    let script = "trap '' TERM USR1 INT HUP; while :; do \
+                  printf '{\"protocol\":1,\"state\":\"running\",\"step\":1,\"heartbeat_seq\":%s,\"updated_at\":%s}' \
+                  \"$(date +%s%N)\" \"$(date +%s)\" > \"$TRAINERD_PROGRESS_FILE.tmp\"; \
+                  mv \"$TRAINERD_PROGRESS_FILE.tmp\" \"$TRAINERD_PROGRESS_FILE\"; sleep 0.2; done";
+    let req =
+        pb::SubmitJobRequest { pause_timeout_ms: Some(600_000), stop_grace_ms: Some(500), ..sh_job("deaf", script) };
+    let job = submit(&mut client, req).await;
+    let pid = watch_until(&mut client, &job.id, LIMIT, |j| j.step == 1).await.pop().unwrap().pid.unwrap();
+    drop(client);
+    let started = Instant::now();
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}: {}", daemon.log());
+    let took = started.elapsed();
+    // shutdown-timeout (2 s) + the connections' second + the runtime's half second, with room for a
+    // loaded machine; without the bound it would wait out the 10-minute pause_timeout.
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+    // The trainer that did not pause runs on under its shim; the next trainerd finds it pausing.
+    assert!(alive(pid));
+    daemon.relaunch();
+    let mut client = daemon.client().await;
+    assert_eq!(get(&mut client, &job.id).await.state(), JobState::Pausing);
+    client.cancel_job(pb::CancelJobRequest { id: job.id.clone() }).await.unwrap();
+}

@@ -255,6 +255,13 @@ impl Store {
         }
     }
 
+    /// Marks the store failed as a failed write with `error` would (the tests' way to a failure
+    /// without filling a disk).
+    #[cfg(test)]
+    pub(crate) fn fail_with(&self, error: std::io::Error) {
+        let _ = self.note::<()>(Err(StoreError::Sled(sled::Error::Io(error))));
+    }
+
     /// Reopens a failed store when `free` (the state dir's free bytes) reaches `reserve`, or at once
     /// when the failure was not a lack of space. A reopen that fails with space to spare marks the
     /// failure unrecoverable.

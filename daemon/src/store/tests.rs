@@ -218,6 +218,47 @@ fn the_committed_format_3_fixture_still_decodes() {
     assert_eq!(decode_job(&bytes).unwrap(), record);
 }
 
+#[test]
+fn a_failed_store_refuses_writes_keeps_serving_reads_and_is_reopened_once_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (job, _) = store.create(spec("a", None), None, 1.0).unwrap();
+    assert_eq!(store.recover(0, 1), Recovery::Healthy);
+    store.fail_with(std::io::Error::from_raw_os_error(libc::ENOSPC));
+    let failure = store.failure().unwrap();
+    assert!(failure.out_of_space && !failure.unrecoverable, "{failure:?}");
+    assert!(failure.cause.starts_with("no space left on the file system of"), "{}", failure.cause);
+    let refused = store.transition(job.id, JobState::Starting, Reason::Unspecified, 2.0, "", |_| {}).unwrap_err();
+    assert!(refused.is_unavailable(), "{refused}");
+    assert!(store.create(spec("b", None), None, 2.0).unwrap_err().is_unavailable());
+    assert_eq!(store.get(job.id).unwrap().unwrap().state(), JobState::Queued, "reads go on");
+    // Not reopened while the reserve is not free; reopened once it is.
+    assert!(matches!(store.recover(10, 100), Recovery::Waiting(w) if w.starts_with("waiting for space")));
+    assert!(store.failure().is_some());
+    assert_eq!(store.recover(100, 100), Recovery::Recovered);
+    assert!(store.failure().is_none());
+    store.transition(job.id, JobState::Starting, Reason::Unspecified, 3.0, "", |_| {}).unwrap();
+    assert_eq!(store.get(job.id).unwrap().unwrap().state(), JobState::Starting);
+}
+
+#[test]
+fn a_store_that_cannot_be_reopened_with_room_to_spare_is_unrecoverable() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.create(spec("a", None), None, 1.0).unwrap();
+    store.fail_with(std::io::Error::from_raw_os_error(libc::EIO));
+    let failure = store.failure().unwrap();
+    assert!(!failure.out_of_space && !failure.unrecoverable);
+    assert!(failure.cause.starts_with("an I/O error in"), "{}", failure.cause);
+    // Something that is not sled's database where it was: the reopen fails for a reason space cannot cure.
+    let db = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.path()).find(|p| p.ends_with("db")).unwrap();
+    std::fs::rename(&db, dir.path().join("db.moved")).unwrap();
+    std::fs::create_dir(&db).unwrap();
+    assert!(matches!(store.recover(u64::MAX, 1), Recovery::Waiting(w) if w.starts_with("reopening failed")));
+    assert!(store.failure().unwrap().unrecoverable, "restarting trainerd is the remedy left");
+    assert!(store.get(JobId(1)).unwrap_err().is_unavailable(), "closed: nothing to read from");
+}
+
 /// Opens a store just dropped in this process: sled's background flusher may hold the file lock a
 /// moment longer (a daemon's restart is a new process, whose lock the kernel frees at exit).
 fn reopen(dir: &std::path::Path) -> Store {

@@ -2,7 +2,8 @@
 # Installs what building and testing trainerd needs and is missing, and reuses what an earlier run
 # installed: torch==2.11.0 (the libtorch that tch 0.24 requires exactly) into the project-local venv
 # .venv, the link .venv/libtorch that .cargo/config.toml points LIBTORCH at, and the Hugging Face
-# libraries the unchanged-script test trains with (transformers, accelerate; pinned). protoc needs
+# libraries the unchanged-script test trains with (transformers, accelerate; pinned), and grpcio with
+# its tools, health and reflection packages (the client tests; pinned). protoc needs
 # nothing: the build takes it from the protoc-bin-vendored crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,13 @@ HF_PACKAGES=("transformers==4.57.6" "accelerate==1.16.0")
 if ! .venv/bin/python -c 'import transformers, accelerate' 2>/dev/null; then
   echo "setup: installing ${HF_PACKAGES[*]} into .venv (for the unchanged-script test; once)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "${HF_PACKAGES[@]}"
+fi
+# The standard gRPC clients the client tests use (tests/e2e/clients.rs), and grpcio-tools, which builds
+# the SDK's stubs. setuptools stays below 82: torch 2.11 requires it.
+GRPC_PACKAGES=("grpcio==1.85.3" "grpcio-tools==1.85.1" "grpcio-health-checking==1.85.1" "grpcio-reflection==1.85.1" "setuptools<82")
+if ! .venv/bin/python -c 'import grpc, grpc_tools, grpc_health.v1, grpc_reflection' 2>/dev/null; then
+  echo "setup: installing ${GRPC_PACKAGES[*]} into .venv (for the gRPC client tests; once)"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "${GRPC_PACKAGES[@]}"
 fi
 torch_dir=$(.venv/bin/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torch").origin))')
 ln -sfn "$torch_dir" .venv/libtorch

@@ -165,3 +165,24 @@ pub struct Ls {
     #[arg(long, default_value_t = 100)]
     pub limit: u32,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// A field added to SubmitJobRequest reaches gRPC, the JSON socket and the Python client by
+    /// generation; trainctl's flags are written by hand, so this holds them to the proto.
+    #[test]
+    fn trainctl_submit_has_a_flag_for_every_submit_job_field() {
+        let cli = Cli::command();
+        let submit = cli.find_subcommand("submit").expect("a submit command");
+        let flags: Vec<String> = submit.get_arguments().map(|a| a.get_id().to_string()).collect();
+        let fields = trainerd_proto::descriptor::fields_of("SubmitJobRequest");
+        assert!(!fields.is_empty());
+        // Durations are given in words (30s, 4h): the flag drops the field's `_ms`.
+        let missing: Vec<&String> =
+            fields.iter().filter(|f| !flags.iter().any(|flag| flag == f.trim_end_matches("_ms"))).collect();
+        assert!(missing.is_empty(), "trainctl submit has no flag for SubmitJobRequest's {missing:?}");
+    }
+}

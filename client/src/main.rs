@@ -178,7 +178,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let events = client.list_events(pb::ListEventsRequest { id }).await?.into_inner().events;
             for e in events {
                 if json {
-                    print_json(&serde_json::json!({"at": e.at, "kind": e.kind, "message": e.message}));
+                    print_json(&trainerd_proto::json::event_json(&e));
                 } else {
                     println!("{}  {:<18} {}", format::local_time(e.at), e.kind, e.message);
                 }
@@ -230,13 +230,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Info => {
             let info = client.daemon_info(pb::DaemonInfoRequest {}).await?.into_inner();
             if json {
-                print_json(&serde_json::json!({
-                    "version": info.version, "uptime_s": info.uptime_s, "slots": info.slots,
-                    "state_dir": info.state_dir, "protocol_version": info.protocol_version, "pid": info.pid,
-                    "socket": socket.display().to_string(),
-                }));
+                let mut value = trainerd_proto::json::info_json(&info);
+                value["socket"] = socket.display().to_string().into();
+                print_json(&value);
             } else {
-                println!("version   {}", info.version);
+                println!("version   {} (API {})", info.version, info.api_version);
                 println!("pid       {}", info.pid);
                 println!("uptime    {:.0}s", info.uptime_s);
                 println!("slots     {}", info.slots);

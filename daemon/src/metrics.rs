@@ -30,6 +30,11 @@ impl Histogram {
         self.sum_nanos.fetch_add(value.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
     }
 
+    /// How many observations were recorded.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {

@@ -240,11 +240,11 @@ mod tests {
         let mut h = History::default();
         for t in 0..3 {
             assert!(matches!(
-                decide(&policy(), &mut h, &end(ExitStatus::Code(75)), t as f64, 0.0),
+                decide(&policy(), &mut h, &end(ExitStatus::Code(75)), 1000.0 + t as f64, 0.0),
                 Decision::Restart { .. }
             ));
         }
-        let d = decide(&policy(), &mut h, &end(ExitStatus::Code(75)), 10.0, 0.0);
+        let d = decide(&policy(), &mut h, &end(ExitStatus::Code(75)), 1010.0, 0.0);
         let Decision::Fail { reason, message, exhausted } = d else { panic!("{d:?}") };
         assert_eq!((reason, exhausted), (Reason::RetryableExit, true), "the cause stays the reason");
         assert!(
@@ -252,7 +252,30 @@ mod tests {
             "{message}"
         );
         // A minute after the first failures they no longer count.
-        assert!(matches!(decide(&policy(), &mut h, &end(ExitStatus::Code(75)), 61.0, 0.0), Decision::Restart { .. }));
+        assert!(matches!(decide(&policy(), &mut h, &end(ExitStatus::Code(75)), 1061.0, 0.0), Decision::Restart { .. }));
+    }
+
+    #[test]
+    fn a_failure_exactly_one_window_old_no_longer_counts() {
+        let mut h = History { restart_times: vec![1000.0; 3], consecutive_failures: 3 };
+        assert!(matches!(decide(&policy(), &mut h, &end(ExitStatus::Code(1)), 1059.9, 0.0), Decision::Fail { .. }));
+        assert!(matches!(decide(&policy(), &mut h, &end(ExitStatus::Code(1)), 1060.0, 0.0), Decision::Restart { .. }));
+    }
+
+    #[test]
+    fn a_trainer_that_completed_before_it_saw_the_shutdown_stop_has_completed() {
+        let mut h = History::default();
+        let stopped = |exit, state| AttemptEnd {
+            stopped_by_daemon: Some(StopCause::Shutdown),
+            trainer_state: state,
+            ..end(exit)
+        };
+        let done = stopped(ExitStatus::Code(0), Some(TrainerState::Completed));
+        assert_eq!(decide(&policy(), &mut h, &done, 0.0, 0.0), Decision::Complete);
+        let unfinished = stopped(ExitStatus::Code(0), Some(TrainerState::Running));
+        assert_eq!(decide(&policy(), &mut h, &unfinished, 0.0, 0.0), Decision::Requeue);
+        let failed = stopped(ExitStatus::Code(1), Some(TrainerState::Completed));
+        assert_eq!(decide(&policy(), &mut h, &failed, 0.0, 0.0), Decision::Requeue);
     }
 
     #[test]

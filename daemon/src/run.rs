@@ -79,11 +79,14 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_shared = shared.clone();
+    let health = grpc::Health::new().await;
+    let stop_health = health.reporter();
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),
         }
+        stop_health.set(false).await;
         let _ = stop_tx.send(true);
         stop_shared.notifier.notify("STOPPING=1");
         // A second signal forces the exit, whatever is still draining.
@@ -108,7 +111,7 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
                 .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
                 .context("the TLS certificate or key is not usable")?;
         }
-        let router = builder.add_service(grpc::server(api.clone()));
+        let router = builder.add_routes(grpc::routes(api.clone(), &health)?);
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
@@ -120,11 +123,12 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     // The Supervisor's pre_start restored every job before spawn returned: what clients see now is
     // what the store says.
     let counts = store.count();
+    health.set(true).await;
     shared.notifier.notify(&format!("READY=1\nSTATUS=serving; {counts} jobs in the store"));
     println!("trainerd ready: socket {} state dir {}", config.socket.display(), config.state_dir.display());
     tracing::info!(socket = %config.socket.display(), "serving");
     let server = tonic::transport::Server::builder()
-        .add_service(grpc::server(api))
+        .add_routes(grpc::routes(api, &health)?)
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
     // Graceful shutdown waits for open connections, and a `trainctl watch` may never close its own:
     // in-flight requests get a short grace, then the server is dropped.

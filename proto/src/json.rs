@@ -1,5 +1,6 @@
-//! The JSON forms of jobs, health and reconciliation, shared by `trainctl --json` and the JSON-lines
-//! control socket. Field names and state words are stable: scripts depend on them.
+//! The JSON forms of jobs, events, health, reconciliation and daemon info, shared by `trainctl
+//! --json` and the JSON-lines control socket: each shape is written here once. Field names and state
+//! words are stable: scripts depend on them.
 
 use crate::state::state_word;
 use crate::v1 as pb;
@@ -35,6 +36,31 @@ pub fn job_json(job: &pb::Job) -> Value {
         "resume_ignored": job.resume_ignored,
         "restarts_exhausted": job.restarts_exhausted,
         "metrics": job.metrics,
+    })
+}
+
+/// Reads a submission's `env` given as a JSON object (`{"NAME": "value"}`) into the proto's list, in
+/// the object's key order (sorted, as a map). Used by the generated `SubmitJobRequest`'s Deserialize.
+pub fn env_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<pb::EnvVar>, D::Error> {
+    let map: std::collections::BTreeMap<String, String> = serde::Deserialize::deserialize(d)?;
+    Ok(map.into_iter().map(|(name, value)| pb::EnvVar { name, value }).collect())
+}
+
+/// The stable JSON fields of a job event.
+pub fn event_json(e: &pb::Event) -> Value {
+    json!({"at": e.at, "kind": e.kind, "message": e.message})
+}
+
+/// The stable JSON fields of DaemonInfo.
+pub fn info_json(i: &pb::DaemonInfoResponse) -> Value {
+    json!({
+        "version": i.version,
+        "api_version": i.api_version,
+        "uptime_s": i.uptime_s,
+        "slots": i.slots,
+        "state_dir": i.state_dir,
+        "protocol_version": i.protocol_version,
+        "pid": i.pid,
     })
 }
 

@@ -6,9 +6,11 @@
 //!   (environment, progress file, exit codes), specified in `docs/trainer-protocol.md`.
 //! - [`json`]: the stable JSON forms (jobs, health, reconciliation) of trainctl --json and the control socket.
 //! - [`units`]: byte counts and other quantities in words.
+//! - [`descriptor`]: the API as its descriptor lists it, for the compatibility check and field coverage.
 //! - [`atomic`]: the write-temp-fsync-rename helper that every durable file in the project goes through.
 
 pub mod atomic;
+pub mod descriptor;
 pub mod json;
 pub mod state;
 pub mod trainer;
@@ -19,3 +21,11 @@ pub mod units;
 pub mod v1 {
     tonic::include_proto!("trainerd.v1");
 }
+
+/// The encoded `FileDescriptorSet` of `trainerd.proto`: what gRPC reflection serves, and what the
+/// API compatibility test reads.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("trainerd_descriptor");
+
+/// The API's version, `MAJOR.MINOR`: the major is the proto package's (`trainerd.v1`), the minor
+/// counts compatible additions (docs/api.md, "Compatibility"). DaemonInfo reports it.
+pub const API_VERSION: &str = "1.2";

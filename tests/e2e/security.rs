@@ -80,7 +80,7 @@ fn sockets_are_0660_in_their_group_and_the_peer_check_denies_and_audits_an_unlis
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     let reply = control_as(&control, STRANGER, NOGROUP, r#"{"op":"info"}"#);
-    assert!(reply.starts_with(r#"{"ok":true"#), "{reply}");
+    assert!(reply.contains(r#""ok":true"#), "{reply}");
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn a_user_whose_supplementary_group_is_the_sockets_is_let_in_and_one_without_it_
     assert!(text(&stranger).contains("uid 12345 may not use this trainerd"), "{}", text(&stranger));
     assert!(ls(&[NOGROUP]).status.success());
     let control_in = |groups: &[u32]| control_in(&control, STRANGER, STRANGER, groups, r#"{"op":"info"}"#);
-    assert!(control_in(&[NOGROUP]).starts_with(r#"{"ok":true"#));
+    assert!(control_in(&[NOGROUP]).contains(r#""ok":true"#));
     assert!(control_in(&[STRANGER + 1]).contains("permission_denied"));
 }
 

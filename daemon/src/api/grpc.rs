@@ -37,13 +37,59 @@ impl From<ApiError> for Status {
 /// below this; see `Api::validate`).
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
-/// The service as served: requests over [`MAX_REQUEST_BYTES`] are refused by tonic, and every request
-/// passes the access check first.
-pub fn server(api: Arc<Api>) -> InterceptedService<TrainerdServer<GrpcService>, Gate> {
+/// Every service one listener serves, each behind the access check: trainerd's API (requests over
+/// [`MAX_REQUEST_BYTES`] refused by tonic), the standard `grpc.health.v1.Health`, and server reflection
+/// (`grpc.reflection.v1`, and `v1alpha` for the clients that only speak it, grpcio's among them).
+pub fn routes(api: Arc<Api>, health: &Health) -> Result<tonic::service::Routes, tonic_reflection::server::Error> {
     let gate = Gate { socket: api.shared.config().socket.display().to_string(), shared: api.shared.clone() };
     let service = TrainerdServer::new(GrpcService { api }).max_decoding_message_size(MAX_REQUEST_BYTES);
-    InterceptedService::new(service, gate)
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(trainerd_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok(tonic::service::Routes::new(InterceptedService::new(service, gate.clone()))
+        .add_service(InterceptedService::new(health.service.clone(), gate.clone()))
+        .add_service(InterceptedService::new(reflection().build_v1()?, gate.clone()))
+        .add_service(InterceptedService::new(reflection().build_v1alpha()?, gate)))
 }
+
+/// The standard health service's state: NOT_SERVING until trainerd has restored and reconciled its
+/// jobs, SERVING until it begins to shut down, NOT_SERVING again from then on. Reported for the
+/// server as a whole (service name "") and for `trainerd.v1.Trainerd`.
+pub struct Health {
+    reporter: tonic_health::server::HealthReporter,
+    service: tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>,
+}
+
+impl Health {
+    /// A health service that reports NOT_SERVING.
+    pub async fn new() -> Health {
+        let reporter = tonic_health::server::HealthReporter::new();
+        let service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+        );
+        let health = Health { reporter, service };
+        health.set(false).await;
+        health
+    }
+
+    /// Reports SERVING (`true`) or NOT_SERVING.
+    pub async fn set(&self, serving: bool) {
+        use tonic_health::ServingStatus::{NotServing, Serving};
+        let status = if serving { Serving } else { NotServing };
+        self.reporter.set_service_status("", status).await;
+        self.reporter.set_service_status(TRAINERD_SERVICE, status).await;
+    }
+
+    /// Another handle on the same state.
+    pub fn reporter(&self) -> Health {
+        Health { reporter: self.reporter.clone(), service: self.service.clone() }
+    }
+}
+
+/// The full name of trainerd's own service, as health checks and reflection name it.
+const TRAINERD_SERVICE: &str = <TrainerdServer<GrpcService> as tonic::server::NamedService>::NAME;
 
 /// The interceptor that runs the access check and leaves the [`Caller`] in the request's extensions.
 #[derive(Clone)]

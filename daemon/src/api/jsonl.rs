@@ -14,7 +14,6 @@ use super::{Api, ApiError};
 use crate::access::Caller;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
@@ -29,7 +28,8 @@ const MAX_LINE: usize = 1 << 20;
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum Request {
-    Submit(Box<Submit>),
+    /// Every field of the proto's SubmitJobRequest, by its name (the type is generated, not copied).
+    Submit(Box<pb::SubmitJobRequest>),
     Get(Id),
     List(List),
     Watch(Id),
@@ -72,43 +72,6 @@ struct List {
     name: String,
     #[serde(default)]
     limit: u32,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Submit {
-    command: Vec<String>,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    workdir: String,
-    #[serde(default)]
-    env: BTreeMap<String, String>,
-    #[serde(default)]
-    gpus: u32,
-    #[serde(default)]
-    priority: i32,
-    #[serde(default)]
-    idempotency_key: String,
-    max_restarts: Option<u32>,
-    on_failure: Option<String>,
-    heartbeat_timeout_ms: Option<u64>,
-    startup_grace_ms: Option<u64>,
-    stop_grace_ms: Option<u64>,
-    restart_window_ms: Option<u64>,
-    backoff_base_ms: Option<u64>,
-    backoff_max_ms: Option<u64>,
-    pause_timeout_ms: Option<u64>,
-    protocol: Option<String>,
-    idle_timeout_ms: Option<u64>,
-    #[serde(default)]
-    progress_regex: String,
-    #[serde(default)]
-    checkpoint_glob: String,
-    #[serde(default)]
-    resume_arg: String,
-    #[serde(default)]
-    checkpoint_marker: String,
 }
 
 fn error(e: &ApiError) -> Value {
@@ -214,36 +177,10 @@ async fn handle(
     write: &mut (impl AsyncWriteExt + Unpin),
 ) -> std::io::Result<()> {
     let reply = match request {
-        Request::Submit(s) => {
-            let s = *s;
-            let req = pb::SubmitJobRequest {
-                name: s.name,
-                command: s.command,
-                workdir: s.workdir,
-                env: s.env.into_iter().map(|(name, value)| pb::EnvVar { name, value }).collect(),
-                gpus: s.gpus,
-                priority: s.priority,
-                idempotency_key: s.idempotency_key,
-                max_restarts: s.max_restarts,
-                on_failure: s.on_failure,
-                heartbeat_timeout_ms: s.heartbeat_timeout_ms,
-                startup_grace_ms: s.startup_grace_ms,
-                stop_grace_ms: s.stop_grace_ms,
-                restart_window_ms: s.restart_window_ms,
-                backoff_base_ms: s.backoff_base_ms,
-                backoff_max_ms: s.backoff_max_ms,
-                pause_timeout_ms: s.pause_timeout_ms,
-                protocol: s.protocol,
-                idle_timeout_ms: s.idle_timeout_ms,
-                progress_regex: s.progress_regex,
-                checkpoint_glob: s.checkpoint_glob,
-                resume_arg: s.resume_arg,
-                checkpoint_marker: s.checkpoint_marker,
-            };
-            api.submit(req, caller)
-                .await
-                .map(|r| json!({"ok": true, "created": r.created, "job": r.job.as_ref().map(job_json)}))
-        }
+        Request::Submit(req) => api
+            .submit(*req, caller)
+            .await
+            .map(|r| json!({"ok": true, "created": r.created, "job": r.job.as_ref().map(job_json)})),
         Request::Get(Id { id }) => api.get(&id).map(|job| json!({"ok": true, "job": job_json(&job)})),
         Request::List(list) => {
             let mut states = Vec::new();
@@ -275,8 +212,7 @@ async fn handle(
             Ok(json!({"ok": true, "end": true}))
         }
         Request::Events(Id { id }) => api.events(&id).map(|r| {
-            let events: Vec<Value> =
-                r.events.iter().map(|e| json!({"at": e.at, "kind": e.kind, "message": e.message})).collect();
+            let events: Vec<Value> = r.events.iter().map(trainerd_proto::json::event_json).collect();
             json!({"ok": true, "events": events})
         }),
         Request::Cancel(Id { id }) => {
@@ -295,9 +231,9 @@ async fn handle(
             api.reconcile().await.map(|r| json!({"ok": true, "reconcile": trainerd_proto::json::reconcile_json(&r)}))
         }
         Request::Info(Empty {}) => {
-            let i = api.info();
-            Ok(json!({"ok": true, "version": i.version, "uptime_s": i.uptime_s, "slots": i.slots,
-                "state_dir": i.state_dir, "protocol_version": i.protocol_version, "pid": i.pid}))
+            let mut value = trainerd_proto::json::info_json(&api.info());
+            value["ok"] = true.into();
+            Ok(value)
         }
     };
     send(write, &reply.unwrap_or_else(|e| error(&e))).await

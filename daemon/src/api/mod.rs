@@ -555,6 +555,7 @@ impl Api {
             state_dir: self.config().state_dir.display().to_string(),
             protocol_version: PROTOCOL_VERSION,
             pid: std::process::id(),
+            api_version: trainerd_proto::API_VERSION.into(),
         }
     }
 }

@@ -211,6 +211,49 @@ mod tests {
         assert!(compile(r"\d+/\d+").unwrap_err().contains("names no group"));
         assert!(compile(&"a".repeat(MAX_REGEX + 1)).unwrap_err().starts_with("is 4097 bytes"));
         assert!(compile(r"(?P<step>\d+)").is_ok());
+        let longest = format!("(?P<step>\\d+){}", "x".repeat(MAX_REGEX - 13));
+        assert_eq!(longest.len(), MAX_REGEX);
+        assert!(compile(&longest).is_ok(), "exactly the bound is allowed");
+    }
+
+    fn scanner(regex: &str) -> Scanner {
+        Scanner { regex: compile(regex).unwrap(), offsets: [0; 2], partial: Default::default(), overflow: [false; 2] }
+    }
+
+    #[test]
+    fn a_later_metric_replaces_its_namesake_and_keeps_the_others() {
+        let mut s = scanner(r"lr=(?P<lr>[0-9.]+)|acc=(?P<acc>[0-9.]+)");
+        let m = s.feed(0, b"lr=0.1\nacc=0.5\nlr=0.2\n").unwrap();
+        assert_eq!(m.metrics, vec![("acc".to_string(), 0.5), ("lr".to_string(), 0.2)]);
+    }
+
+    #[test]
+    fn a_step_written_as_a_float_counts_and_a_negative_one_does_not() {
+        let mut s = scanner(r"step=(?P<step>\S+)");
+        assert_eq!(s.feed(0, b"step=12.0\n").unwrap().step, Some(12));
+        assert_eq!(s.feed(0, b"step=-3.0\n").unwrap().step, None);
+    }
+
+    #[test]
+    fn a_line_is_cut_at_exactly_max_line_bytes() {
+        let mut s = scanner(r"(?P<step>\d+)$");
+        let mut line = vec![b'x'; MAX_LINE - 1];
+        line.extend(b"12\n");
+        assert_eq!(s.feed(0, &line).unwrap().step, Some(1), "the 4,097th byte is not read");
+    }
+
+    #[test]
+    fn what_a_scan_read_is_not_read_again() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (out, err) = (dir.path().join("stdout.log"), dir.path().join("stderr.log"));
+        let mut s = Scanner::new(compile(r"step=(?P<step>\d+)").unwrap(), [&out, &err]);
+        std::fs::write(&out, "step=1\n").unwrap();
+        assert_eq!(s.scan([&out, &err]).unwrap().step, Some(1));
+        assert_eq!(s.scan([&out, &err]), None);
+        std::fs::OpenOptions::new().append(true).open(&out).unwrap().write_all(b"step=2\n").unwrap();
+        assert_eq!(s.scan([&out, &err]).unwrap().step, Some(2));
+        assert_eq!(s.scan([&out, &err]), None);
     }
 
     #[test]

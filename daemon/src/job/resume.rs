@@ -246,5 +246,48 @@ mod tests {
         assert_eq!(rule("out/*", "--resume", "").unwrap_err().0, "resume_arg");
         assert_eq!(rule("out/*", "--r {checkpoint}", "a/b").unwrap_err().0, "checkpoint_marker");
         assert_eq!(rule("", "", "m").unwrap_err().0, "checkpoint_marker");
+        let arg = "--r {checkpoint}";
+        for marker in [".", "..", "a\0b"] {
+            assert_eq!(rule("out/*", arg, marker).unwrap_err().0, "checkpoint_marker", "{marker:?}");
+        }
+        assert_eq!(rule("out/a\0b", arg, "").unwrap_err().0, "checkpoint_glob");
+        assert_eq!(rule("out/*", "--r {checkpoint}\0", "").unwrap_err().0, "resume_arg");
+        let glob = |n: usize| format!("o/{}", "g".repeat(n - 2));
+        assert!(rule(&glob(MAX_GLOB), arg, "").is_ok(), "exactly the bound is allowed");
+        assert_eq!(rule(&glob(MAX_GLOB + 1), arg, "").unwrap_err().0, "checkpoint_glob");
+        assert_eq!(rule(&glob(MAX_GLOB + 7), arg, "").unwrap_err().0, "checkpoint_glob");
+        let long_arg = |n: usize| format!("{arg} {}", "a".repeat(n - arg.len() - 1));
+        assert!(rule("out/*", &long_arg(MAX_ARG), "").is_ok(), "exactly the bound is allowed");
+        assert_eq!(rule("out/*", &long_arg(MAX_ARG + 1), "").unwrap_err().0, "resume_arg");
+        assert_eq!(rule("out/*", &long_arg(MAX_ARG + 7), "").unwrap_err().0, "resume_arg");
+    }
+
+    #[test]
+    fn a_literal_last_component_may_be_a_file_and_temporary_names_never_count() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(out.join("last.ckpt"), b"w").unwrap();
+        let later = SystemTime::now() + QUIET;
+        let literal = rule("out/last.ckpt", "--ckpt {checkpoint}", "").unwrap().unwrap();
+        assert_eq!(newest(&literal, dir.path(), later), Some(out.join("last.ckpt")));
+        let temporary = [".hidden", "x.tmp", "x.partial", "x.part", "x~", "x.tmp.3"];
+        for name in temporary {
+            std::fs::write(out.join(name), b"w").unwrap();
+        }
+        // Long after they were written: only their names keep them out.
+        let later = SystemTime::now() + QUIET;
+        for name in temporary {
+            assert!(!complete(&out.join(name), None, later), "{name}");
+        }
+        assert!(complete(&out.join("last.ckpt"), None, later));
+    }
+
+    #[test]
+    fn wildcards_backtrack_over_several_characters() {
+        assert!(wildcard("*-400", "checkpoint-400"));
+        assert!(wildcard("c*t-*0", "checkpoint-400"));
+        assert!(wildcard("ab?d", "abcd") && !wildcard("ab?d", "abd"));
+        assert!(wildcard("*x*y", "axxbxy") && !wildcard("*x*y", "axxbx"));
     }
 }

@@ -476,17 +476,17 @@ impl Store {
             .collect()
     }
 
-    /// Writes everything to disk; returns the bytes flushed.
-    pub fn flush(&self) -> Result<usize, StoreError> {
+    /// Writes everything to disk.
+    pub fn flush(&self) -> Result<(), StoreError> {
         let t = self.writable()?;
         self.flush_trees(&t)
     }
 
-    fn flush_trees(&self, t: &Trees) -> Result<usize, StoreError> {
+    fn flush_trees(&self, t: &Trees) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let bytes = self.note(t.db.flush().map_err(StoreError::from))?;
+        self.note(t.db.flush().map_err(StoreError::from))?;
         self.flushes.observe(started.elapsed());
-        Ok(bytes)
+        Ok(())
     }
 
     /// The flush latency histogram.

@@ -256,7 +256,11 @@ fn a_store_that_cannot_be_reopened_with_room_to_spare_is_unrecoverable() {
     std::fs::create_dir(&db).unwrap();
     assert!(matches!(store.recover(u64::MAX, 1), Recovery::Waiting(w) if w.starts_with("reopening failed")));
     assert!(store.failure().unwrap().unrecoverable, "restarting trainerd is the remedy left");
-    assert!(store.get(JobId(1)).unwrap_err().is_unavailable(), "closed: nothing to read from");
+    let closed = store.get(JobId(1)).unwrap_err();
+    assert!(closed.is_unavailable() && closed.to_string().contains("reopening failed"), "{closed}");
+    assert!(store.list().unwrap_err().is_unavailable());
+    assert_eq!(store.records().count(), 1, "one error, then the end");
+    assert_eq!(store.count(), 0);
 }
 
 /// Opens a store just dropped in this process: sled's background flusher may hold the file lock a
@@ -270,4 +274,61 @@ fn reopen(dir: &std::path::Path) -> Store {
             Err(e) => panic!("cannot reopen the store: {e}"),
         }
     }
+}
+
+#[test]
+fn keys_counts_pages_events_and_messages_read_back_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let ids: Vec<JobId> = ["a", "b", "c"]
+        .iter()
+        .map(|n| store.create(spec(n, Some(&format!("key-{n}"))), None, 1.0).unwrap().0.id)
+        .collect();
+    assert_eq!(store.count(), 3);
+    assert_eq!(store.find_key("key-b").unwrap(), Some(ids[1]));
+    assert_eq!(store.find_key("key-z").unwrap(), None);
+    let before: Vec<JobId> = store.records_before(ids[2]).map(|r| r.unwrap().id).collect();
+    assert_eq!(before, [ids[1], ids[0]], "below the id, newest first");
+    let moved = store.transition(ids[0], JobState::Starting, Reason::Unspecified, 2.0, "first try", |_| {}).unwrap();
+    assert_eq!(moved.message.as_deref(), Some("first try"));
+    let moved = store.transition(ids[0], JobState::Running, Reason::Unspecified, 3.0, "", |_| {}).unwrap();
+    assert_eq!(moved.message.as_deref(), Some("first try"), "an empty message keeps the last one");
+    let note = Event { at: 4.0, kind: "note".into(), message: "hello".into() };
+    store.append_event(ids[0], &note).unwrap();
+    assert_eq!(store.events(ids[0]).unwrap().last(), Some(&note));
+    assert!(store.flush_histogram().count() >= 4, "every write above was flushed and timed");
+}
+
+#[test]
+fn what_counts_as_a_full_disk() {
+    use std::io::{Error, ErrorKind};
+    let io = |e: Error| sled::Error::Io(e);
+    assert!(out_of_space(&io(Error::from_raw_os_error(libc::ENOSPC))));
+    assert!(out_of_space(&io(Error::from_raw_os_error(libc::EDQUOT))));
+    assert!(out_of_space(&io(Error::new(ErrorKind::StorageFull, "full"))));
+    assert!(out_of_space(&io(Error::other("write failed: No space left on device (os error 28)"))));
+    assert!(out_of_space(&io(Error::other("write failed: Disk quota exceeded"))));
+    assert!(!out_of_space(&io(Error::from_raw_os_error(libc::EIO))));
+    assert!(!out_of_space(&sled::Error::Unsupported("no".into())));
+    assert!(!StoreError::NotFound(JobId(1)).is_unavailable());
+}
+
+#[test]
+fn a_store_failed_by_an_io_error_is_reopened_at_once_and_waiters_hear_of_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    runtime.block_on(async {
+        let waiting = tokio::spawn({
+            let store = store.clone();
+            async move { store.wait_failed().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "a healthy store has not failed");
+        store.fail_with(std::io::Error::from_raw_os_error(libc::EIO));
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await.unwrap().unwrap();
+    });
+    assert!(store.flush().unwrap_err().is_unavailable());
+    assert_eq!(store.recover(0, 100), Recovery::Recovered, "not a lack of space: no room needed");
+    store.flush().unwrap();
 }

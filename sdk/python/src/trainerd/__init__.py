@@ -10,7 +10,9 @@ SIGTERM, exact resume from atomic checkpoints, and the exit codes trainerd under
     run.end_epoch(epoch + 1, {"model": model.state_dict(), "optimizer": opt.state_dict(), ...})
     run.complete(weights_sha256=trainerd.weights_sha256(model))
 
-No dependency beyond the standard library; torch is used only when installed (checkpoints).
+The trainer side needs nothing beyond the standard library; torch is used only when installed
+(checkpoints). ``trainerd.Client`` (module ``trainerd.client``) talks to trainerd's gRPC API from
+notebooks and scripts; it, and only it, imports grpcio, on first use.
 """
 
 import hashlib
@@ -32,6 +34,29 @@ __all__ = [
     "checkpoint",
     "weights_sha256",
 ]
+
+
+_CLIENT_NAMES = {
+    "Client",
+    "TrainerdError",
+    "NotFound",
+    "InvalidArgument",
+    "FailedPrecondition",
+    "PermissionDenied",
+    "Unauthenticated",
+    "ResourceExhausted",
+    "Unavailable",
+    "AlreadyExists",
+}
+
+
+def __getattr__(name):
+    # The client is imported on first use, so a training process never loads grpcio.
+    if name in _CLIENT_NAMES:
+        from . import client
+
+        return getattr(client, name)
+    raise AttributeError("module 'trainerd' has no attribute %r" % name)
 
 
 def weights_sha256(model):

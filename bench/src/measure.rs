@@ -30,6 +30,8 @@ fn fake(name: &str, step_ms: u64, env: &[(&str, &str)]) -> pb::SubmitJobRequest 
         env: vars.into_iter().map(|(name, value)| pb::EnvVar { name, value }).collect(),
         backoff_base_ms: Some(0),
         backoff_max_ms: Some(0),
+        // RUNNING at the first heartbeat (after the trainer's main has stamped), not at its start.
+        protocol: Some("v1".into()),
         ..Default::default()
     }
 }

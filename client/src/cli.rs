@@ -104,6 +104,10 @@ pub struct Submit {
     /// No output on stdout or stderr (and no progress) for this long is a stall, like 30m.
     #[arg(long, value_parser = crate::format::parse_duration_ms)]
     pub idle_timeout: Option<u64>,
+    /// While the trainer reports `running`, a step that does not advance for this long is a stall,
+    /// even while it heartbeats (a rank stuck in a collective), like 10m; 0 turns the daemon's default off.
+    #[arg(long, value_parser = crate::format::parse_duration_ms)]
+    pub progress_timeout: Option<u64>,
     /// Progress from output lines: a regular expression with named groups step, total, epoch, loss
     /// (others become metrics), like '(?P<step>\d+)/(?P<total>\d+) .*loss=(?P<loss>[\d.]+)'.
     #[arg(long)]

@@ -289,6 +289,7 @@ fn submission(s: cli::Submit) -> Result<pb::SubmitJobRequest, Failure> {
         pause_timeout_ms: s.pause_timeout,
         protocol: s.protocol,
         idle_timeout_ms: s.idle_timeout,
+        progress_timeout_ms: s.progress_timeout,
         progress_regex: s.progress_regex.unwrap_or_default(),
         checkpoint_glob: s.checkpoint_glob.unwrap_or_default(),
         resume_arg: s.resume_arg.unwrap_or_default(),

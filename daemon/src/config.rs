@@ -88,6 +88,11 @@ pub struct Flags {
     /// Default seconds between SIGTERM and SIGKILL. [default: 30].
     #[arg(long)]
     pub stop_grace: Option<f64>,
+    /// Default progress deadline, in seconds: while a trainer reports `running`, a step that does not
+    /// advance for this long is a stall (a loop blocked in a collective while its heartbeat thread
+    /// beats). [default: off].
+    #[arg(long)]
+    pub progress_timeout: Option<f64>,
     /// Default restarts allowed within the restart window. [default: 5].
     #[arg(long)]
     pub max_restarts: Option<u32>,
@@ -177,6 +182,8 @@ pub struct DaemonConfig {
     pub default_timeouts: Timeouts,
     /// The protocol a submission that names none gets.
     pub default_protocol: crate::store::records::Protocol,
+    /// The progress deadline a submission that names none gets; None: off.
+    pub default_progress_timeout_ms: Option<u64>,
     pub shutdown_policy: ShutdownPolicy,
     pub reconcile_interval: Duration,
     /// Free bytes kept on the state dir's file system for running jobs' transitions.
@@ -267,6 +274,7 @@ impl Flags {
             startup_grace,
             protocol,
             stop_grace,
+            progress_timeout,
             max_restarts,
             restart_window,
             backoff_base,
@@ -436,6 +444,11 @@ impl Flags {
                 None => crate::store::records::Protocol::Auto,
                 Some(word) => crate::store::records::Protocol::from_word(word)
                     .ok_or_else(|| format!("--protocol {word:?}: use auto, v1 or none"))?,
+            },
+            default_progress_timeout_ms: match self.progress_timeout {
+                Some(t) if t > 0.0 => Some(seconds("progress-timeout", t)?),
+                Some(0.0) | None => None,
+                Some(t) => return Err(format!("--progress-timeout must be positive seconds (0: off), not {t}")),
             },
             shutdown_policy: self.shutdown_policy.unwrap_or_default(),
             reconcile_interval: Duration::from_millis(reconcile),

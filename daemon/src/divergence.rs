@@ -139,6 +139,7 @@ mod tests {
                 idle_timeout_ms: None,
                 progress_regex: None,
                 resume_rule: None,
+                more: Default::default(),
             },
             state: state as i32,
             reason: 0,

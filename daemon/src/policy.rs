@@ -113,7 +113,9 @@ pub fn decide(policy: &RestartPolicy, history: &mut History, end: &AttemptEnd, n
 /// The attempt's end in words, for the job's message.
 pub fn describe(end: &AttemptEnd, reason: Reason) -> String {
     match (reason, end.exit) {
-        (Reason::Stalled, _) => "no heartbeat within the timeout".into(),
+        (Reason::Stalled, _) => {
+            "stalled (no heartbeat, output or progress within its deadline; see the stalled event)".into()
+        }
         (_, None) => {
             "the attempt's shim ended without an exit record, so how the trainer ended is unknown (lost)".into()
         }

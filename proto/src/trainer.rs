@@ -16,6 +16,9 @@ pub const MAX_PROGRESS_BYTES: usize = 64 * 1024;
 /// The longest heartbeat interval a trainer may promise, in seconds (a day).
 pub const MAX_HEARTBEAT_INTERVAL: f64 = 86_400.0;
 
+/// The longest phase a trainer may announce with `phase_timeout_s`, in seconds (a week).
+pub const MAX_PHASE_TIMEOUT: f64 = 7.0 * 86_400.0;
+
 /// The environment variables trainerd sets for a trainer.
 pub mod env {
     /// The job's id.
@@ -156,6 +159,10 @@ pub struct Progress {
     /// On completion: the SHA-256 of the final weights, so two runs can be compared.
     #[serde(default)]
     pub weights_sha256: Option<String>,
+    /// Seconds the current phase (`evaluating`, `checkpointing`, ...) may take before a step must
+    /// advance again, when the job has a progress deadline; without it the phase gets the deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_timeout_s: Option<f64>,
 }
 
 /// Why a progress file was rejected.
@@ -195,6 +202,7 @@ impl Progress {
             latest_checkpoint: None,
             message: None,
             weights_sha256: None,
+            phase_timeout_s: None,
         }
     }
 
@@ -211,6 +219,13 @@ impl Progress {
             if i.is_nan() || i <= 0.0 || i > MAX_HEARTBEAT_INTERVAL {
                 return Err(ProgressError::OutOfRange(format!(
                     "heartbeat_interval {i:?}; give seconds above 0 and at most {MAX_HEARTBEAT_INTERVAL}"
+                )));
+            }
+        }
+        if let Some(t) = p.phase_timeout_s {
+            if t.is_nan() || t <= 0.0 || t > MAX_PHASE_TIMEOUT {
+                return Err(ProgressError::OutOfRange(format!(
+                    "phase_timeout_s {t:?}; give seconds above 0 and at most {MAX_PHASE_TIMEOUT}"
                 )));
             }
         }

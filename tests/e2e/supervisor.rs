@@ -71,6 +71,28 @@ async fn a_hung_trainer_is_stopped_after_the_heartbeat_timeout_and_restarted() {
     assert!((0.8..=1.8).contains(&silence), "stalled after {silence} s of silence; the timeout is 0.8 s");
 }
 
+#[tokio::test]
+async fn a_loop_stuck_while_its_heartbeat_thread_beats_is_stopped_by_the_progress_deadline_and_resumed() {
+    let daemon = Daemon::start(&["--heartbeat-interval", "0.1", "--backoff-base", "0"]);
+    let mut client = daemon.client().await;
+    // trainer-proc's loop blocks at step 25 while its reporter keeps beating every 0.1 s.
+    let mut req = trainer_proc_job("stuck", 2, &[("TRAINER_FAULT", "stuck@25")]);
+    req.heartbeat_timeout_ms = Some(5_000);
+    req.progress_timeout_ms = Some(1_500);
+    req.stop_grace_ms = Some(300);
+    let job = submit(&mut client, req).await;
+    let seen = watch_until(&mut client, &job.id, LIMIT, ended).await;
+    let last = seen.last().unwrap();
+    assert_eq!((last.state(), last.attempt, last.step), (JobState::Completed, 2, 40), "{}", last.message);
+    let all = events(&mut client, &job.id).await;
+    let (_, stalled) = all.iter().find(|(k, _)| k == "stalled").expect("a stalled event");
+    assert!(stalled.starts_with("no progress for ") && stalled.contains("at step 25 (progress_timeout"), "{stalled}");
+    let after: f64 = stalled["no progress for ".len()..].split(' ').next().unwrap().parse().unwrap();
+    assert!((1.5..=3.0).contains(&after), "stopped after {after} s without progress; the deadline is 1.5 s");
+    // From the latest checkpoint (every 7 steps: 21), not from step 0.
+    assert!(all.iter().any(|(_, m)| m.contains("step-000000000021")), "{all:?}");
+}
+
 /// The silence, in seconds, that the `stalled` event says trainerd measured.
 fn stalled_after(events: &[(String, String)]) -> f64 {
     let (_, message) = events.iter().find(|(k, _)| k == "stalled").expect("a stalled event");

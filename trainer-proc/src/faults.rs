@@ -2,6 +2,8 @@
 //!
 //! - `crash@STEP`: SIGKILL itself after STEP steps;
 //! - `hang@STEP`: stop progress and heartbeats after STEP steps, and stay alive, deaf to SIGTERM;
+//! - `stuck@STEP`: the training loop blocks forever after STEP steps while the heartbeat thread goes on
+//!   beating (a rank waiting in a collective on a dead peer): only a progress deadline sees it;
 //! - `exit@STEP:CODE`: exit with CODE after STEP steps;
 //! - `slow-eval@SECONDS`: each evaluation takes that much longer, while heartbeats go on.
 //!
@@ -20,6 +22,7 @@ pub const EVERY_ATTEMPT_VAR: &str = "TRAINER_FAULT_EVERY_ATTEMPT";
 pub enum Fault {
     Crash { step: u64 },
     Hang { step: u64 },
+    Stuck { step: u64 },
     Exit { step: u64, code: i32 },
     SlowEval { seconds: f64 },
 }
@@ -28,7 +31,7 @@ pub enum Fault {
 pub fn parse(spec: &str) -> Result<Fault, TrainError> {
     let bad = || {
         TrainError::Config(format!(
-            "{FAULT_VAR}={spec:?}: expected crash@STEP, hang@STEP, exit@STEP:CODE or slow-eval@SECONDS"
+            "{FAULT_VAR}={spec:?}: expected crash@STEP, hang@STEP, stuck@STEP, exit@STEP:CODE or slow-eval@SECONDS"
         ))
     };
     let (kind, arg) = spec.split_once('@').ok_or_else(bad)?;
@@ -36,6 +39,7 @@ pub fn parse(spec: &str) -> Result<Fault, TrainError> {
     Ok(match kind {
         "crash" => Fault::Crash { step: step()? },
         "hang" => Fault::Hang { step: step()? },
+        "stuck" => Fault::Stuck { step: step()? },
         "exit" => {
             let (s, c) = arg.split_once(':').ok_or_else(bad)?;
             Fault::Exit { step: s.parse().map_err(|_| bad())?, code: c.parse().map_err(|_| bad())? }
@@ -80,6 +84,7 @@ mod tests {
     fn every_documented_form_parses() {
         assert_eq!(parse("crash@12").unwrap(), Fault::Crash { step: 12 });
         assert_eq!(parse("hang@3").unwrap(), Fault::Hang { step: 3 });
+        assert_eq!(parse("stuck@4").unwrap(), Fault::Stuck { step: 4 });
         assert_eq!(parse("exit@5:75").unwrap(), Fault::Exit { step: 5, code: 75 });
         assert_eq!(parse("slow-eval@1.5").unwrap(), Fault::SlowEval { seconds: 1.5 });
         for bad in ["crash", "crash@x", "exit@5", "boom@1", "slow-eval@-1"] {

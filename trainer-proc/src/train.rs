@@ -228,6 +228,12 @@ impl<'a> Trainer<'a> {
                     std::thread::park();
                 }
             }
+            Some(Fault::Stuck { step: at }) if at == step => {
+                eprintln!("trainer-proc: fault injected: stuck at step {step} (heartbeats go on)");
+                loop {
+                    std::thread::park();
+                }
+            }
             Some(Fault::Exit { step: at, code }) if at == step => {
                 eprintln!("trainer-proc: fault injected: exit {code} at step {step}");
                 self.report_now(|p| {

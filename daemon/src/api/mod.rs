@@ -9,7 +9,7 @@ mod logs;
 use crate::access::Caller;
 use crate::config::DaemonConfig;
 use crate::hub::{ends_watch, job_view, Hub, LiveFacts};
-use crate::store::records::{JobId, JobRecord, JobSpec, OnFailure, Protocol, RestartPolicy, Timeouts};
+use crate::store::records::{JobId, JobRecord, JobSpec, OnFailure, Protocol, RestartPolicy, SpecMore, Timeouts};
 use crate::store::{Store, StoreError};
 use crate::supervisor::SupervisorMsg;
 use ractor::ActorRef;
@@ -285,6 +285,19 @@ impl Api {
             },
             progress_regex,
             resume_rule,
+            more: SpecMore {
+                progress_timeout_ms: match req.progress_timeout_ms {
+                    Some(0) => None,
+                    Some(v) if v > MAX_MS => {
+                        return Err(invalid(
+                            "progress_timeout_ms",
+                            format!("{v} ms is more than a year; give at most {MAX_MS}"),
+                        ))
+                    }
+                    Some(v) => Some(v),
+                    None => self.config().default_progress_timeout_ms,
+                },
+            },
         })
     }
 

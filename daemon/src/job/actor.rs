@@ -143,6 +143,8 @@ pub struct State {
     attempt_started: Instant,
     /// The last heartbeat: its sequence number and when we saw it.
     last_beat: Option<(u64, Instant)>,
+    /// The step and phase last reported, and when they last changed (the progress deadline).
+    last_advance: Option<(u64, super::stall::Phase, Instant)>,
     stop_cause: Option<StopCause>,
     cancelled_by: Option<String>,
     cancel_replies: Vec<RpcReplyPort<Result<pb::Job, ApiError>>>,
@@ -274,6 +276,7 @@ impl Actor for JobActor {
             unadopted: false,
             attempt_started: Instant::now(),
             last_beat: None,
+            last_advance: None,
             stop_cause: None,
             cancelled_by: None,
             cancel_replies: Vec::new(),
@@ -446,6 +449,7 @@ impl State {
             heartbeat_timeout: ms(t.heartbeat_timeout_ms),
             late_after: interval * 2,
             idle_timeout: self.record.spec.idle_timeout_ms.map(ms),
+            progress_timeout: self.record.spec.more.progress_timeout_ms.map(ms),
         }
     }
 
@@ -454,6 +458,15 @@ impl State {
             started: self.attempt_started,
             last_beat: self.last_beat.map(|(_, at)| at),
             last_output: self.last_output,
+            last_advance: self.last_advance.map(|(_, phase, at)| (at, phase)),
+        }
+    }
+
+    /// Notes the step and phase a progress report gave: the progress deadline counts from their last
+    /// change.
+    fn note_advance(&mut self, step: u64, phase: super::stall::Phase, now: Instant) {
+        if self.last_advance.is_none_or(|(s, p, _)| s != step || p != phase) {
+            self.last_advance = Some((step, phase, now));
         }
     }
 
@@ -515,6 +528,9 @@ impl State {
         }
         if let Some(step) = m.step {
             self.note_first_step(step);
+            if !self.file_progress {
+                self.note_advance(step, super::stall::Phase::Running, now);
+            }
         }
         if self.record.state() == JobState::Starting && self.ended.is_none() {
             match self.transition(JobState::Running, Reason::Unspecified, "first progress line", |_| {}) {
@@ -788,6 +804,7 @@ impl State {
         self.live = LiveFacts { pid: self.pgid, gpus: std::mem::take(&mut self.live.gpus), ..LiveFacts::default() };
         self.attempt_started = Instant::now();
         self.last_beat = None;
+        self.last_advance = None;
         self.last_output = None;
         self.file_progress = false;
         self.first_step_noted = false;
@@ -1002,6 +1019,9 @@ impl State {
         match read_progress_bounded(&self.lane, &self.paths.progress).await {
             Ok(progress) => {
                 self.last_beat = Some((progress.heartbeat_seq, instant_at(progress.updated_at)));
+                // When the step last changed is not in the file: the deadline counts from now.
+                let phase = super::stall::Phase::of(progress.state, progress.phase_timeout_s);
+                self.note_advance(progress.step, phase, Instant::now());
                 self.live.message = progress.message.clone();
                 self.live.progress = Some(progress);
             }
@@ -1068,6 +1088,7 @@ impl State {
             }
         }
         let step = progress.step;
+        self.note_advance(step, super::stall::Phase::of(progress.state, progress.phase_timeout_s), Instant::now());
         if progress.state != TrainerState::Starting {
             // A trainer's first records may say step 0 before it has loaded its checkpoint.
             self.note_first_step(step);
@@ -1182,6 +1203,12 @@ impl State {
                 super::stall::Rule::IdleTimeout => {
                     format!("no output for {:.1} s ({}): stopping the trainer", silence.as_secs_f64(), rule.word())
                 }
+                super::stall::Rule::ProgressTimeout => format!(
+                    "no progress for {:.1} s at step {} ({}; heartbeats went on): stopping the trainer",
+                    silence.as_secs_f64(),
+                    self.last_advance.map_or(0, |(step, _, _)| step),
+                    rule.word()
+                ),
                 _ => format!("no heartbeat for {:.1} s ({}): stopping the trainer", silence.as_secs_f64(), rule.word()),
             };
             self.stop(myself, StopCause::Stall, &message)?;

@@ -10,9 +10,15 @@
 //! - before the first heartbeat: protocol `v1` must beat within `startup_grace`; `auto` and `none`
 //!   have no deadline (an unchanged script is not killed for not speaking the protocol).
 //! - `idle_timeout`: no output and no heartbeat for that long is a stall, whatever the protocol.
+//! - `progress_timeout`: while the trainer reports `running`, its step must advance within it; a
+//!   phase it reports instead (`starting`, `evaluating`, `checkpointing`) must end within its announced
+//!   `phase_timeout_s`, or within the progress timeout. This catches the loop that is stuck (a
+//!   collective waiting on a dead or stopped peer, a deadlocked data loader) while a heartbeat thread
+//!   keeps beating.
 
 use crate::store::records::Protocol;
 use std::time::{Duration, Instant};
+use trainerd_proto::trainer::TrainerState;
 
 /// What a job's silence is measured against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +29,7 @@ pub struct Limits {
     /// Late after this much silence since the last heartbeat (twice the promised interval).
     pub late_after: Duration,
     pub idle_timeout: Option<Duration>,
+    pub progress_timeout: Option<Duration>,
 }
 
 /// The rule a stall broke, as its event names it.
@@ -31,6 +38,7 @@ pub enum Rule {
     StartupGrace,
     HeartbeatTimeout,
     IdleTimeout,
+    ProgressTimeout,
 }
 
 impl Rule {
@@ -40,6 +48,7 @@ impl Rule {
             Rule::StartupGrace => "startup_grace",
             Rule::HeartbeatTimeout => "heartbeat_timeout",
             Rule::IdleTimeout => "idle_timeout",
+            Rule::ProgressTimeout => "progress_timeout",
         }
     }
 }
@@ -50,6 +59,20 @@ pub struct Readings {
     pub started: Instant,
     pub last_beat: Option<Instant>,
     pub last_output: Option<Instant>,
+    /// When the step or the trainer's phase last changed, and that phase.
+    pub last_advance: Option<(Instant, Phase)>,
+}
+
+/// What the trainer said it was doing at its last advance, for the progress deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Training steps: the step must advance within the progress timeout.
+    Running,
+    /// Another phase (`starting`, `evaluating`, `checkpointing`): it must end within its announced
+    /// length, or within the progress timeout.
+    Other(Option<Duration>),
+    /// On its way out (paused, stopped, completed, failed): its exit comes next; no deadline.
+    Ending,
 }
 
 /// The verdict at one moment.
@@ -61,6 +84,22 @@ pub struct Verdict {
     pub late: Option<Duration>,
     /// When to look again, if any rule still has a deadline ahead.
     pub next: Option<Duration>,
+}
+
+impl Phase {
+    /// The phase a progress report's state names, with the length it announced (`phase_timeout_s`).
+    pub fn of(state: TrainerState, announced: Option<f64>) -> Phase {
+        let announced = announced
+            .filter(|t| t.is_finite() && *t > 0.0)
+            .map(|t| Duration::from_secs_f64(t.min(trainerd_proto::trainer::MAX_PHASE_TIMEOUT)));
+        match state {
+            TrainerState::Running => Phase::Running,
+            TrainerState::Starting | TrainerState::Evaluating | TrainerState::Checkpointing => Phase::Other(announced),
+            TrainerState::Paused | TrainerState::Stopped | TrainerState::Completed | TrainerState::Failed => {
+                Phase::Ending
+            }
+        }
+    }
 }
 
 fn since(now: Instant, then: Instant) -> Duration {
@@ -107,6 +146,21 @@ pub fn judge(limits: &Limits, r: &Readings, now: Instant) -> Verdict {
             ahead(idle - quiet);
         }
     }
+    if let (None, Some(deadline), Some((at, phase))) = (stall, limits.progress_timeout, r.last_advance) {
+        let allowance = match phase {
+            Phase::Running => Some(deadline),
+            Phase::Other(announced) => Some(announced.unwrap_or(deadline)),
+            Phase::Ending => None,
+        };
+        if let Some(allowance) = allowance {
+            let still = since(now, at);
+            if still >= allowance {
+                stall = Some((Rule::ProgressTimeout, still));
+            } else {
+                ahead(allowance - still);
+            }
+        }
+    }
     if stall.is_some() {
         next = None;
     }
@@ -128,6 +182,7 @@ mod tests {
             heartbeat_timeout: s(600),
             late_after: s(10),
             idle_timeout: idle.map(s),
+            progress_timeout: None,
         }
     }
 
@@ -139,6 +194,7 @@ mod tests {
             started: origin,
             last_beat: beat.map(|b| origin + s(b)),
             last_output: output.map(|o| origin + s(o)),
+            last_advance: None,
         };
         judge(l, &r, origin + s(now))
     }
@@ -181,7 +237,43 @@ mod tests {
 
     #[test]
     fn rules_have_their_event_words() {
-        let words: Vec<_> = [Rule::StartupGrace, Rule::HeartbeatTimeout, Rule::IdleTimeout].map(Rule::word).to_vec();
-        assert_eq!(words, ["startup_grace", "heartbeat_timeout", "idle_timeout"]);
+        let rules = [Rule::StartupGrace, Rule::HeartbeatTimeout, Rule::IdleTimeout, Rule::ProgressTimeout];
+        let words: Vec<_> = rules.map(Rule::word).to_vec();
+        assert_eq!(words, ["startup_grace", "heartbeat_timeout", "idle_timeout", "progress_timeout"]);
+    }
+
+    #[test]
+    fn a_step_that_does_not_advance_is_a_stall_even_while_heartbeats_arrive() {
+        let l = Limits { progress_timeout: Some(s(60)), late_after: s(600), ..limits(Protocol::V1, None) };
+        let origin = Instant::now();
+        // Beating every moment (a heartbeat thread), the step unchanged since second 10.
+        let judge_at = |phase, now: u64| {
+            let r = Readings {
+                started: origin,
+                last_beat: Some(origin + s(now)),
+                last_output: None,
+                last_advance: Some((origin + s(10), phase)),
+            };
+            judge(&l, &r, origin + s(now))
+        };
+        assert_eq!(judge_at(Phase::Running, 69).stall, None);
+        assert_eq!(judge_at(Phase::Running, 69).next, Some(s(1)));
+        assert_eq!(judge_at(Phase::Running, 70).stall, Some((Rule::ProgressTimeout, s(60))));
+        // An announced phase gets its own length; an unannounced one the deadline.
+        assert_eq!(judge_at(Phase::Other(Some(s(300))), 70).stall, None);
+        assert_eq!(judge_at(Phase::Other(Some(s(300))), 70).next, Some(s(240)));
+        assert_eq!(judge_at(Phase::Other(Some(s(300))), 310).stall, Some((Rule::ProgressTimeout, s(300))));
+        assert_eq!(judge_at(Phase::Other(None), 70).stall, Some((Rule::ProgressTimeout, s(60))));
+        // A trainer on its way out has no step to take.
+        assert_eq!(judge_at(Phase::Ending, 10_000).stall, None);
+        // Without the deadline, nothing of this counts.
+        let off = Limits { progress_timeout: None, ..l };
+        let r = Readings {
+            started: origin,
+            last_beat: Some(origin + s(500)),
+            last_output: None,
+            last_advance: Some((origin, Phase::Running)),
+        };
+        assert_eq!(judge(&off, &r, origin + s(500)).stall, None);
     }
 }

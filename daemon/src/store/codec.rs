@@ -9,11 +9,14 @@
 //! - 3: `JobSpec` gained `protocol`, `idle_timeout_ms`, `progress_regex` and `resume_rule`; `Attempt`
 //!   gained `first_step` and `resume_ignored`; `JobRecord` gained `restarts_exhausted`. Job records
 //!   of formats 1 and 2 decode through `legacy::JobRecordV2` (see `Store`); events are unchanged.
+//! - 4: `JobSpec` gained `more`, a JSON object of the settings added since (`SpecMore`), so that
+//!   adding a submission setting no longer needs a format of its own. Format-3 job records decode
+//!   through `legacy::JobRecordV3`.
 
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The format this build writes.
-pub const FORMAT: u8 = 3;
+pub const FORMAT: u8 = 4;
 
 /// Why a stored value could not be read or written.
 #[derive(Debug, thiserror::Error)]

@@ -126,6 +126,37 @@ pub struct JobSpec {
     /// `loss`, others as metrics).
     pub progress_regex: Option<String>,
     pub resume_rule: Option<ResumeRule>,
+    /// Added in format 4: the settings of later submissions, as a JSON object (see [`SpecMore`]).
+    #[serde(with = "json_blob")]
+    pub more: SpecMore,
+}
+
+/// Submission settings added from format 4 on. They are stored as one JSON object inside the
+/// positional record, so a field added here (with its default) needs no new store format: a record
+/// written before it reads the default, and an older trainerd ignores what it does not know.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SpecMore {
+    /// While the trainer reports `running`, a step that does not advance for this long is a stall
+    /// (a loop blocked in a collective or a data loader while its heartbeat thread still beats).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress_timeout_ms: Option<u64>,
+}
+
+/// A value stored as a JSON string inside a bincode record: self-describing, so it can grow.
+mod json_blob {
+    use serde::de::DeserializeOwned;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<T: Serialize, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+        let text = serde_json::to_string(value).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(&text)
+    }
+
+    pub fn deserialize<'de, T: DeserializeOwned, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+        let text = String::deserialize(d)?;
+        serde_json::from_str(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// How a trainer process ended.

@@ -29,6 +29,7 @@ fn spec(name: &str, key: Option<&str>) -> JobSpec {
         idle_timeout_ms: None,
         progress_regex: None,
         resume_rule: None,
+        more: Default::default(),
     }
 }
 
@@ -193,9 +194,8 @@ fn the_committed_format_2_fixture_still_decodes() {
 /// Format 3, which added the protocol, the idle timeout, progress from output, the resume rule, each
 /// attempt's resume check and `restarts_exhausted`. Regenerate with TRAINERD_WRITE_FIXTURES=1 only
 /// when introducing a format.
-#[test]
-fn the_committed_format_3_fixture_still_decodes() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/job-record-v3.bin");
+/// The record the committed format-3 fixture holds.
+fn format_3_record() -> JobRecord {
     let mut record =
         JobRecord { run_as: Some(RunAs { uid: 1000, gid: 1000 }), restarts_exhausted: true, ..fixture_record() };
     record.spec.protocol = Protocol::None;
@@ -210,12 +210,41 @@ fn the_committed_format_3_fixture_still_decodes() {
     record.attempts[0].resumed_step = Some(21);
     record.attempts[0].first_step = Some(0);
     record.attempts[0].resume_ignored = true;
+    record
+}
+
+#[test]
+fn the_committed_format_3_fixture_still_decodes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/job-record-v3.bin");
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes[0], 3, "the fixture is format 3");
+    assert_eq!(decode_job(&bytes).unwrap(), format_3_record());
+}
+
+#[test]
+fn the_committed_format_4_fixture_still_decodes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/job-record-v4.bin");
+    let mut record = format_3_record();
+    record.spec.more.progress_timeout_ms = Some(120_000);
     if std::env::var_os("TRAINERD_WRITE_FIXTURES").is_some() {
         std::fs::write(&path, codec::encode(&record).unwrap()).unwrap();
     }
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(bytes[0], 3, "the fixture is format 3");
+    assert_eq!(bytes[0], 4, "the fixture is format 4");
     assert_eq!(decode_job(&bytes).unwrap(), record);
+}
+
+#[test]
+fn settings_a_newer_trainerd_added_are_ignored_and_missing_ones_take_their_defaults() {
+    let mut bytes = codec::encode(&format_3_record()).unwrap();
+    let blob = br#"{}"#;
+    let at = bytes.windows(blob.len()).rposition(|w| w == blob).expect("the empty settings object");
+    // Same length, so bincode's length prefix still holds: a field this build does not know.
+    let newer = br#"{"x":1}"#;
+    assert_eq!(newer.len() - blob.len(), 5);
+    bytes.splice(at..at + blob.len(), newer.iter().copied());
+    bytes[at - 1] += 5;
+    assert_eq!(decode_job(&bytes).unwrap().spec.more, SpecMore::default());
 }
 
 #[test]

@@ -2,7 +2,9 @@
 //! start time), signals to a whole process group, and whether any live member of a group is left.
 //!
 //! A trainer runs as the leader of its own process group, so its DataLoader workers and other
-//! grandchildren share its group id and are signalled and checked with it.
+//! grandchildren share its group id and are signalled and checked with it. A launcher may start its
+//! workers in sessions of their own (torchrun does); they are still descendants of the job's shim,
+//! which is their subreaper, so [`descendants`] finds them and [`signal_catchers`] reaches them.
 
 use std::io;
 
@@ -62,8 +64,77 @@ pub fn live_group_members(pgid: u32) -> io::Result<Vec<u32>> {
     Ok(members)
 }
 
+/// The live (not zombie) descendants of `root`, children before grandchildren, read from `/proc`.
+/// Under a shim (a child subreaper) these are every process of the job, whatever their group or
+/// session: an orphan is re-parented to the shim, not to init.
+pub fn descendants(root: u32) -> io::Result<Vec<u32>> {
+    let mut children: std::collections::HashMap<u32, Vec<u32>> = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(stat) = stat_fields(pid) {
+            if stat.state != 'Z' && stat.state != 'X' {
+                children.entry(stat.ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut next = vec![root];
+    while let Some(pid) = next.pop() {
+        for &child in children.get(&pid).map(Vec::as_slice).unwrap_or_default() {
+            // A pid seen twice would mean a cycle in a racing listing; never loop on it.
+            if child != root && !found.contains(&child) {
+                found.push(child);
+                next.push(child);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// SIGKILLs every descendant of `shim` (the job's processes in any group or session).
+pub fn kill_descendants(shim: u32) -> io::Result<()> {
+    for pid in descendants(shim)? {
+        if let Ok(target) = i32::try_from(pid) {
+            // SAFETY: kill(2) on a live descendant of the shim, which reaps it (see signal_catchers).
+            unsafe { libc::kill(target, libc::SIGKILL) };
+        }
+    }
+    Ok(())
+}
+
+/// Whether `pid` has a handler installed for `signal` (the `SigCgt` mask of `/proc/PID/status`): a
+/// process that does not catch SIGUSR1 would be killed by it, so it is not sent one.
+pub fn catches(pid: u32, signal: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return false };
+    let Some(mask) = status.lines().find_map(|l| l.strip_prefix("SigCgt:")) else { return false };
+    let Ok(mask) = u64::from_str_radix(mask.trim(), 16) else { return false };
+    (1..=64).contains(&signal) && mask & (1 << (signal - 1)) != 0
+}
+
+/// Sends `signal` to every process of the job under `shim` that catches it (see [`catches`]),
+/// except the members of `skip_group` (signalled as a group already), and returns their pids: a
+/// launcher or a helper that would die of the signal is left alone.
+pub fn signal_catchers(shim: u32, signal: i32, skip_group: Option<u32>) -> io::Result<Vec<u32>> {
+    let mut sent = Vec::new();
+    for pid in descendants(shim)? {
+        if !catches(pid, signal) || (skip_group.is_some() && stat_fields(pid).ok().map(|s| s.pgrp) == skip_group) {
+            continue;
+        }
+        let Ok(target) = i32::try_from(pid) else { continue };
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is a live descendant of the
+        // shim, which reaps it, so it cannot have been recycled to another process meanwhile.
+        if unsafe { libc::kill(target, signal) } == 0 {
+            sent.push(pid);
+        }
+    }
+    Ok(sent)
+}
+
 struct Stat {
     state: char,
+    ppid: u32,
     pgrp: u32,
     start_ticks: Option<u64>,
 }
@@ -77,6 +148,7 @@ fn stat_fields(pid: u32) -> io::Result<Stat> {
     let bad = || io::Error::other(format!("malformed /proc/{pid}/stat"));
     Ok(Stat {
         state: fields.first().and_then(|s| s.chars().next()).ok_or_else(bad)?,
+        ppid: fields.get(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?,
         pgrp: fields.get(2).and_then(|s| s.parse().ok()).ok_or_else(bad)?,
         start_ticks: fields.get(19).and_then(|s| s.parse().ok()),
     })
@@ -89,6 +161,34 @@ mod tests {
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn descendants_in_other_sessions_are_found_and_only_the_catchers_get_a_signal() {
+        // A "launcher" that does not catch SIGUSR1, with a "worker" in a session of its own that
+        // does (the shape of torchrun): the worker gets SIGUSR1, the launcher is not killed by it.
+        let mut launcher = Command::new("sh")
+            .args([
+                "-c",
+                "setsid sh -c 'trap \"echo usr1 >&2; exit 0\" USR1; echo worker $$; while :; do sleep 0.05; done' & wait",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(launcher.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let worker: u32 = line.trim().strip_prefix("worker ").unwrap().parse().unwrap();
+        let me = std::process::id();
+        let all = descendants(me).unwrap();
+        assert!(all.contains(&launcher.id()) && all.contains(&worker), "{all:?}");
+        assert_ne!(stat_fields(worker).unwrap().pgrp, stat_fields(launcher.id()).unwrap().pgrp);
+        assert!(catches(worker, libc::SIGUSR1) && !catches(launcher.id(), libc::SIGUSR1));
+        let sent = signal_catchers(launcher.id(), libc::SIGUSR1, None).unwrap();
+        assert_eq!(sent, [worker]);
+        let status = launcher.wait().unwrap();
+        assert!(status.success(), "the launcher ends when its worker does, unharmed: {status}");
+        assert!(descendants(launcher.id()).unwrap().is_empty());
+    }
 
     #[test]
     fn a_start_time_is_read_and_differs_between_processes_started_apart() {

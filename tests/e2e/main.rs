@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod clients;
+mod ddp;
 mod full_disk;
 mod hostile;
 mod interfaces;

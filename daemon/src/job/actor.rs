@@ -353,6 +353,12 @@ impl State {
                     if let Some(pgid) = state.pgid {
                         state.event("killed", format!("stop grace over: SIGKILL to process group {pgid}"));
                         process::signal_group(pgid, libc::SIGKILL)?;
+                        // Workers a launcher started in sessions of their own (torchrun's).
+                        if let Some(shim) = state.identity.as_ref().map(|i| i.shim_pid) {
+                            if let Err(e) = process::kill_descendants(shim) {
+                                tracing::warn!(job = %state.id, "cannot list the job's processes: {e}");
+                            }
+                        }
                     }
                 }
             }
@@ -1253,12 +1259,30 @@ impl State {
     }
 
     /// SIGUSR1 to the trainer itself (not its group: a DataLoader worker would die of it).
+    /// SIGUSR1 to every process of the job that handles it: the trainer, and each rank a launcher
+    /// started (in its group or in sessions of its own); never to a launcher or helper that would
+    /// die of it (docs/trainer-protocol.md, "Multi-process jobs").
     fn signal_pause(&mut self, _myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
         let Some(pid) = self.pgid else { return Ok(()) };
         self.pause_unsignalled = false;
-        // SAFETY: kill(2) on the trainer we started; its pid is ours until we reap it.
-        if unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
-            tracing::warn!(job = %self.id, "cannot send the pause signal: {}", std::io::Error::last_os_error());
+        let Some(shim) = self.identity.as_ref().map(|i| i.shim_pid) else {
+            // SAFETY: kill(2) on the trainer we started; its pid is ours until we reap it.
+            if unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
+                tracing::warn!(job = %self.id, "cannot send the pause signal: {}", std::io::Error::last_os_error());
+            }
+            return Ok(());
+        };
+        match process::signal_catchers(shim, libc::SIGUSR1, None) {
+            Ok(sent) if sent.is_empty() => self.event(
+                "pause_unheard",
+                "no process of the job handles SIGUSR1; the pause ends at the pause timeout, from the latest checkpoint"
+                    .into(),
+            ),
+            Ok(sent) if sent.len() > 1 => {
+                self.event("pause_signalled", format!("SIGUSR1 to {} processes of the job: {sent:?}", sent.len()))
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(job = %self.id, "cannot send the pause signal: {e}"),
         }
         Ok(())
     }
@@ -1442,6 +1466,12 @@ impl State {
             })?;
         }
         process::signal_group(pgid, libc::SIGTERM)?;
+        // Ranks a launcher started in sessions of their own hear it too, if they handle it.
+        if let Some(shim) = self.identity.as_ref().map(|i| i.shim_pid) {
+            if let Err(e) = process::signal_catchers(shim, libc::SIGTERM, Some(pgid)) {
+                tracing::warn!(job = %self.id, "cannot list the job's processes: {e}");
+            }
+        }
         let attempt = self.current_attempt();
         myself.send_after(ms(self.record.spec.timeouts.stop_grace_ms), move || JobMsg::Kill { attempt });
         Ok(())

@@ -11,8 +11,8 @@
 //!   have no deadline (an unchanged script is not killed for not speaking the protocol).
 //! - `idle_timeout`: no output and no heartbeat for that long is a stall, whatever the protocol.
 //! - `progress_timeout`: while the trainer reports `running`, its step must advance within it; a
-//!   phase it reports instead (`starting`, `evaluating`, `checkpointing`) must end within its announced
-//!   `phase_timeout_s`, or within the progress timeout. This catches the loop that is stuck (a
+//!   phase it reports instead (`evaluating`, `checkpointing`) must end within its announced
+//!   `phase_timeout_s`, or within the progress timeout; `starting` only within an announced length. This catches the loop that is stuck (a
 //!   collective waiting on a dead or stopped peer, a deadlocked data loader) while a heartbeat thread
 //!   keeps beating.
 
@@ -71,8 +71,9 @@ pub enum Phase {
     /// Another phase (`starting`, `evaluating`, `checkpointing`): it must end within its announced
     /// length, or within the progress timeout.
     Other(Option<Duration>),
-    /// On its way out (paused, stopped, completed, failed): its exit comes next; no deadline.
-    Ending,
+    /// No deadline: starting without an announced length (loading data, a first compilation, a
+    /// download can take any time), or on its way out (paused, stopped, completed, failed).
+    Unbounded,
 }
 
 /// The verdict at one moment.
@@ -94,9 +95,10 @@ impl Phase {
             .map(|t| Duration::from_secs_f64(t.min(trainerd_proto::trainer::MAX_PHASE_TIMEOUT)));
         match state {
             TrainerState::Running => Phase::Running,
+            TrainerState::Starting if announced.is_none() => Phase::Unbounded,
             TrainerState::Starting | TrainerState::Evaluating | TrainerState::Checkpointing => Phase::Other(announced),
             TrainerState::Paused | TrainerState::Stopped | TrainerState::Completed | TrainerState::Failed => {
-                Phase::Ending
+                Phase::Unbounded
             }
         }
     }
@@ -150,7 +152,7 @@ pub fn judge(limits: &Limits, r: &Readings, now: Instant) -> Verdict {
         let allowance = match phase {
             Phase::Running => Some(deadline),
             Phase::Other(announced) => Some(announced.unwrap_or(deadline)),
-            Phase::Ending => None,
+            Phase::Unbounded => None,
         };
         if let Some(allowance) = allowance {
             let still = since(now, at);
@@ -265,7 +267,7 @@ mod tests {
         assert_eq!(judge_at(Phase::Other(Some(s(300))), 310).stall, Some((Rule::ProgressTimeout, s(300))));
         assert_eq!(judge_at(Phase::Other(None), 70).stall, Some((Rule::ProgressTimeout, s(60))));
         // A trainer on its way out has no step to take.
-        assert_eq!(judge_at(Phase::Ending, 10_000).stall, None);
+        assert_eq!(judge_at(Phase::Unbounded, 10_000).stall, None);
         // Without the deadline, nothing of this counts.
         let off = Limits { progress_timeout: None, ..l };
         let r = Readings {

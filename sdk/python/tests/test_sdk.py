@@ -58,8 +58,38 @@ class SdkApiTest(unittest.TestCase):
 
     def run_obj(self, **kw):
         run = self.trainerd.Run(out=os.path.join(self.dir.name, "run"), install_signals=False, **kw)
-        self.addCleanup(run.reporter._stop.set)
+        if hasattr(run.reporter, "_stop"):
+            self.addCleanup(run.reporter._stop.set)
         return run
+
+    def test_only_rank_0_reports_and_checkpoints_and_every_rank_names_the_same_checkpoint(self):
+        for name, value in [("RANK", "1"), ("WORLD_SIZE", "2")]:
+            os.environ[name] = value
+            self.addCleanup(os.environ.pop, name, None)
+        worker = self.run_obj(total_epochs=2)
+        self.assertEqual((worker.rank, worker.world_size, worker.is_main), (1, 2, False))
+        worker.step(loss=1.0)
+        worker.end_epoch(1, {"w": 1})
+        path = worker.checkpoint({"w": 1})
+        out = os.path.join(self.dir.name, "run")
+        self.assertFalse(os.path.exists(os.path.join(out, "progress.json")), "rank 1 wrote a progress file")
+        self.assertEqual(os.listdir(os.path.join(out, "checkpoints")), [], "rank 1 wrote a checkpoint")
+        self.assertEqual(path, os.path.join(out, "checkpoints", "step-000000000001"))
+        os.environ["RANK"] = "0"
+        main = self.run_obj(total_epochs=2)
+        main.step(loss=1.0)
+        self.assertEqual(main.checkpoint({"w": 1}), path, "rank 0 writes where the others say it is")
+        self.assertEqual(self.read(os.path.join(out, "progress.json"))["latest_checkpoint"]["path"], path)
+
+    def test_slurm_and_mpi_ranks_are_read_too_and_without_torch_distributed_a_rank_agrees_with_itself(self):
+        for name, value in [("SLURM_PROCID", "3"), ("SLURM_NTASKS", "4")]:
+            os.environ[name] = value
+            self.addCleanup(os.environ.pop, name, None)
+        run = self.run_obj()
+        self.assertEqual((run.rank, run.world_size), (3, 4))
+        self.assertEqual(run.agree(), (False, False))
+        run.control.pause.set()
+        self.assertEqual(run.agree(), (True, False))
 
     def test_a_fresh_run_starts_at_zero_and_reports_zero_totals_when_not_told(self):
         run = self.run_obj()

@@ -22,11 +22,16 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def path_for(checkpoint_dir, step):
+    """Where the checkpoint of ``step`` is (or will be) in ``checkpoint_dir``."""
+    return os.path.join(checkpoint_dir, f"step-{int(step):012d}")
+
+
 def save(state, checkpoint_dir, step):
     """Saves ``state`` as checkpoint ``step`` under ``checkpoint_dir`` and returns its path."""
     checkpoint_dir = os.path.abspath(checkpoint_dir)
     os.makedirs(checkpoint_dir, exist_ok=True)
-    final = os.path.join(checkpoint_dir, f"step-{int(step):012d}")
+    final = path_for(checkpoint_dir, step)
     tmp = os.path.join(checkpoint_dir, f".tmp-step-{int(step):012d}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)

@@ -7,6 +7,47 @@ from . import checkpoint
 from .control import Control
 from .progress import Reporter
 
+RANK_VARS = ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+WORLD_VARS = ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def _first_int(env, names, default):
+    for name in names:
+        value = env.get(name)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    return default
+
+
+class _Silent:
+    """The reporter of a rank other than 0: it writes nothing (rank 0 speaks for the job)."""
+
+    def update(self, **fields):
+        pass
+
+    def write(self, **fields):
+        pass
+
+    def finish(self, state, **fields):
+        pass
+
+    def start(self):
+        return self
+
+
+def _distributed():
+    """torch.distributed when it is initialized with more than one rank, else None."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    dist = getattr(torch, "distributed", None)
+    if dist is None or not dist.is_available() or not dist.is_initialized() or dist.get_world_size() < 2:
+        return None
+    return dist
+
 OK = 0
 """Completed, or paused when the progress file says so."""
 RETRY = 75
@@ -29,6 +70,12 @@ class Run:
     >>> ...; run.step(loss=loss.item())
     >>> run.end_epoch(epoch, {"model": model.state_dict(), ...})   # checkpoint; pauses if asked
     >>> run.complete(weights_sha256=trainerd.weights_sha256(model))
+
+    In a multi-process job (torchrun, ``srun``, ``accelerate launch``: ``RANK``/``WORLD_SIZE`` or
+    their Slurm and MPI forms) only rank 0 writes the progress file and checkpoints; every rank
+    resumes from the same checkpoint; and ``end_epoch`` is the collective point where all ranks agree
+    (one all-reduce of the pause and stop flags when torch.distributed is initialized) so that no rank
+    leaves while another waits in a collective. The five lines stay the same.
     """
 
     def __init__(self, total_epochs=0, total_steps=0, out="trainerd-run", keep=3, install_signals=True):
@@ -41,6 +88,9 @@ class Run:
         self.resume_from = env.get("TRAINERD_RESUME_FROM") or None
         self.attempt = int(env.get("TRAINERD_ATTEMPT", "1"))
         self.standalone = standalone
+        self.rank = _first_int(env, RANK_VARS, 0)
+        self.world_size = max(1, _first_int(env, WORLD_VARS, 1))
+        self.local_rank = _first_int(env, ("LOCAL_RANK", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK"), 0)
         self.keep = keep
         self.step_count = 0
         self.epoch = 0
@@ -48,9 +98,14 @@ class Run:
         if install_signals:
             self.control.install()
         interval = float(env.get("TRAINERD_HEARTBEAT_INTERVAL", "5"))
-        self.reporter = Reporter(self.progress_file, interval)
+        self.reporter = Reporter(self.progress_file, interval) if self.is_main else _Silent()
         self.reporter.update(total_epochs=int(total_epochs), total_steps=int(total_steps))
         self.reporter.start()
+
+    @property
+    def is_main(self):
+        """Rank 0: the process that reports and checkpoints for the job."""
+        return self.rank == 0
 
     @property
     def pause_requested(self):
@@ -98,6 +153,9 @@ class Run:
         if isinstance(state, dict):
             state.setdefault("step", self.step_count)
             state.setdefault("epoch", self.epoch)
+        if not self.is_main:
+            # Rank 0 writes the job's checkpoint; with DDP every rank holds the same state.
+            return checkpoint.path_for(self.checkpoint_dir, self.step_count)
         self.reporter.update(state="checkpointing")
         path = checkpoint.save(state, self.checkpoint_dir, self.step_count)
         latest = {"path": path, "step": self.step_count, "epoch": self.epoch}
@@ -111,9 +169,31 @@ class Run:
         """The epoch boundary: checkpoint, then, if a pause was asked for, state ``paused`` and exit 0."""
         self.report(**fields)
         self.checkpoint(state, epoch=epoch)
-        if self.pause_requested:
+        pause, stop = self.agree()
+        if stop:
+            self.reporter.finish("stopped", message=f"stopped on request after epoch {epoch}")
+            sys.exit(RETRY)
+        if pause:
             self.reporter.finish("paused", message=f"paused after epoch {epoch}")
             sys.exit(OK)
+
+    def agree(self):
+        """``(pause, stop)`` as every rank sees them: each is asked for if any rank was asked. A
+        collective (all ranks must call it together; ``end_epoch`` does), and the one place where
+        ranks leave together. One process: its own flags."""
+        pause, stop = self.pause_requested, self.stop_requested
+        dist = _distributed()
+        if dist is None:
+            return pause, stop
+        import torch
+
+        device = "cpu"
+        if dist.get_backend() == "nccl":
+            device = torch.device("cuda", torch.cuda.current_device())
+        flags = torch.tensor([int(pause), int(stop)], dtype=torch.int32, device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        pause, stop = bool(flags[0].item()), bool(flags[1].item())
+        return pause, stop
 
     def complete(self, weights_sha256=None, message="completed", **fields):
         """Writes ``completed`` and exits 0."""

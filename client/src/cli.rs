@@ -32,6 +32,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Submit a job: trainctl submit [OPTIONS] -- COMMAND [ARGS...]
+    ///
+    /// A multi-GPU job is one job: `trainctl submit --gpus 4 -- torchrun --standalone
+    /// --nproc-per-node auto train.py` starts one rank per GPU it was given (CUDA_VISIBLE_DEVICES);
+    /// pause and stop reach every rank.
     Submit(Box<Submit>),
     /// List jobs, newest first.
     Ls(Ls),

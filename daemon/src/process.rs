@@ -169,7 +169,11 @@ mod tests {
         let mut launcher = Command::new("sh")
             .args([
                 "-c",
-                "setsid sh -c 'trap \"echo usr1 >&2; exit 0\" USR1; echo worker $$; while :; do sleep 0.05; done' & wait",
+                // The worker forks nothing: a forked child keeps its parent's handlers until exec.
+                "setsid python3 -c 'import os, signal, sys, time
+signal.signal(signal.SIGUSR1, lambda *_: sys.exit(0))
+print(\"worker\", os.getpid(), flush=True)
+time.sleep(600)' & wait",
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

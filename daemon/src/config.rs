@@ -20,7 +20,7 @@ pub struct Flags {
     #[serde(skip)]
     pub command: Option<Subcommand>,
     /// A TOML file with any of these settings as kebab-case keys; flags win over it [default:
-    /// /etc/trainerd/config.toml when it exists].
+    /// /etc/trainerd/config.toml as root, else $XDG_CONFIG_HOME/trainerd/config.toml, when it exists].
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
@@ -235,16 +235,26 @@ macro_rules! prefer_flags {
     };
 }
 
-/// Where trainerd looks for a configuration file when not told.
+/// Where trainerd as root looks for a configuration file when not told.
 pub const DEFAULT_CONFIG: &str = "/etc/trainerd/config.toml";
+
+/// The configuration file trainerd reads when not told: as root /etc/trainerd/config.toml; as any
+/// other user (the user service) `$XDG_CONFIG_HOME/trainerd/config.toml` (`~/.config/...`).
+pub fn default_config() -> PathBuf {
+    if is_root() {
+        PathBuf::from(DEFAULT_CONFIG)
+    } else {
+        user_dir("XDG_CONFIG_HOME", ".config").join("trainerd/config.toml")
+    }
+}
 
 impl Flags {
     /// Merges the configuration file under the flags: the one `--config` names (which must exist), else
-    /// /etc/trainerd/config.toml if it exists.
+    /// the default one ([`default_config`]) if it exists.
     pub fn with_file(self) -> Result<Flags, String> {
         let (path, required) = match &self.config {
             Some(path) => (path.clone(), true),
-            None => (PathBuf::from(DEFAULT_CONFIG), false),
+            None => (default_config(), false),
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(text) => text,

@@ -276,6 +276,13 @@ async fn a_trainer_that_ignores_every_signal_is_paused_by_timeout_and_cancelled_
     assert!(job_processes(&daemon.state_dir(), &job.id).is_empty(), "a process of the paused job is left");
     client.resume_job(pb::ResumeJobRequest { id: job.id.clone() }).await.unwrap();
     watch_until(&mut client, &job.id, LIMIT, |j| j.attempt == 2 && j.pid.is_some()).await;
+    // The pid is known before the shell has run its `trap`: wait for attempt 2's "started" line.
+    let log = daemon.job_dir(&job.id).join("stdout.log");
+    let deadline = Instant::now() + LIMIT;
+    while std::fs::read_to_string(&log).unwrap_or_default().matches("started").count() < 2 {
+        assert!(Instant::now() < deadline, "attempt 2 never started its loop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let started = Instant::now();
     let cancelled = client.cancel_job(pb::CancelJobRequest { id: job.id.clone() }).await.unwrap().into_inner();
     assert_eq!(cancelled.state(), JobState::Cancelled);

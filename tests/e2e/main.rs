@@ -3,7 +3,6 @@
 
 mod bad_input;
 mod clients;
-mod ddp;
 mod full_disk;
 mod hostile;
 mod interfaces;

@@ -35,7 +35,8 @@ async fn divergent(client: &mut Client, n: u32) -> pb::HealthResponse {
 
 #[tokio::test]
 async fn a_record_that_says_running_for_a_trainer_that_is_gone_is_resolved_from_the_exit_record() {
-    let daemon = Daemon::start(&["--test-hooks", "--gpus", "none"]);
+    // No periodic reconciliation: the test's own call must be the one that finds the divergence.
+    let daemon = Daemon::start(&["--test-hooks", "--gpus", "none", "--reconcile-interval", "3600"]);
     let mut client = daemon.client().await;
     let req = fake_job("unreported", &[("FAKE_STEPS", "10"), ("TRAINERD_TEST_IGNORE_SHIM_EXIT", "1")]);
     let job = submit(&mut client, req).await;
@@ -61,7 +62,8 @@ async fn a_record_that_says_running_for_a_trainer_that_is_gone_is_resolved_from_
 
 #[tokio::test]
 async fn a_shim_killed_before_its_exit_is_recorded_is_lost_and_its_orphan_stopped_before_the_next_attempt() {
-    let daemon = Daemon::start(&["--test-hooks", "--gpus", "none"]);
+    // No periodic reconciliation: the test's own call must be the one that finds the divergence.
+    let daemon = Daemon::start(&["--test-hooks", "--gpus", "none", "--reconcile-interval", "3600"]);
     let mut client = daemon.client().await;
     let env = [
         ("FAKE_STEPS", "100000"),
@@ -102,7 +104,8 @@ async fn a_shim_killed_before_its_exit_is_recorded_is_lost_and_its_orphan_stoppe
 
 #[tokio::test]
 async fn a_finished_job_whose_trainer_still_runs_has_it_stopped() {
-    let daemon = Daemon::start(&["--test-hooks", "--gpus", "none"]);
+    // No periodic reconciliation: the test's own call must be the one that finds the divergence.
+    let daemon = Daemon::start(&["--test-hooks", "--gpus", "none", "--reconcile-interval", "3600"]);
     let mut client = daemon.client().await;
     let env = [("FAKE_STEPS", "100000"), ("FAKE_STEP_MS", "10"), ("TRAINERD_TEST_CANCEL_WITHOUT_STOP", "1")];
     let job = submit(&mut client, fake_job("leftover", &env)).await;
@@ -131,7 +134,8 @@ async fn a_finished_job_whose_trainer_still_runs_has_it_stopped() {
 
 #[tokio::test]
 async fn an_actor_that_stops_answering_is_replaced_and_the_exit_it_missed_applied() {
-    let daemon = Daemon::start(&["--test-hooks", "--gpus", "none"]);
+    // No periodic reconciliation: the test's own call must be the one that finds the divergence.
+    let daemon = Daemon::start(&["--test-hooks", "--gpus", "none", "--reconcile-interval", "3600"]);
     let mut client = daemon.client().await;
     let env = [("FAKE_STEPS", "30"), ("FAKE_STEP_MS", "20"), ("TRAINERD_TEST_WEDGE_AT_STEP", "3")];
     let job = submit(&mut client, fake_job("wedged", &env)).await;

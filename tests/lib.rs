@@ -342,6 +342,23 @@ pub fn job_processes(state_dir: &Path, id: &str) -> Vec<u32> {
     found
 }
 
+/// Lets other users reach a test's directory (tempdirs are 0700).
+pub fn open_dir(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A copy of one of our binaries in `dir` that other users can run: the checkout itself may sit in a
+/// directory only its owner can enter.
+pub fn public_bin(dir: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    open_dir(dir);
+    let path = dir.join(name);
+    std::fs::copy(bin(name), &path).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 /// Makes `cmd` run as `uid`:`gid` with no supplementary groups (the tests run as root and play
 /// other users this way).
 pub fn as_user(cmd: &mut Command, uid: u32, gid: u32) -> &mut Command {

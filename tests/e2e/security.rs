@@ -32,21 +32,6 @@ fn control_in(socket: &Path, uid: u32, gid: u32, groups: &[u32], request: &str) 
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// Lets other users reach the test's directory (tempdirs are 0700).
-fn open_dir(path: &Path) {
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
-}
-
-/// A copy of one of our binaries that other users can run: the checkout itself may sit in a
-/// directory only its owner can enter.
-fn public_bin(dir: &Path, name: &str) -> std::path::PathBuf {
-    open_dir(dir);
-    let path = dir.join(name);
-    std::fs::copy(bin(name), &path).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
-}
-
 #[test]
 fn sockets_are_0660_in_their_group_and_the_peer_check_denies_and_audits_an_unlisted_user() {
     let daemon = Daemon::start(&["--socket-group", "nogroup"]);

@@ -77,20 +77,190 @@ async fn ready_after_restore_then_watchdog_pings_then_stopping_on_sigterm() {
     assert!(status.success(), "an orderly shutdown exits 0: {status:?}");
 }
 
+const UNITS: [&str; 2] = ["trainerd.service", "user/trainerd.service"];
+
+fn unit_text(unit: &str) -> String {
+    std::fs::read_to_string(format!("{}/../systemd/{unit}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+/// A unit's `KEY=` value, the last one when repeated.
+fn unit_value(unit: &str, key: &str) -> Option<String> {
+    unit_text(unit).lines().rev().find_map(|l| l.strip_prefix(&format!("{key}="))).map(str::to_string)
+}
+
 #[test]
-fn the_unit_passes_systemd_analyze_verify_with_no_output() {
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../systemd/trainerd.service")).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    // verify insists that ExecStart exists: point it at the built binary.
-    let path = dir.path().join("trainerd.service");
-    std::fs::write(&path, unit.replace("/usr/bin/trainerd", &bin("trainerd").display().to_string())).unwrap();
-    let out = std::process::Command::new("systemd-analyze")
-        .arg("verify")
-        .arg(&path)
-        .output_within()
-        .expect("systemd-analyze (Debian package systemd) must be installed");
+fn both_units_pass_systemd_analyze_verify_with_no_output() {
+    for unit in UNITS {
+        let dir = tempfile::tempdir().unwrap();
+        // verify insists that ExecStart exists: point it at the built binary.
+        let path = dir.path().join("trainerd.service");
+        std::fs::write(&path, unit_text(unit).replace("/usr/bin/trainerd", &bin("trainerd").display().to_string()))
+            .unwrap();
+        let mut cmd = std::process::Command::new("systemd-analyze");
+        if unit.starts_with("user/") {
+            // A user manager's view: it needs a runtime directory, as a login session has.
+            cmd.arg("--user").env("XDG_RUNTIME_DIR", dir.path());
+        }
+        let out = cmd.arg("verify").arg(&path).output_within().expect("systemd-analyze (Debian package systemd)");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify {unit} said: {text}");
+        assert_eq!(unit_value(unit, "KillMode").as_deref(), Some("process"), "{unit}: live restore needs it");
+        assert_eq!(unit_value(unit, "Type").as_deref(), Some("notify"), "{unit}");
+    }
+}
+
+/// The unit's `ExecStart` with the built binary (in `dir`, readable by everyone) for /usr/bin/trainerd.
+fn exec_start(unit: &str, trainerd: &std::path::Path) -> Vec<String> {
+    let line = unit_value(unit, "ExecStart").expect("ExecStart");
+    line.split_whitespace().map(|w| w.replace("/usr/bin/trainerd", &trainerd.display().to_string())).collect()
+}
+
+/// A directory that only `uid` may enter, outside any state dir: where a job writes its outputs.
+fn private_dir(path: &std::path::Path, uid: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(path).unwrap();
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+/// Runs `trainctl submit --watch` as `uid` with `env`, for a job that writes `file`, and checks the
+/// job completed and the file belongs to `uid`.
+fn submit_a_job_writing(
+    trainctl: &std::path::Path,
+    uid: u32,
+    groups: &[u32],
+    env: &[(&str, String)],
+    file: &std::path::Path,
+) {
+    use std::os::unix::fs::MetadataExt;
+    // Its own checkpoint directory too: reached through trainerd's `jobs/<id>/`, whatever its umask.
+    let script = format!("echo written > {} && touch \"$TRAINERD_CHECKPOINT_DIR/probe\"", file.display());
+    let mut cmd = std::process::Command::new(trainctl);
+    cmd.env_clear().env("PATH", "/usr/bin:/bin").envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.args(["submit", "--watch", "--name", "writer", "--workdir", "/", "--", "/bin/sh", "-c", &script]);
+    let out = trainerd_tests::as_user_in(&mut cmd, uid, uid, groups).output_within().expect("trainctl");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && text.trim().is_empty(), "systemd-analyze verify said: {text}");
+    assert!(out.status.success(), "the job did not complete: {text}");
+    let meta = std::fs::metadata(file).unwrap_or_else(|e| panic!("{}: {e}; trainctl said {text}", file.display()));
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o644), "written as its submitter, with a user's umask");
+}
+
+/// The test plays this user (the tests run as root).
+const USER: u32 = 12345;
+
+#[test]
+fn the_user_unit_runs_trainerd_as_its_user_whose_jobs_write_where_that_user_can() {
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: playing another user needs root");
+        return;
+    }
+    let unit = "user/trainerd.service";
+    assert_eq!(unit_value(unit, "User"), None, "a user unit runs as its user");
+    let dir = tempfile::tempdir().unwrap();
+    let bins = dir.path().join("bin");
+    std::fs::create_dir(&bins).unwrap();
+    let trainerd = trainerd_tests::public_bin(&bins, "trainerd");
+    trainerd_tests::public_bin(&bins, "trainerd-shim");
+    let trainctl = trainerd_tests::public_bin(&bins, "trainctl");
+    trainerd_tests::open_dir(dir.path());
+    // What a systemd user manager gives its services: the user's HOME and XDG_RUNTIME_DIR.
+    let (home, runtime) = (dir.path().join("home"), dir.path().join("run"));
+    private_dir(&home, USER);
+    private_dir(&runtime, USER);
+    let env = [("HOME", home.display().to_string()), ("XDG_RUNTIME_DIR", runtime.display().to_string())];
+    let args = exec_start(unit, &trainerd);
+    let mut cmd = std::process::Command::new(&args[0]);
+    cmd.args(&args[1..]).env_clear().env("PATH", "/usr/bin:/bin").envs(env.iter().map(|(k, v)| (k, v)));
+    let mut daemon = trainerd_tests::as_user(&mut cmd, USER, USER)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = first_line_within(daemon.stdout.take().unwrap(), trainerd_tests::READY_WITHIN);
+    let expected = format!("trainerd ready: socket {}", runtime.join("trainerd/trainerd.sock").display());
+    assert!(ready.starts_with(&expected), "{ready:?}");
+    assert!(home.join(".local/state/trainerd").is_dir(), "state in the user's XDG state dir");
+    // A job writes into a directory of its user's home, where trainerd's sandbox (none) lets it.
+    let outputs = home.join("proj/runs");
+    private_dir(&outputs, USER);
+    submit_a_job_writing(&trainctl, USER, &[], &env, &outputs.join("result.txt"));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+#[test]
+fn the_system_unit_runs_trainerd_as_root_and_each_job_as_its_submitter_writing_where_they_can() {
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the system unit runs trainerd as root");
+        return;
+    }
+    let unit = "trainerd.service";
+    assert_eq!(unit_value(unit, "User").as_deref(), Some("root"));
+    // The unit's socket group, as systemd-sysusers would create it from trainerd.sysusers.conf.
+    let group = ensure_group("trainerd");
+    let dir = tempfile::tempdir().unwrap();
+    let bins = dir.path().join("bin");
+    std::fs::create_dir(&bins).unwrap();
+    let trainerd = trainerd_tests::public_bin(&bins, "trainerd");
+    trainerd_tests::public_bin(&bins, "trainerd-shim");
+    let trainctl = trainerd_tests::public_bin(&bins, "trainctl");
+    trainerd_tests::open_dir(dir.path());
+    // The unit's flags, and the directories systemd gives it (StateDirectory, RuntimeDirectory).
+    let (state, runtime) = (dir.path().join("state"), dir.path().join("run"));
+    for made in [&state, &runtime] {
+        // As systemd makes them: StateDirectoryMode=, RuntimeDirectoryMode= (0755).
+        std::fs::create_dir(made).unwrap();
+        trainerd_tests::open_dir(made);
+    }
+    assert_eq!(unit_value(unit, "StateDirectoryMode").as_deref(), Some("0755"));
+    let socket = runtime.join("trainerd.sock");
+    let mut args = exec_start(unit, &trainerd);
+    args.extend(["--state-dir".into(), state.display().to_string(), "--socket".into(), socket.display().to_string()]);
+    let umask = u32::from_str_radix(&unit_value(unit, "UMask").expect("UMask"), 8).unwrap();
+    let mut cmd = std::process::Command::new(&args[0]);
+    // SAFETY: umask(2) is async-signal-safe; it runs between fork and exec, as systemd applies UMask=.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            libc::umask(umask as libc::mode_t);
+            Ok(())
+        });
+    }
+    let mut daemon = cmd
+        .args(&args[1..])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let ready = first_line_within(daemon.stdout.take().unwrap(), trainerd_tests::READY_WITHIN);
+    assert!(ready.starts_with("trainerd ready"), "{ready:?}");
+    // A member of the socket group submits; the job runs as that user and writes into a directory
+    // only that user may enter, outside the state dir.
+    let outputs = dir.path().join("data/user-runs");
+    std::fs::create_dir_all(outputs.parent().unwrap()).unwrap();
+    trainerd_tests::open_dir(outputs.parent().unwrap());
+    private_dir(&outputs, USER);
+    let env = [("TRAINERD_SOCKET", socket.display().to_string())];
+    submit_a_job_writing(&trainctl, USER, &[group], &env, &outputs.join("result.txt"));
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+}
+
+/// The gid of `name`, creating the (system) group when it is missing, as systemd-sysusers would.
+fn ensure_group(name: &str) -> u32 {
+    let lookup = || {
+        let out = std::process::Command::new("getent").args(["group", name]).output_within().unwrap();
+        String::from_utf8_lossy(&out.stdout).split(':').nth(2).and_then(|g| g.trim().parse().ok())
+    };
+    if let Some(gid) = lookup() {
+        return gid;
+    }
+    let out = std::process::Command::new("groupadd").args(["--system", name]).output_within().unwrap();
+    assert!(out.status.success(), "groupadd {name}: {}", String::from_utf8_lossy(&out.stderr));
+    lookup().expect("the group just added")
 }
 
 #[tokio::test]

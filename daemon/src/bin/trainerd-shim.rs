@@ -44,14 +44,17 @@ fn drop_privileges(cmd: &mut Command, uid: u32, gid: u32) {
         Some(user) => trainerd::users::groups_of(&trainerd::users::User { gid, ..user }),
         None => vec![gid],
     };
-    // SAFETY: the closure runs between fork and exec and calls only setgroups, setgid and setuid,
-    // which are async-signal-safe; `groups` was built before the fork. The order matters: groups and
-    // gid can be changed only while still root.
+    // SAFETY: the closure runs between fork and exec and calls only setgroups, setgid, setuid and
+    // umask, which are async-signal-safe; `groups` was built before the fork. The order matters:
+    // groups and gid can be changed only while still root.
     unsafe {
         cmd.pre_exec(move || {
             if libc::setgroups(groups.len(), groups.as_ptr()) != 0 || libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The umask a user's own login has, whatever the service's (the system unit's is 027):
+            // the job's outputs are as readable as if its owner had run it.
+            libc::umask(0o022);
             Ok(())
         });
     }

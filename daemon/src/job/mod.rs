@@ -118,6 +118,15 @@ pub async fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<shim:
         for dir in [&launch.paths.trainer, &launch.paths.checkpoints] {
             std::os::unix::fs::lchown(dir, Some(user.uid), Some(user.gid))?;
         }
+        // The user must pass through `jobs/` and `jobs/<id>/` (trainerd's) to reach `trainer/`,
+        // whatever trainerd's umask (the system unit's is 027): search, not read.
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [launch.paths.dir.as_path(), launch.paths.dir.parent().unwrap_or(&launch.paths.dir)] {
+            let mode = std::fs::symlink_metadata(dir)?.permissions().mode();
+            if mode & 0o001 == 0 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode((mode & 0o7777) | 0o011))?;
+            }
+        }
     }
     match std::fs::remove_file(&launch.paths.progress) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),

@@ -15,6 +15,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "trainerd.v1.SubmitJobRequest",
             "#[derive(serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
         )
+        .type_attribute(
+            "trainerd.v1.RetryJobRequest",
+            "#[derive(serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
+        )
+        .type_attribute(
+            "trainerd.v1.RemoveJobsRequest",
+            "#[derive(serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
+        )
         .field_attribute("trainerd.v1.SubmitJobRequest.env", "#[serde(deserialize_with = \"crate::json::env_object\")]")
         .compile_with_config(config, &["trainerd.proto"], &["."])?;
     Ok(())

@@ -63,6 +63,29 @@ pub enum Command {
     Pause { id: String },
     /// Queue a paused job again; it continues from its pause checkpoint.
     Resume { id: String },
+    /// Run a failed or cancelled job again from its latest checkpoint, as a new attempt of the same job
+    /// (same id, history and events). Never from step 0 while a checkpoint exists; without one, say so
+    /// with --from-start.
+    Retry {
+        id: String,
+        /// The job has no checkpoint: start it over from step 0.
+        #[arg(long)]
+        from_start: bool,
+        /// A key that makes a repeated retry (a script run twice) queue the job once.
+        #[arg(long)]
+        request_key: Option<String>,
+    },
+    /// Remove finished jobs: their records, events, logs and checkpoints. Refused, and nothing removed,
+    /// if one of them has not finished.
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+        /// Keep a completed job's final checkpoint (moved to kept/<id>/ in the state dir).
+        #[arg(long)]
+        keep_final_checkpoint: bool,
+    },
+    /// Disk used by each job (logs, progress, checkpoints), largest first, and the state dir's free space.
+    Df,
     /// Jobs by state, whether records and reality agree, and the last reconciliation.
     Health,
     /// Check every unfinished job against reality now (processes, actors, the queue) and fix what

@@ -196,6 +196,50 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let job = client.resume_job(pb::ResumeJobRequest { id }).await?.into_inner();
             print_state(&job, json);
         }
+        Command::Retry { id, from_start, request_key } => {
+            let request_key = request_key.unwrap_or_default();
+            let job = client.retry_job(pb::RetryJobRequest { id, from_start, request_key }).await?.into_inner();
+            print_state(&job, json);
+        }
+        Command::Rm { ids, keep_final_checkpoint } => {
+            let removed = client.remove_jobs(pb::RemoveJobsRequest { ids, keep_final_checkpoint }).await?.into_inner();
+            if json {
+                print_json(&trainerd_proto::json::removed_json(&removed));
+            } else {
+                for r in &removed.removed {
+                    let kept = if r.kept_checkpoint.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; kept {}", r.kept_checkpoint)
+                    };
+                    println!("{}  removed, {} freed{kept}", r.id, trainerd_proto::units::bytes(r.bytes_freed));
+                }
+            }
+        }
+        Command::Df => {
+            let usage = client.disk_usage(pb::DiskUsageRequest {}).await?.into_inner();
+            if json {
+                print_json(&trainerd_proto::json::disk_json(&usage));
+            } else {
+                println!("{:<12}  {:<10}  {:>10}  NAME", "ID", "STATE", "SIZE");
+                for j in &usage.jobs {
+                    let size =
+                        format!("{}{}", if j.at_least { ">" } else { "" }, trainerd_proto::units::bytes(j.bytes));
+                    println!(
+                        "{:<12}  {:<10}  {:>10}  {}",
+                        j.id,
+                        trainerd_proto::state::state_word(j.state()),
+                        size,
+                        j.name
+                    );
+                }
+                println!(
+                    "total {}; {} free in the state dir",
+                    trainerd_proto::units::bytes(usage.total_bytes),
+                    trainerd_proto::units::bytes(usage.state_dir_free_bytes)
+                );
+            }
+        }
         Command::Health => {
             let health = client.health(pb::HealthRequest {}).await?.into_inner();
             if json {

@@ -88,6 +88,17 @@ pub struct Flags {
     /// Default seconds between SIGTERM and SIGKILL. [default: 30].
     #[arg(long)]
     pub stop_grace: Option<f64>,
+    /// Keep at most this many finished jobs (completed, failed, cancelled); older ones are removed
+    /// with their logs and checkpoints, hourly and at start. [default: all].
+    #[arg(long)]
+    pub keep_finished: Option<usize>,
+    /// Remove finished jobs this many days after they ended (fractions allowed). [default: never].
+    #[arg(long)]
+    pub keep_finished_days: Option<f64>,
+    /// When the retention policy or `rm` removes a completed job, keep its final checkpoint (moved to
+    /// `kept/<id>/` in the state dir). [default: false].
+    #[arg(long)]
+    pub keep_final_checkpoint: Option<bool>,
     /// Default progress deadline, in seconds: while a trainer reports `running`, a step that does not
     /// advance for this long is a stall (a loop blocked in a collective while its heartbeat thread
     /// beats). [default: off].
@@ -184,6 +195,11 @@ pub struct DaemonConfig {
     pub default_protocol: crate::store::records::Protocol,
     /// The progress deadline a submission that names none gets; None: off.
     pub default_progress_timeout_ms: Option<u64>,
+    /// Retention: the most finished jobs kept, and for how many days.
+    pub keep_finished: Option<usize>,
+    pub keep_finished_days: Option<f64>,
+    /// A removed completed job's final checkpoint is kept.
+    pub keep_final_checkpoint: bool,
     pub shutdown_policy: ShutdownPolicy,
     pub reconcile_interval: Duration,
     /// Free bytes kept on the state dir's file system for running jobs' transitions.
@@ -284,6 +300,9 @@ impl Flags {
             startup_grace,
             protocol,
             stop_grace,
+            keep_finished,
+            keep_finished_days,
+            keep_final_checkpoint,
             progress_timeout,
             max_restarts,
             restart_window,
@@ -460,6 +479,13 @@ impl Flags {
                 Some(0.0) | None => None,
                 Some(t) => return Err(format!("--progress-timeout must be positive seconds (0: off), not {t}")),
             },
+            keep_finished: self.keep_finished,
+            keep_finished_days: match self.keep_finished_days {
+                Some(d) if d.is_finite() && d > 0.0 && d <= 3650.0 => Some(d),
+                Some(d) => return Err(format!("--keep-finished-days must be above 0 and at most 3650, not {d}")),
+                None => None,
+            },
+            keep_final_checkpoint: self.keep_final_checkpoint.unwrap_or(false),
             shutdown_policy: self.shutdown_policy.unwrap_or_default(),
             reconcile_interval: Duration::from_millis(reconcile),
             disk_reserve: self

@@ -37,6 +37,7 @@ pub mod metrics;
 pub mod policy;
 pub mod process;
 pub mod recovery;
+pub mod removal;
 pub mod run;
 pub mod store;
 pub mod supervisor;

@@ -54,11 +54,13 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
         config: std::sync::RwLock::new(config.clone()),
         last_reconcile: std::sync::Mutex::new(Default::default()),
         progress_watch: crate::job::watch::ProgressWatch::new().context("cannot start the inotify watcher")?,
+        removing: Default::default(),
     });
     let (supervisor, supervisor_done) = Actor::spawn(Some("supervisor".into()), Supervisor, shared.clone())
         .await
         .context("cannot start the supervisor")?;
     tokio::spawn(crate::recovery::run(shared.clone(), supervisor.clone()));
+    tokio::spawn(crate::removal::run(shared.clone()));
     let api = Arc::new(Api {
         store: store.clone(),
         hub: shared.hub.clone(),

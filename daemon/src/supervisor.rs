@@ -38,6 +38,15 @@ pub enum SupervisorMsg {
     Pause { id: JobId, by: String, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
     /// Queue a paused job again.
     Resume { id: JobId, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
+    /// Queue a failed or cancelled job again, from its latest checkpoint (a user's retry); `key` makes
+    /// a repeated request queue it once.
+    Retry {
+        id: JobId,
+        from_start: bool,
+        key: Option<String>,
+        by: String,
+        reply: RpcReplyPort<Result<pb::Job, ApiError>>,
+    },
     /// A trainer process ended (from its wait task).
     Exited { id: JobId, attempt: u32, status: Option<ExitStatus>, at: std::time::Instant },
     /// A JobActor finished its work (terminal or paused): its slot is free.
@@ -91,12 +100,19 @@ pub struct Shared {
     pub last_reconcile: std::sync::Mutex<pb::ReconcileResponse>,
     /// The one inotify watcher of every job's progress file.
     pub progress_watch: Arc<crate::job::watch::ProgressWatch>,
+    /// Finished jobs whose removal is under way: a retry of one is refused meanwhile.
+    pub removing: std::sync::Mutex<std::collections::HashSet<JobId>>,
 }
 
 impl Shared {
     /// The configuration in force.
     pub fn config(&self) -> Arc<DaemonConfig> {
         self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Whether job `id` is being removed.
+    pub fn removing(&self, id: JobId) -> bool {
+        self.removing.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
     }
 }
 
@@ -210,6 +226,11 @@ impl Actor for Supervisor {
             SupervisorMsg::Pause { id, by, reply } => state.pause(id, by, reply)?,
             SupervisorMsg::Resume { id, reply } => {
                 let result = state.resume(id);
+                let _ = reply.send(result);
+                state.admit(&myself).await?;
+            }
+            SupervisorMsg::Retry { id, from_start, key, by, reply } => {
+                let result = state.retry(id, from_start, key.as_deref(), &by);
                 let _ = reply.send(result);
                 state.admit(&myself).await?;
             }
@@ -651,6 +672,44 @@ impl State {
         self.enqueue(Queued::of(&record));
         let view = job_view(&record, &LiveFacts::default(), self.shared.hub.queue_position(&record));
         self.shared.hub.publish(view.clone(), "state");
+        Ok(view)
+    }
+}
+
+impl State {
+    fn retry(&mut self, id: JobId, from_start: bool, key: Option<&str>, by: &str) -> Result<pb::Job, ApiError> {
+        if self.shared.removing(id) {
+            return Err(ApiError::FailedPrecondition(format!("job {id} is being removed")));
+        }
+        let check = |r: &JobRecord| match (&r.latest_checkpoint, from_start) {
+            (Some(c), true) => Err(crate::store::StoreError::NotRetriable(format!(
+                "job {id} has a checkpoint at step {} ({}); a retry continues from it, never from step 0: drop \
+                 --from-start",
+                c.step,
+                c.path.display()
+            ))),
+            (None, false) => Err(crate::store::StoreError::NotRetriable(format!(
+                "job {id} has no checkpoint, so a retry starts from step 0; say so with --from-start (from_start)"
+            ))),
+            _ => Ok(()),
+        };
+        let record = self.shared.store.get(id)?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+        // Its actor has recorded the end but not released the job yet: a new one must not overlap it.
+        if self.actors.contains_key(&id) && is_terminal(record.state()) {
+            return Err(ApiError::FailedPrecondition(format!(
+                "job {id} is still ending (its processes are being stopped); retry it in a moment"
+            )));
+        }
+        let message = match &record.latest_checkpoint {
+            Some(c) => format!("retried by {by}: continues from step {} ({})", c.step, c.path.display()),
+            None => format!("retried by {by}: from the start (no checkpoint)"),
+        };
+        let (record, retried) = self.shared.store.retry(id, key, unix_now(), &message, check)?;
+        let view = job_view(&record, &LiveFacts::default(), self.shared.hub.queue_position(&record));
+        if retried {
+            self.enqueue(Queued::of(&record));
+            self.shared.hub.publish(view.clone(), "state");
+        }
         Ok(view)
     }
 }

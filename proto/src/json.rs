@@ -64,6 +64,32 @@ pub fn info_json(i: &pb::DaemonInfoResponse) -> Value {
     })
 }
 
+/// The stable JSON fields of a removal's answer.
+pub fn removed_json(r: &pb::RemoveJobsResponse) -> Value {
+    let removed: Vec<Value> = r
+        .removed
+        .iter()
+        .map(|j| {
+            json!({
+                "id": j.id,
+                "bytes_freed": j.bytes_freed,
+                "kept_checkpoint": Some(&j.kept_checkpoint).filter(|k| !k.is_empty()),
+            })
+        })
+        .collect();
+    json!({ "removed": removed })
+}
+
+/// The stable JSON fields of a disk usage report (jobs largest first).
+pub fn disk_json(d: &pb::DiskUsageResponse) -> Value {
+    let jobs: Vec<Value> = d
+        .jobs
+        .iter()
+        .map(|j| json!({"id": j.id, "name": j.name, "state": state_word(j.state()), "bytes": j.bytes, "at_least": j.at_least}))
+        .collect();
+    json!({"jobs": jobs, "total_bytes": d.total_bytes, "state_dir_free_bytes": d.state_dir_free_bytes})
+}
+
 /// The stable JSON fields of a reconciliation report.
 pub fn reconcile_json(r: &pb::ReconcileResponse) -> Value {
     json!({"at": r.at, "checked": r.checked, "fixes": r.fixes, "count": r.count})

@@ -1,7 +1,9 @@
 //! The job state machine: the one table of legal transitions over the proto's [`JobState`].
 //!
 //! The daemon's store refuses any transition not listed here, so a terminal job can never be
-//! started again whatever path a request takes. `docs/job-states.md` draws the same table.
+//! started again whatever path a request takes; the one exception is a user's explicit retry of a
+//! failed or cancelled job ([`can_retry`]), a store operation of its own. A completed job never runs
+//! again. `docs/job-states.md` draws the same table.
 
 use crate::v1::JobState;
 
@@ -26,7 +28,14 @@ pub fn can_transition(from: JobState, to: JobState) -> bool {
     )
 }
 
-/// Whether nothing can ever follow this state.
+/// Whether a user's explicit retry may queue a job in this state again: a failed or cancelled job
+/// continues from its latest checkpoint as a new attempt. Never a completed one. This is the one way
+/// out of a terminal state, and not a transition of the table above: nothing else takes it.
+pub fn can_retry(state: JobState) -> bool {
+    matches!(state, JobState::Failed | JobState::Cancelled)
+}
+
+/// Whether nothing can ever follow this state (short of a user's retry, see [`can_retry`]).
 pub fn is_terminal(state: JobState) -> bool {
     matches!(state, JobState::Completed | JobState::Failed | JobState::Cancelled)
 }

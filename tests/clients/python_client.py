@@ -92,6 +92,21 @@ try:
     raise AssertionError("an unknown field was accepted")
 except TypeError as e:
     assert "bogus" in str(e)
+# Retry, removal, disk use.
+try:
+    client.retry(job.id)
+    raise AssertionError("a completed job was retried")
+except trainerd.FailedPrecondition as e:
+    assert "never runs again" in e.message, e
+usage = client.disk_usage()
+assert usage.total_bytes > 0 and any(j.id == job.id for j in usage.jobs), usage
+removed = client.remove(job.id)
+assert [r.id for r in removed] == [job.id] and removed[0].bytes_freed > 0, removed
+try:
+    client.get(job.id)
+    raise AssertionError("a removed job is still there")
+except trainerd.NotFound:
+    pass
 health = client.health()
 assert health.status == "ok", health
 missing = trainerd.Client("/nonexistent/trainerd.sock", timeout=2)

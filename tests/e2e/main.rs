@@ -6,6 +6,7 @@ mod clients;
 mod full_disk;
 mod hostile;
 mod interfaces;
+mod lifecycle;
 mod pause_queue;
 mod python;
 mod reconcile;

@@ -183,6 +183,23 @@ impl Trainerd for GrpcService {
         Ok(Response::new(self.api.cancel(&req.into_inner().id, by).await?))
     }
 
+    async fn retry_job(&self, req: Request<pb::RetryJobRequest>) -> Result<Response<pb::Job>, Status> {
+        let by = caller(&req).to_string();
+        Ok(Response::new(self.api.retry(req.into_inner(), by).await?))
+    }
+
+    async fn remove_jobs(
+        &self,
+        req: Request<pb::RemoveJobsRequest>,
+    ) -> Result<Response<pb::RemoveJobsResponse>, Status> {
+        let by = caller(&req).to_string();
+        Ok(Response::new(self.api.remove(req.into_inner(), by).await?))
+    }
+
+    async fn disk_usage(&self, _: Request<pb::DiskUsageRequest>) -> Result<Response<pb::DiskUsageResponse>, Status> {
+        Ok(Response::new(self.api.disk_usage().await?))
+    }
+
     async fn pause_job(&self, req: Request<pb::PauseJobRequest>) -> Result<Response<pb::Job>, Status> {
         let by = caller(&req).to_string();
         Ok(Response::new(self.api.pause(&req.into_inner().id, by).await?))

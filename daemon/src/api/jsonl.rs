@@ -38,6 +38,11 @@ enum Request {
     Cancel(Id),
     Pause(Id),
     Resume(Id),
+    /// RetryJobRequest's fields by their names.
+    Retry(pb::RetryJobRequest),
+    /// RemoveJobsRequest's fields by their names (`ids`).
+    Rm(pb::RemoveJobsRequest),
+    Df(Empty),
     Health(Empty),
     Reconcile(Empty),
     Info(Empty),
@@ -222,6 +227,19 @@ async fn handle(
             api.pause(&id, caller.to_string()).await.map(|job| json!({"ok": true, "job": job_json(&job)}))
         }
         Request::Resume(Id { id }) => api.resume(&id).await.map(|job| json!({"ok": true, "job": job_json(&job)})),
+        Request::Retry(req) => {
+            api.retry(req, caller.to_string()).await.map(|job| json!({"ok": true, "job": job_json(&job)}))
+        }
+        Request::Rm(req) => api.remove(req, caller.to_string()).await.map(|r| {
+            let mut value = trainerd_proto::json::removed_json(&r);
+            value["ok"] = true.into();
+            value
+        }),
+        Request::Df(Empty {}) => api.disk_usage().await.map(|d| {
+            let mut value = trainerd_proto::json::disk_json(&d);
+            value["ok"] = true.into();
+            value
+        }),
         Request::Health(Empty {}) => api.health().map(|h| {
             let mut value = trainerd_proto::json::health_json(&h);
             value["ok"] = true.into();

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
-use trainerd_proto::state::ALL_STATES;
+use trainerd_proto::state::{is_terminal, state_word, ALL_STATES};
 use trainerd_proto::trainer::PROTOCOL_VERSION;
 use trainerd_proto::v1 as pb;
 use trainerd_proto::v1::JobState;
@@ -46,7 +46,10 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(id) => ApiError::NotFound(format!("no job {id}")),
-            StoreError::IllegalTransition { .. } => ApiError::FailedPrecondition(e.to_string()),
+            StoreError::IllegalTransition { .. }
+            | StoreError::NotRetriable(_)
+            | StoreError::KeyInUse(_)
+            | StoreError::NotFinished { .. } => ApiError::FailedPrecondition(e.to_string()),
             e if e.is_unavailable() => ApiError::ResourceExhausted(format!(
                 "{e}; nothing was changed. Running jobs stay supervised; trainerd reopens the store by itself once \
                  its directory has room (`trainctl health` shows the cause)"
@@ -496,6 +499,91 @@ impl Api {
             .await
             .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
             .success_or_unavailable()?
+    }
+
+    /// Queues a failed or cancelled job again from its latest checkpoint (see `RetryJob`).
+    pub async fn retry(&self, req: pb::RetryJobRequest, by: String) -> Result<pb::Job, ApiError> {
+        let id = self.resolve(&req.id)?;
+        if req.request_key.len() > MAX_KEY {
+            return Err(invalid("request_key", format!("is longer than {MAX_KEY} bytes")));
+        }
+        tracing::info!(target: "trainerd::audit", job = %id, "{by} retries the job");
+        let key = Some(req.request_key).filter(|k| !k.is_empty());
+        let from_start = req.from_start;
+        self.supervisor
+            .call(|reply| SupervisorMsg::Retry { id, from_start, key, by, reply }, Some(Duration::from_secs(30)))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
+            .success_or_unavailable()?
+    }
+
+    /// Removes finished jobs; each named job is checked before any is touched, so a request naming
+    /// one unfinished job removes nothing.
+    pub async fn remove(&self, req: pb::RemoveJobsRequest, by: String) -> Result<pb::RemoveJobsResponse, ApiError> {
+        if req.ids.is_empty() {
+            return Err(invalid("ids", "is empty; name the jobs to remove"));
+        }
+        let mut ids = Vec::new();
+        for id in &req.ids {
+            let id = self.resolve(id)?;
+            let record = self.record(id)?;
+            if !is_terminal(record.state()) {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "job {id} is {}; only finished (completed, failed or cancelled) jobs can be removed, nothing \
+                     was removed (cancel it first)",
+                    state_word(record.state())
+                )));
+            }
+            ids.push(id);
+        }
+        tracing::info!(target: "trainerd::audit", "{by} removes jobs {ids:?}");
+        let shared = self.shared.clone();
+        let keep = req.keep_final_checkpoint || self.config().keep_final_checkpoint;
+        let removed = tokio::task::spawn_blocking(move || {
+            ids.into_iter().map(|id| crate::removal::remove(&shared, id, keep)).collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the removal task failed: {e}")))?;
+        let mut out = pb::RemoveJobsResponse::default();
+        for result in removed {
+            let r = result.map_err(|e| match e {
+                crate::removal::RemoveError::Store(e) => ApiError::from(e),
+                other => ApiError::FailedPrecondition(other.to_string()),
+            })?;
+            out.removed.push(pb::RemovedJob {
+                id: r.id.to_string(),
+                bytes_freed: r.bytes,
+                kept_checkpoint: r.kept.map(|p| p.display().to_string()).unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// The disk each job's directory uses, largest first.
+    pub async fn disk_usage(&self) -> Result<pb::DiskUsageResponse, ApiError> {
+        let records: Vec<JobRecord> = self.store.records().collect::<Result<_, _>>()?;
+        let state_dir = self.config().state_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut jobs: Vec<pb::JobDiskUsage> = records
+                .iter()
+                .map(|r| {
+                    let (bytes, at_least) = crate::removal::disk_use(&crate::job::JobPaths::new(&state_dir, r.id).dir);
+                    pb::JobDiskUsage {
+                        id: r.id.to_string(),
+                        name: r.spec.name.clone(),
+                        state: r.state,
+                        bytes,
+                        at_least,
+                    }
+                })
+                .collect();
+            jobs.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.id.cmp(&b.id)));
+            let total_bytes = jobs.iter().map(|j| j.bytes).sum();
+            let free = crate::disk::free_bytes(&state_dir).unwrap_or(0);
+            pb::DiskUsageResponse { jobs, total_bytes, state_dir_free_bytes: free }
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("the disk usage task failed: {e}")))
     }
 
     /// Jobs by state.

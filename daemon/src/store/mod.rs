@@ -37,6 +37,12 @@ pub enum StoreError {
     IllegalTransition { id: JobId, from: &'static str, to: &'static str },
     #[error("job {0}: an update may not change the state; use a transition")]
     StateChangedByUpdate(JobId),
+    #[error("{0}")]
+    NotRetriable(String),
+    #[error("the request key was used to retry job {0}, not this one; use a new key")]
+    KeyInUse(JobId),
+    #[error("job {id} is {state}; only a finished (completed, failed or cancelled) job can be removed")]
+    NotFinished { id: JobId, state: &'static str },
     /// A write failed (a full disk, an I/O error) and the store waits to be reopened; nothing that was
     /// acknowledged is lost, and nothing new is written until then.
     #[error("the state store cannot write: {cause}")]
@@ -142,6 +148,16 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobRecord, StoreError> {
         Some(3) => codec::decode::<legacy::JobRecordV3>(bytes).map(JobRecord::from).map_err(what),
         _ => codec::decode(bytes).map_err(what),
     }
+}
+
+/// Why a job in `state` cannot be retried, and what to do instead.
+pub fn not_retriable(id: JobId, state: JobState) -> String {
+    let instead = match state {
+        JobState::Completed => "a completed job never runs again; submit a new one to train again",
+        JobState::Paused => "use resume to continue a paused job",
+        _ => "it has not ended; only a failed or cancelled job can be retried",
+    };
+    format!("job {id} is {}: {instead}", state_word(state))
 }
 
 /// Reads a job inside a transaction; a missing job aborts it.
@@ -435,6 +451,96 @@ impl Store {
         let record = self.note(record)?;
         self.flush_trees(&t)?;
         Ok(record)
+    }
+
+    /// Queues a failed or cancelled job again (a user's retry): the restart budget starts afresh, and
+    /// the next attempt resumes from the latest checkpoint, which `edit` may not remove. A request
+    /// `key` already used for this job returns it unchanged (`false`), so a retried request never
+    /// queues twice. Flushed before it returns.
+    pub fn retry(
+        &self,
+        id: JobId,
+        key: Option<&str>,
+        now: f64,
+        message: &str,
+        check: impl Fn(&JobRecord) -> Result<(), StoreError>,
+    ) -> Result<(JobRecord, bool), StoreError> {
+        let t = self.writable()?;
+        let key = key.filter(|k| !k.is_empty()).map(|k| format!("retry\0{k}"));
+        let result = (&t.jobs, &t.events, &t.idempotency)
+            .transaction(|(jobs, events, idempotency)| {
+                if let Some(key) = &key {
+                    if let Some(existing) = idempotency.get(key.as_bytes())? {
+                        let earlier = JobId(u64::from_be_bytes(existing.as_ref().try_into().unwrap_or_default()));
+                        if earlier == id {
+                            return Ok((read_job(jobs, id)?, false));
+                        }
+                        return abort(StoreError::KeyInUse(earlier));
+                    }
+                }
+                let mut record = read_job(jobs, id)?;
+                let from = record.state();
+                if !trainerd_proto::state::can_retry(from) {
+                    return abort(StoreError::NotRetriable(not_retriable(id, from)));
+                }
+                check(&record).or_else(abort)?;
+                record.state = JobState::Queued as i32;
+                record.reason = Reason::Unspecified as i32;
+                record.updated_at = now;
+                record.restart_times.clear();
+                record.consecutive_failures = 0;
+                record.next_restart_at = None;
+                record.restarts_exhausted = false;
+                record.exit_code = None;
+                record.cancelled_by = None;
+                record.message = Some(message.to_string());
+                jobs.insert(&id.0.to_be_bytes(), encode("job", &record).or_else(abort)?)?;
+                if let Some(key) = &key {
+                    idempotency.insert(key.as_bytes(), &id.0.to_be_bytes())?;
+                }
+                let text = format!("{} -> queued: {message}", state_word(from));
+                let event = Event { at: now, kind: "transition".into(), message: text };
+                events.insert(&event_key(id, events.generate_id()?), encode("event", &event).or_else(abort)?)?;
+                Ok((record, true))
+            })
+            .map_err(flatten);
+        let result = self.note(result)?;
+        self.flush_trees(&t)?;
+        Ok(result)
+    }
+
+    /// Removes a finished job from the store: its events, its idempotency and retry keys, and last its
+    /// record, so that a removal that stops half-way leaves the job listed, to be removed again. A job
+    /// that is not finished is refused. Flushed before it returns.
+    pub fn delete(&self, id: JobId) -> Result<(), StoreError> {
+        let t = self.writable()?;
+        let record = self.get(id)?.ok_or(StoreError::NotFound(id))?;
+        if !trainerd_proto::state::is_terminal(record.state()) {
+            return Err(StoreError::NotFinished { id, state: state_word(record.state()) });
+        }
+        let mut batch = sled::Batch::default();
+        for key in t.events.scan_prefix(id.0.to_be_bytes()).keys() {
+            batch.remove(self.note(key.map_err(StoreError::from))?);
+        }
+        self.note(t.events.apply_batch(batch).map_err(StoreError::from))?;
+        let mut keys = sled::Batch::default();
+        for entry in t.idempotency.iter() {
+            let (key, value) = self.note(entry.map_err(StoreError::from))?;
+            if value.as_ref() == id.0.to_be_bytes() {
+                keys.remove(key);
+            }
+        }
+        self.note(t.idempotency.apply_batch(keys).map_err(StoreError::from))?;
+        let removed = (&t.jobs,).transaction(|(jobs,)| {
+            let record = read_job(jobs, id)?;
+            if !trainerd_proto::state::is_terminal(record.state()) {
+                return abort(StoreError::NotFinished { id, state: state_word(record.state()) });
+            }
+            jobs.remove(&id.0.to_be_bytes())?;
+            Ok(())
+        });
+        self.note(removed.map_err(flatten))?;
+        self.flush_trees(&t)
     }
 
     /// Changes a job's record without changing its state (progress, an attempt's pid); flushed

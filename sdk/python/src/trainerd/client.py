@@ -270,6 +270,22 @@ class Client:
         """Queues a paused job again; it continues from its checkpoint. Returns the job."""
         return self._call("ResumeJob", pb.ResumeJobRequest(id=id))
 
+    def retry(self, id, from_start=False, request_key=""):
+        """Runs a failed or cancelled job again from its latest checkpoint (same id); ``from_start``
+        when it has none. A repeated ``request_key`` queues it once. Returns the job."""
+        return self._call("RetryJob", pb.RetryJobRequest(id=id, from_start=from_start, request_key=request_key))
+
+    def remove(self, *ids, keep_final_checkpoint=False):
+        """Removes finished jobs (records, logs, checkpoints); returns the ``RemovedJob`` list. Nothing
+        is removed when one of them has not finished (``FailedPrecondition``)."""
+        request = pb.RemoveJobsRequest(ids=list(ids), keep_final_checkpoint=keep_final_checkpoint)
+        return list(self._call("RemoveJobs", request).removed)
+
+    def disk_usage(self):
+        """The disk each job uses (``DiskUsageResponse``: ``jobs`` largest first, ``total_bytes``,
+        ``state_dir_free_bytes``)."""
+        return self._call("DiskUsage", pb.DiskUsageRequest())
+
     def health(self):
         """trainerd's ``HealthResponse`` (``status`` ok, divergent or degraded, with the cause)."""
         return self._call("Health", pb.HealthRequest())

@@ -135,6 +135,22 @@ pub struct Submit {
     /// even while it heartbeats (a rank stuck in a collective), like 10m; 0 turns the daemon's default off.
     #[arg(long, value_parser = crate::format::parse_duration_ms)]
     pub progress_timeout: Option<u64>,
+    /// What a diverging loss (NaN, infinite, or a sustained spike) does: ignore, rollback (to the
+    /// newest checkpoint before it, TRAINERD_ROLLBACK=N) or fail [default: the daemon's, ignore].
+    #[arg(long)]
+    pub on_divergence: Option<String>,
+    /// A loss above this many times the median of the window is a spike [default: 10].
+    #[arg(long)]
+    pub spike_factor: Option<f64>,
+    /// Reports in the median's window [default: 20].
+    #[arg(long)]
+    pub spike_window: Option<u32>,
+    /// Diverging reports in a row before the guard acts [default: 3].
+    #[arg(long)]
+    pub spike_steps: Option<u32>,
+    /// Rollbacks allowed, apart from the restart budget [default: 3].
+    #[arg(long)]
+    pub max_rollbacks: Option<u32>,
     /// Progress from output lines: a regular expression with named groups step, total, epoch, loss
     /// (others become metrics), like '(?P<step>\d+)/(?P<total>\d+) .*loss=(?P<loss>[\d.]+)'.
     #[arg(long)]

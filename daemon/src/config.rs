@@ -88,6 +88,10 @@ pub struct Flags {
     /// Default seconds between SIGTERM and SIGKILL. [default: 30].
     #[arg(long)]
     pub stop_grace: Option<f64>,
+    /// What a diverging loss does to a job that names nothing: `ignore`, `rollback` (to the newest
+    /// checkpoint before the divergence) or `fail`. [default: ignore].
+    #[arg(long)]
+    pub on_divergence: Option<String>,
     /// Keep at most this many finished jobs (completed, failed, cancelled); older ones are removed
     /// with their logs and checkpoints, hourly and at start. [default: all].
     #[arg(long)]
@@ -195,6 +199,8 @@ pub struct DaemonConfig {
     pub default_protocol: crate::store::records::Protocol,
     /// The progress deadline a submission that names none gets; None: off.
     pub default_progress_timeout_ms: Option<u64>,
+    /// What a diverging loss does to a job that names nothing (`None`: ignore).
+    pub default_on_divergence: Option<crate::store::records::OnDivergence>,
     /// Retention: the most finished jobs kept, and for how many days.
     pub keep_finished: Option<usize>,
     pub keep_finished_days: Option<f64>,
@@ -300,6 +306,7 @@ impl Flags {
             startup_grace,
             protocol,
             stop_grace,
+            on_divergence,
             keep_finished,
             keep_finished_days,
             keep_final_checkpoint,
@@ -478,6 +485,12 @@ impl Flags {
                 Some(t) if t > 0.0 => Some(seconds("progress-timeout", t)?),
                 Some(0.0) | None => None,
                 Some(t) => return Err(format!("--progress-timeout must be positive seconds (0: off), not {t}")),
+            },
+            default_on_divergence: match self.on_divergence.as_deref() {
+                None | Some("ignore") => None,
+                Some("rollback") => Some(crate::store::records::OnDivergence::Rollback),
+                Some("fail") => Some(crate::store::records::OnDivergence::Fail),
+                Some(other) => return Err(format!("--on-divergence {other:?}: use ignore, rollback or fail")),
             },
             keep_finished: self.keep_finished,
             keep_finished_days: match self.keep_finished_days {

@@ -178,6 +178,7 @@ pub fn job_view(record: &JobRecord, live: &LiveFacts, queue: (u32, String)) -> p
         resume_ignored: last.is_some_and(|a| a.resume_ignored),
         restarts_exhausted: record.restarts_exhausted,
         metrics: live.metrics.clone(),
+        rollbacks: record.rollbacks(),
     };
     if is_terminal(job.state()) {
         job.pid = None;

@@ -26,6 +26,9 @@ pub enum StopCause {
     PauseTimeout,
     /// trainerd is stopping under `shutdown_policy = stop`: the job goes back to the queue.
     Shutdown,
+    /// The loss diverged: roll back to a checkpoint before it (`rollback`), or fail. A rollback is
+    /// counted apart from the restart budget.
+    Diverged { rollback: bool },
 }
 
 /// How an attempt ended, as far as the policy cares.
@@ -81,6 +84,16 @@ pub fn decide(policy: &RestartPolicy, history: &mut History, end: &AttemptEnd, n
         Some(StopCause::Cancel) => return Decision::Cancel,
         Some(StopCause::PauseTimeout) => return Decision::Pause,
         Some(StopCause::Stall) => return failure(policy, history, end, now, jitter, Reason::Stalled, false),
+        Some(StopCause::Diverged { rollback: true }) => {
+            return Decision::Restart { reason: Reason::Diverged, delay: Duration::ZERO, previous_checkpoint: false }
+        }
+        Some(StopCause::Diverged { rollback: false }) => {
+            return Decision::Fail {
+                reason: Reason::Diverged,
+                message: "the loss diverged; not rolled back (on_divergence = fail, or max_rollbacks reached)".into(),
+                exhausted: false,
+            }
+        }
         // A trainer that finished before it saw the stop has completed; nothing else counts as a failure.
         Some(StopCause::Shutdown) => {
             let done =
@@ -289,6 +302,12 @@ mod tests {
         assert_eq!(decide(&policy(), &mut h, &killed(StopCause::Shutdown), 0.0, 0.0), Decision::Requeue);
         assert_eq!(h, History::default(), "a shutdown stop is not a failure");
         assert_eq!(decide(&policy(), &mut h, &killed(StopCause::Stall), 0.0, 0.0), restart(Reason::Stalled, 500));
+        let before = h.clone();
+        let rollback = killed(StopCause::Diverged { rollback: true });
+        assert_eq!(decide(&policy(), &mut h, &rollback, 0.0, 0.0), restart(Reason::Diverged, 0));
+        assert_eq!(h, before, "a rollback is not counted against the restart budget");
+        let fail = killed(StopCause::Diverged { rollback: false });
+        assert!(matches!(decide(&policy(), &mut h, &fail, 0.0, 0.0), Decision::Fail { reason: Reason::Diverged, .. }));
         let fail = RestartPolicy { on_failure: OnFailure::Fail, ..policy() };
         assert!(matches!(
             decide(&fail, &mut h, &killed(StopCause::Stall), 0.0, 0.0),

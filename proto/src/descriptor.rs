@@ -15,13 +15,32 @@ fn set() -> FileDescriptorSet {
 /// The names of a message's fields (`"SubmitJobRequest"`), in field-number order; empty when there is
 /// no such message.
 pub fn fields_of(message: &str) -> Vec<String> {
+    typed_fields_of(message).into_iter().map(|(name, _)| name).collect()
+}
+
+/// A message's fields with their types as the lock writes them (`string`, `optional uint64`,
+/// `repeated .trainerd.v1.EnvVar`), in field-number order.
+pub fn typed_fields_of(message: &str) -> Vec<(String, String)> {
     let set = set();
     let Some(m) = set.file.iter().flat_map(|f| &f.message_type).find(|m| m.name() == message) else {
         return Vec::new();
     };
-    let mut fields: Vec<_> = m.field.iter().map(|f| (f.number(), f.name().to_string())).collect();
+    let mut fields: Vec<_> = m.field.iter().map(|f| (f.number(), f.name().to_string(), type_words(f))).collect();
     fields.sort();
-    fields.into_iter().map(|(_, name)| name).collect()
+    fields.into_iter().map(|(_, name, kind)| (name, kind)).collect()
+}
+
+fn type_words(f: &prost_types::FieldDescriptorProto) -> String {
+    let label = match f.label() {
+        Label::Repeated => "repeated ",
+        _ if f.proto3_optional() => "optional ",
+        _ => "",
+    };
+    let kind = match f.r#type() {
+        Type::Message | Type::Enum => f.type_name().to_string(),
+        other => other.as_str_name().trim_start_matches("TYPE_").to_lowercase(),
+    };
+    format!("{label}{kind}")
 }
 
 /// Every field (`field trainerd.v1.Job 3 state enum .trainerd.v1.JobState`), enum value and method
@@ -59,16 +78,7 @@ pub fn api_lines() -> Vec<String> {
 fn message_lines(scope: &str, m: &DescriptorProto, lines: &mut Vec<String>) {
     let name = format!("{scope}.{}", m.name());
     for f in &m.field {
-        let label = match f.label() {
-            Label::Repeated => "repeated ",
-            _ if f.proto3_optional() => "optional ",
-            _ => "",
-        };
-        let kind = match f.r#type() {
-            Type::Message | Type::Enum => f.type_name().to_string(),
-            other => other.as_str_name().trim_start_matches("TYPE_").to_lowercase(),
-        };
-        lines.push(format!("field {name} {} {} {label}{kind}", f.number(), f.name()));
+        lines.push(format!("field {name} {} {} {}", f.number(), f.name(), type_words(f)));
     }
     for nested in &m.nested_type {
         message_lines(&name, nested, lines);

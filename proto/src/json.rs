@@ -36,6 +36,7 @@ pub fn job_json(job: &pb::Job) -> Value {
         "resume_ignored": job.resume_ignored,
         "restarts_exhausted": job.restarts_exhausted,
         "metrics": job.metrics,
+        "rollbacks": job.rollbacks,
     })
 }
 
@@ -125,5 +126,6 @@ pub fn reason_word(reason: pb::Reason) -> &'static str {
         pb::Reason::SpawnFailed => "spawn_failed",
         pb::Reason::RestartsExhausted => "restarts_exhausted",
         pb::Reason::Shutdown => "shutdown",
+        pb::Reason::Diverged => "diverged",
     }
 }

@@ -35,6 +35,9 @@ pub mod env {
     pub const HEARTBEAT_INTERVAL: &str = "TRAINERD_HEARTBEAT_INTERVAL";
     /// Seconds between SIGTERM and SIGKILL: how long a stop request leaves to checkpoint.
     pub const STOP_GRACE: &str = "TRAINERD_STOP_GRACE";
+    /// How many times the divergence guard rolled this job back (0 when it never did): a script may
+    /// change its data order or learning rate after a rollback.
+    pub const ROLLBACK: &str = "TRAINERD_ROLLBACK";
 }
 
 /// Exit codes and what they mean to trainerd.
@@ -131,11 +134,12 @@ pub struct Progress {
     /// Epochs the whole training will take (0 when unknown).
     #[serde(default)]
     pub total_epochs: u64,
-    /// The latest training loss.
-    #[serde(default)]
+    /// The latest training loss. JSON has no NaN or infinity: a non-finite loss is written as the
+    /// string `"NaN"`, `"Infinity"` or `"-Infinity"` (what a divergence guard must see).
+    #[serde(default, with = "loss_value")]
     pub loss: Option<f64>,
-    /// The latest validation loss.
-    #[serde(default)]
+    /// The latest validation loss (non-finite as for `loss`).
+    #[serde(default, with = "loss_value")]
     pub val_loss: Option<f64>,
     /// The current learning rate.
     #[serde(default)]
@@ -163,6 +167,45 @@ pub struct Progress {
     /// advance again, when the job has a progress deadline; without it the phase gets the deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_timeout_s: Option<f64>,
+}
+
+/// A loss as JSON: a number, or for a non-finite one the string `"NaN"`, `"Infinity"` or
+/// `"-Infinity"` (JSON numbers cannot be non-finite; Python's `json` writes bare `NaN`, which is not
+/// JSON, and serde_json writes `null`, which loses the fact).
+mod loss_value {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+        match value {
+            None => s.serialize_none(),
+            Some(v) if v.is_nan() => s.serialize_str("NaN"),
+            Some(v) if v.is_infinite() && *v > 0.0 => s.serialize_str("Infinity"),
+            Some(v) if v.is_infinite() => s.serialize_str("-Infinity"),
+            Some(v) => s.serialize_f64(*v),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Number(f64),
+        Word(String),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        match Option::<Wire>::deserialize(d)? {
+            None => Ok(None),
+            Some(Wire::Number(v)) => Ok(Some(v)),
+            Some(Wire::Word(w)) => match w.as_str() {
+                "NaN" => Ok(Some(f64::NAN)),
+                "Infinity" => Ok(Some(f64::INFINITY)),
+                "-Infinity" => Ok(Some(f64::NEG_INFINITY)),
+                other => Err(serde::de::Error::custom(format!(
+                    "a loss is a number, null, or \"NaN\", \"Infinity\" or \"-Infinity\", not {other:?}"
+                ))),
+            },
+        }
+    }
 }
 
 /// Why a progress file was rejected.

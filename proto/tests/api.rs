@@ -3,7 +3,7 @@
 //! "Compatibility"). And the JSON socket's submission, derived from the proto, takes every field.
 
 use std::collections::BTreeSet;
-use trainerd_proto::descriptor::{api_lines, fields_of};
+use trainerd_proto::descriptor::{api_lines, typed_fields_of};
 use trainerd_proto::API_VERSION;
 
 const LOCK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/api.lock");
@@ -53,16 +53,19 @@ fn the_api_only_grows_and_the_lock_is_current() {
 
 #[test]
 fn the_json_socket_takes_every_submit_field_of_the_proto() {
-    let fields = fields_of("SubmitJobRequest");
+    let fields = typed_fields_of("SubmitJobRequest");
     assert!(fields.len() >= 22, "{fields:?}");
     let mut object = serde_json::Map::new();
-    for name in &fields {
-        let value = match name.as_str() {
-            "command" => serde_json::json!(["/bin/true"]),
-            "env" => serde_json::json!({"A": "1"}),
-            "gpus" | "priority" | "max_restarts" => serde_json::json!(1),
-            n if n.ends_with("_ms") => serde_json::json!(1000),
-            _ => serde_json::json!("x"),
+    for (name, kind) in &fields {
+        let value = match kind.trim_start_matches("optional ") {
+            "repeated string" => serde_json::json!(["/bin/true"]),
+            "repeated .trainerd.v1.EnvVar" => serde_json::json!({"A": "1"}),
+            "string" => serde_json::json!("x"),
+            "bool" => serde_json::json!(true),
+            "double" => serde_json::json!(2.5),
+            "uint32" | "int32" => serde_json::json!(1),
+            "uint64" => serde_json::json!(1000),
+            other => panic!("the test does not know how to write a {other} ({name}); teach it"),
         };
         object.insert(name.clone(), value);
     }

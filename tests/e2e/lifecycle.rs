@@ -138,3 +138,83 @@ async fn removal_and_retention_delete_finished_jobs_only_by_count_and_by_age_acr
     let still = client.get_job(pb::GetJobRequest { id: running.id.clone() }).await.unwrap().into_inner();
     assert_eq!(still.state(), JobState::Running, "re-adopted and left alone");
 }
+
+/// trainer-proc, slow enough (a wider model, 400 steps) that its progress file shows many steps.
+fn diverging_job(name: &str, env: &[(&str, &str)], on: &str, max_rollbacks: u32) -> pb::SubmitJobRequest {
+    let args = [
+        "--epochs",
+        "4",
+        "--steps-per-epoch",
+        "100",
+        "--hidden",
+        "256,256",
+        "--checkpoint-every",
+        "10",
+        "--patience",
+        "0",
+        "--device",
+        "cpu",
+    ];
+    pb::SubmitJobRequest {
+        name: name.into(),
+        command: std::iter::once(bin("trainer-proc").display().to_string()).chain(args.map(String::from)).collect(),
+        env: env.iter().map(|(k, v)| pb::EnvVar { name: k.to_string(), value: v.to_string() }).collect(),
+        on_divergence: Some(on.into()),
+        spike_window: Some(5),
+        spike_steps: Some(2),
+        max_rollbacks: Some(max_rollbacks),
+        backoff_base_ms: Some(0),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_diverged_loss_is_rolled_back_to_the_checkpoint_before_it_fails_when_asked_and_rollbacks_are_bounded() {
+    let daemon = Daemon::start(&["--gpus", "none", "--heartbeat-interval", "0.05", "--slots", "4"]);
+    let mut client = daemon.client().await;
+    let reference = submit(&mut client, diverging_job("reference", &[], "ignore", 3)).await;
+    let nan = submit(&mut client, diverging_job("nan", &[("TRAINER_FAULT", "nan@150")], "rollback", 3)).await;
+    let spike = submit(&mut client, diverging_job("spike", &[("TRAINER_FAULT", "spike@150")], "rollback", 3)).await;
+    let fail = submit(&mut client, diverging_job("fail", &[("TRAINER_FAULT", "nan@150")], "fail", 3)).await;
+    let every = [("TRAINER_FAULT", "nan@150"), ("TRAINER_FAULT_EVERY_ATTEMPT", "1")];
+    let bounded = submit(&mut client, diverging_job("bounded", &every, "rollback", 2)).await;
+    let limit = Duration::from_secs(240);
+    let reference = watch_until(&mut client, &reference.id, limit, ended).await.pop().unwrap();
+    assert_eq!(reference.state(), JobState::Completed, "{}", reference.message);
+    for job in [&nan, &spike] {
+        let done = watch_until(&mut client, &job.id, limit, ended).await.pop().unwrap();
+        assert_eq!((done.state(), done.rollbacks, done.attempt), (JobState::Completed, 1, 2), "{}", done.message);
+        assert_eq!(
+            done.weights_sha256, reference.weights_sha256,
+            "{}: the rollback reran what diverged exactly",
+            job.name
+        );
+        let all = events(&mut client, &job.id).await;
+        let (_, diverged) = all.iter().find(|(k, _)| k == "diverged").expect("a diverged event");
+        let first: u64 = diverged["loss diverged from step ".len()..].split(' ').next().unwrap().parse().unwrap();
+        assert!(first >= 150, "{diverged}");
+        let (_, resumed) = all.iter().find(|(_, m)| m.contains("attempt 2, resuming from")).expect("a resume");
+        let from: u64 =
+            resumed.rsplit("step-").next().unwrap().trim_end_matches(|c: char| !c.is_ascii_digit()).parse().unwrap();
+        // The newest checkpoint left before the divergence (the trainer prunes to its last few, and
+        // those written from step `first` on were set aside), never step 0.
+        assert!(from < first && from >= 100, "resumed at {from}, diverged at {first}: {resumed}");
+        let dir = daemon.job_dir(&job.id).join("trainer/checkpoints");
+        let aside: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".diverged-step-"))
+            .collect();
+        assert!(!aside.is_empty(), "the diverged checkpoints were set aside, not deleted");
+    }
+    let failed = watch_until(&mut client, &fail.id, limit, ended).await.pop().unwrap();
+    assert_eq!((failed.state(), failed.reason(), failed.attempt), (JobState::Failed, pb::Reason::Diverged, 1));
+    let bounded = watch_until(&mut client, &bounded.id, limit, ended).await.pop().unwrap();
+    assert_eq!(
+        (bounded.state(), bounded.reason(), bounded.rollbacks, bounded.attempt),
+        (JobState::Failed, pb::Reason::Diverged, 2, 3),
+        "two rollbacks, then the third divergence fails it: {}",
+        bounded.message
+    );
+}

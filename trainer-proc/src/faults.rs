@@ -4,6 +4,8 @@
 //! - `hang@STEP`: stop progress and heartbeats after STEP steps, and stay alive, deaf to SIGTERM;
 //! - `stuck@STEP`: the training loop blocks forever after STEP steps while the heartbeat thread goes on
 //!   beating (a rank waiting in a collective on a dead peer): only a progress deadline sees it;
+//! - `nan@STEP`, `spike@STEP`: from STEP on, report the loss as NaN, or 100 times its value (the
+//!   training itself is untouched, so a rollback ends with the weights of an uninterrupted run);
 //! - `exit@STEP:CODE`: exit with CODE after STEP steps;
 //! - `slow-eval@SECONDS`: each evaluation takes that much longer, while heartbeats go on.
 //!
@@ -23,6 +25,8 @@ pub enum Fault {
     Crash { step: u64 },
     Hang { step: u64 },
     Stuck { step: u64 },
+    Nan { step: u64 },
+    Spike { step: u64 },
     Exit { step: u64, code: i32 },
     SlowEval { seconds: f64 },
 }
@@ -31,7 +35,7 @@ pub enum Fault {
 pub fn parse(spec: &str) -> Result<Fault, TrainError> {
     let bad = || {
         TrainError::Config(format!(
-            "{FAULT_VAR}={spec:?}: expected crash@STEP, hang@STEP, stuck@STEP, exit@STEP:CODE or slow-eval@SECONDS"
+            "{FAULT_VAR}={spec:?}: expected crash@STEP, hang@STEP, stuck@STEP, nan@STEP, spike@STEP, exit@STEP:CODE or slow-eval@SECONDS"
         ))
     };
     let (kind, arg) = spec.split_once('@').ok_or_else(bad)?;
@@ -40,6 +44,8 @@ pub fn parse(spec: &str) -> Result<Fault, TrainError> {
         "crash" => Fault::Crash { step: step()? },
         "hang" => Fault::Hang { step: step()? },
         "stuck" => Fault::Stuck { step: step()? },
+        "nan" => Fault::Nan { step: step()? },
+        "spike" => Fault::Spike { step: step()? },
         "exit" => {
             let (s, c) = arg.split_once(':').ok_or_else(bad)?;
             Fault::Exit { step: s.parse().map_err(|_| bad())?, code: c.parse().map_err(|_| bad())? }
@@ -68,6 +74,15 @@ pub fn from_env(attempt: u64) -> Result<Option<Fault>, TrainError> {
     Ok((attempt == 1 || every).then_some(fault))
 }
 
+/// The loss to report at `step` for a training loss of `loss`.
+pub fn reported_loss(fault: Option<Fault>, step: u64, loss: f64) -> f64 {
+    match fault {
+        Some(Fault::Nan { step: from }) if step >= from => f64::NAN,
+        Some(Fault::Spike { step: from }) if step >= from => loss * 100.0,
+        _ => loss,
+    }
+}
+
 /// How much longer each evaluation takes.
 pub fn eval_delay(fault: Option<Fault>) -> Duration {
     match fault {
@@ -85,6 +100,11 @@ mod tests {
         assert_eq!(parse("crash@12").unwrap(), Fault::Crash { step: 12 });
         assert_eq!(parse("hang@3").unwrap(), Fault::Hang { step: 3 });
         assert_eq!(parse("stuck@4").unwrap(), Fault::Stuck { step: 4 });
+        assert_eq!(parse("nan@5").unwrap(), Fault::Nan { step: 5 });
+        assert_eq!(parse("spike@6").unwrap(), Fault::Spike { step: 6 });
+        assert!(reported_loss(Some(Fault::Nan { step: 5 }), 5, 1.0).is_nan());
+        assert_eq!(reported_loss(Some(Fault::Nan { step: 5 }), 4, 1.0), 1.0);
+        assert_eq!(reported_loss(Some(Fault::Spike { step: 5 }), 6, 0.5), 50.0);
         assert_eq!(parse("exit@5:75").unwrap(), Fault::Exit { step: 5, code: 75 });
         assert_eq!(parse("slow-eval@1.5").unwrap(), Fault::SlowEval { seconds: 1.5 });
         for bad in ["crash", "crash@x", "exit@5", "boom@1", "slow-eval@-1"] {

@@ -165,6 +165,7 @@ impl<'a> Trainer<'a> {
                 }
                 let (step, lr) =
                     (self.state.step, cosine_lr(self.state.step, self.config.lr, self.config.warmup_steps, total));
+                let loss = faults::reported_loss(self.fault, step, loss);
                 self.reporter.update(|p| {
                     p.state = TrainerState::Running;
                     p.step = step;

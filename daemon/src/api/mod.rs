@@ -9,7 +9,9 @@ mod logs;
 use crate::access::Caller;
 use crate::config::DaemonConfig;
 use crate::hub::{ends_watch, job_view, Hub, LiveFacts};
-use crate::store::records::{JobId, JobRecord, JobSpec, OnFailure, Protocol, RestartPolicy, SpecMore, Timeouts};
+use crate::store::records::{
+    DivergenceRule, JobId, JobRecord, JobSpec, OnDivergence, OnFailure, Protocol, RestartPolicy, SpecMore, Timeouts,
+};
 use crate::store::{Store, StoreError};
 use crate::supervisor::SupervisorMsg;
 use ractor::ActorRef;
@@ -255,6 +257,7 @@ impl Api {
             Some(v) if v > MAX_MS => Err(invalid(field, format!("{v} ms is more than a year; give at most {MAX_MS}"))),
             v => Ok(v.unwrap_or(default)),
         };
+        let divergence = self.divergence_rule(&req)?;
         Ok(JobSpec {
             name,
             command: std::iter::once(resolved.display().to_string()).chain(req.command[1..].iter().cloned()).collect(),
@@ -289,6 +292,7 @@ impl Api {
             progress_regex,
             resume_rule,
             more: SpecMore {
+                divergence,
                 progress_timeout_ms: match req.progress_timeout_ms {
                     Some(0) => None,
                     Some(v) if v > MAX_MS => {
@@ -302,6 +306,40 @@ impl Api {
                 },
             },
         })
+    }
+
+    /// The divergence guard a submission asks for (or the daemon's default), checked.
+    fn divergence_rule(&self, req: &pb::SubmitJobRequest) -> Result<Option<DivergenceRule>, ApiError> {
+        let on = match req.on_divergence.as_deref() {
+            None | Some("") => self.config().default_on_divergence,
+            Some("ignore") => None,
+            Some("rollback") => Some(OnDivergence::Rollback),
+            Some("fail") => Some(OnDivergence::Fail),
+            Some(other) => return Err(invalid("on_divergence", format!("{other:?}: use ignore, rollback or fail"))),
+        };
+        let factor = req.spike_factor.unwrap_or(10.0);
+        if !(factor.is_finite() && factor > 1.0 && factor <= 1e6) {
+            return Err(invalid("spike_factor", format!("{factor}: give a number above 1 and at most 1e6, like 10")));
+        }
+        let window = req.spike_window.unwrap_or(20);
+        if !(1..=10_000).contains(&window) {
+            return Err(invalid("spike_window", format!("{window}: give 1 to 10000 reports")));
+        }
+        let steps = req.spike_steps.unwrap_or(3);
+        if !(1..=10_000).contains(&steps) {
+            return Err(invalid("spike_steps", format!("{steps}: give 1 to 10000 reports")));
+        }
+        let max_rollbacks = req.max_rollbacks.unwrap_or(3);
+        if max_rollbacks > 1000 {
+            return Err(invalid("max_rollbacks", format!("{max_rollbacks}: give at most 1000")));
+        }
+        Ok(on.map(|on| DivergenceRule {
+            on,
+            spike_factor: factor,
+            spike_window: window,
+            spike_steps: steps,
+            max_rollbacks,
+        }))
     }
 
     /// Refuses a path that leads (through any symlink or `..`) into the state dir: the store and

@@ -145,6 +145,11 @@ pub struct State {
     last_beat: Option<(u64, Instant)>,
     /// The step and phase last reported, and when they last changed (the progress deadline).
     last_advance: Option<(u64, super::stall::Phase, Instant)>,
+    /// The attempt's divergence guard, when the job has one.
+    guard: Option<super::guard::Guard>,
+    /// The first diverging step of the divergence this attempt is being stopped for: checkpoints
+    /// from it on are not recorded, and are set aside before the rollback.
+    diverged_at: Option<u64>,
     stop_cause: Option<StopCause>,
     cancelled_by: Option<String>,
     cancel_replies: Vec<RpcReplyPort<Result<pb::Job, ApiError>>>,
@@ -277,6 +282,8 @@ impl Actor for JobActor {
             attempt_started: Instant::now(),
             last_beat: None,
             last_advance: None,
+            guard: None,
+            diverged_at: None,
             stop_cause: None,
             cancelled_by: None,
             cancel_replies: Vec::new(),
@@ -769,6 +776,7 @@ impl State {
             stop_grace_ms: self.record.spec.timeouts.stop_grace_ms,
             shim: &self.shared.config().shim,
             run_as: self.record.run_as,
+            rollbacks: self.record.rollbacks(),
         };
         let paths = self.paths.clone();
         let reclaimed = self
@@ -811,6 +819,8 @@ impl State {
         self.attempt_started = Instant::now();
         self.last_beat = None;
         self.last_advance = None;
+        self.guard = self.record.spec.more.divergence.clone().map(super::guard::Guard::new);
+        self.diverged_at = None;
         self.last_output = None;
         self.file_progress = false;
         self.first_step_noted = false;
@@ -953,6 +963,9 @@ impl State {
                             Reason::Cancelled => StopCause::Cancel,
                             Reason::Stalled => StopCause::Stall,
                             Reason::Shutdown => StopCause::Shutdown,
+                            // Where the divergence began is not kept across a restart of trainerd:
+                            // the rollback goes to the latest recorded checkpoint before the stop.
+                            Reason::Diverged => StopCause::Diverged { rollback: self.may_roll_back() },
                             _ => StopCause::PauseTimeout,
                         };
                         self.cancelled_by = self.record.cancelled_by.clone();
@@ -1095,6 +1108,10 @@ impl State {
         }
         let step = progress.step;
         self.note_advance(step, super::stall::Phase::of(progress.state, progress.phase_timeout_s), Instant::now());
+        let diverged = match (&mut self.guard, progress.loss) {
+            (Some(guard), Some(loss)) if self.diverged_at.is_none() => guard.observe(step, loss),
+            _ => None,
+        };
         if progress.state != TrainerState::Starting {
             // A trainer's first records may say step 0 before it has loaded its checkpoint.
             self.note_first_step(step);
@@ -1120,14 +1137,82 @@ impl State {
         if self.pause_unsignalled && beat {
             self.signal_pause(myself)?;
         }
+        if let Some(divergence) = diverged {
+            self.diverged(myself, divergence)?;
+        }
         self.test_hooks(step).await;
         Ok(())
+    }
+
+    /// Whether one more divergence may be rolled back (the job's rule says rollback, and its rollbacks
+    /// are below `max_rollbacks`).
+    fn may_roll_back(&self) -> bool {
+        self.record.spec.more.divergence.as_ref().is_some_and(|rule| {
+            rule.on == crate::store::records::OnDivergence::Rollback && self.record.rollbacks() < rule.max_rollbacks
+        })
+    }
+
+    /// The loss diverged: stop the attempt, to roll back or to fail (see `policy`).
+    fn diverged(&mut self, myself: &ActorRef<JobMsg>, d: super::guard::Divergence) -> Result<(), ActorProcessingErr> {
+        if self.stop_cause.is_some() || self.ended.is_some() || self.record.state() == JobState::Stopping {
+            return Ok(());
+        }
+        let rollback = self.may_roll_back();
+        self.diverged_at = Some(d.first_step);
+        let then = if rollback {
+            format!("rolling back to the newest checkpoint before step {}", d.first_step)
+        } else {
+            "failing the job (on_divergence = fail, or max_rollbacks reached)".to_string()
+        };
+        let message = format!("{}: {then}", d.describe());
+        self.event("diverged", message.clone());
+        self.stop(myself, StopCause::Diverged { rollback }, &message)
+    }
+
+    /// Before a rollback: sets aside (renames to `.diverged-NAME`) the checkpoints in the checkpoint
+    /// directory from the first diverging step on, so that nothing resumes from them, and returns the
+    /// newest checkpoint before it (from the directory, else the recorded ones).
+    async fn roll_back_checkpoints(&mut self, first_step: u64) -> Option<CheckpointRef> {
+        let dir = self.paths.checkpoints.clone();
+        let recorded: Vec<CheckpointRef> =
+            [&self.record.latest_checkpoint, &self.record.previous_checkpoint].into_iter().flatten().cloned().collect();
+        let found = self
+            .lane
+            .run("setting diverged checkpoints aside", FILE_DEADLINE, move || {
+                let mut before: Option<(u64, PathBuf)> = None;
+                for (step, path) in super::checkpoints::all_in(&dir) {
+                    if step >= first_step {
+                        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                            let _ = std::fs::rename(&path, dir.join(format!(".diverged-{name}")));
+                        }
+                    } else if before.as_ref().is_none_or(|(s, _)| step > *s)
+                        && untrusted::checkpoint_usable(&path).is_ok()
+                    {
+                        before = Some((step, path));
+                    }
+                }
+                let recorded = recorded
+                    .into_iter()
+                    .filter(|c| c.step < first_step && untrusted::checkpoint_usable(&c.path).is_ok())
+                    .max_by_key(|c| c.step);
+                match (before, recorded) {
+                    (Some((step, _)), Some(r)) if r.step >= step => Some(r),
+                    (Some((step, path)), _) => Some(CheckpointRef { path, step, epoch: 0 }),
+                    (None, r) => r,
+                }
+            })
+            .await;
+        found.ok().flatten()
     }
 
     /// Records a checkpoint the trainer named, if it is one trainerd may hand back to it: under the
     /// job's own directories (the trainer's directory or the job's workdir), reached without a link,
     /// and a non-empty regular file or directory. Anything else is refused with an event, once.
     async fn note_checkpoint(&mut self, checkpoint: CheckpointRef) {
+        // Written while the loss had diverged (a stop's last checkpoint): never resumed from.
+        if self.diverged_at.is_some_and(|first| checkpoint.step >= first) {
+            return;
+        }
         let path = checkpoint.path.clone();
         let workdir = self.record.spec.workdir.clone();
         let trainer = self.paths.trainer.clone();
@@ -1456,6 +1541,7 @@ impl State {
             StopCause::Stall => Reason::Stalled,
             StopCause::PauseTimeout => Reason::Paused,
             StopCause::Shutdown => Reason::Shutdown,
+            StopCause::Diverged { .. } => Reason::Diverged,
         };
         if self.record.state() != JobState::Stopping {
             let by = self.cancelled_by.clone().filter(|_| cause == StopCause::Cancel);
@@ -1572,6 +1658,17 @@ impl State {
             consecutive_failures: self.record.consecutive_failures,
         };
         let decision = policy::decide(&self.record.spec.restart, &mut history, &end, now, jitter());
+        let rolled_back = match (&decision, self.stop_cause) {
+            (Decision::Restart { reason: Reason::Diverged, .. }, _) => {
+                // Unknown after a restart of trainerd: the latest recorded checkpoint bounds it.
+                let first = self
+                    .diverged_at
+                    .or(self.record.latest_checkpoint.as_ref().map(|c| c.step.saturating_add(1)))
+                    .unwrap_or(u64::MAX);
+                Some(self.roll_back_checkpoints(first).await)
+            }
+            _ => None,
+        };
         let progress = self.live.progress.clone();
         let close = move |r: &mut JobRecord, reason: Reason| {
             if let Some(a) = r.attempts.last_mut() {
@@ -1623,11 +1720,22 @@ impl State {
                 let what = policy::describe(&end, reason);
                 let message = format!("{what}; restarting in {:.1} s", delay.as_secs_f64());
                 let at = now + delay.as_secs_f64();
+                let message = match &rolled_back {
+                    Some(Some(c)) => format!("{what}; from step {} ({}); restarting now", c.step, c.path.display()),
+                    Some(None) => {
+                        format!("{what}; no checkpoint precedes the divergence: from the start; restarting now")
+                    }
+                    None => message,
+                };
                 let written = self.transition(JobState::Backoff, reason, &message, |r| {
                     close(r, reason);
                     r.next_restart_at = Some(at);
                     if previous_checkpoint && r.previous_checkpoint.is_some() {
                         r.latest_checkpoint = r.previous_checkpoint.take();
+                    }
+                    if let Some(target) = &rolled_back {
+                        r.latest_checkpoint = target.clone();
+                        r.previous_checkpoint = None;
                     }
                 });
                 if written.is_ok() {

@@ -36,14 +36,19 @@ pub fn step_of(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// The newest usable checkpoint in `dir` in the protocol's layout, with its step.
-pub fn newest_in(dir: &Path) -> Option<(u64, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return None };
-    let mut found: Vec<(u64, PathBuf)> = entries
+/// Every entry of `dir` named in the protocol's layout, with its step (usable or not).
+pub fn all_in(dir: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries
         .take(MAX_ENTRIES)
         .filter_map(|e| e.ok())
         .filter_map(|e| Some((step_of(e.file_name().to_str()?)?, e.path())))
-        .collect();
+        .collect()
+}
+
+/// The newest usable checkpoint in `dir` in the protocol's layout, with its step.
+pub fn newest_in(dir: &Path) -> Option<(u64, PathBuf)> {
+    let mut found = all_in(dir);
     found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
     found.into_iter().find(|(_, path)| untrusted::checkpoint_usable(path).is_ok())
 }

@@ -11,6 +11,7 @@
 
 pub mod actor;
 pub mod checkpoints;
+pub mod guard;
 pub mod hooks;
 pub mod output;
 pub mod resume;
@@ -105,6 +106,8 @@ pub struct Launch<'a> {
     pub shim: &'a Path,
     /// Whom the trainer runs as (`None`: as trainerd).
     pub run_as: Option<RunAs>,
+    /// Rollbacks of the job so far (`TRAINERD_ROLLBACK`).
+    pub rollbacks: u32,
 }
 
 /// Starts attempt `launch.attempt` under a new shim, which starts the trainer as the leader of its own
@@ -145,6 +148,7 @@ pub async fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<shim:
         .env(env::PROGRESS_FILE, &launch.paths.progress)
         .env(env::CHECKPOINT_DIR, &launch.paths.checkpoints)
         .env(env::ATTEMPT, launch.attempt.to_string())
+        .env(env::ROLLBACK, launch.rollbacks.to_string())
         .env(env::HEARTBEAT_INTERVAL, format!("{}", launch.heartbeat_interval.as_secs_f64()))
         .env(env::STOP_GRACE, format!("{}", launch.stop_grace_ms as f64 / 1000.0))
         .env_remove(env::RESUME_FROM)

@@ -134,13 +134,38 @@ pub struct JobSpec {
 /// Submission settings added from format 4 on. They are stored as one JSON object inside the
 /// positional record, so a field added here (with its default) needs no new store format: a record
 /// written before it reads the default, and an older trainerd ignores what it does not know.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct SpecMore {
     /// While the trainer reports `running`, a step that does not advance for this long is a stall
     /// (a loop blocked in a collective or a data loader while its heartbeat thread still beats).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub progress_timeout_ms: Option<u64>,
+    /// The divergence guard (see `job::guard`); `None`: off.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub divergence: Option<DivergenceRule>,
+}
+
+/// What a diverging loss does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnDivergence {
+    /// Stop the attempt and start a new one from the newest checkpoint before the divergence.
+    Rollback,
+    /// Fail the job with reason `diverged`.
+    Fail,
+}
+
+/// The divergence guard of a job: a reported loss that is NaN or infinite, or above `spike_factor`
+/// times the median of the last `spike_window` reported values, for `spike_steps` reports in a row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DivergenceRule {
+    pub on: OnDivergence,
+    pub spike_factor: f64,
+    pub spike_window: u32,
+    pub spike_steps: u32,
+    /// Rollbacks allowed (apart from the restart budget); one more divergence fails the job.
+    pub max_rollbacks: u32,
 }
 
 /// A value stored as a JSON string inside a bincode record: self-describing, so it can grow.
@@ -240,6 +265,15 @@ pub struct RunAs {
 }
 
 impl JobRecord {
+    /// How many times the divergence guard rolled the job back: its attempts that ended diverged,
+    /// less the last one when the job failed for it.
+    pub fn rollbacks(&self) -> u32 {
+        let diverged = Reason::Diverged as i32;
+        let ended = self.attempts.iter().filter(|a| a.reason == diverged).count() as u32;
+        let failed = self.state() == JobState::Failed && self.reason == diverged;
+        ended.saturating_sub(u32::from(failed))
+    }
+
     /// The job's state; an unknown number (a newer daemon's record) reads as `Unspecified`.
     pub fn state(&self) -> JobState {
         JobState::try_from(self.state).unwrap_or(JobState::Unspecified)

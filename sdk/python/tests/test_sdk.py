@@ -81,6 +81,18 @@ class SdkApiTest(unittest.TestCase):
         self.assertEqual(main.checkpoint({"w": 1}), path, "rank 0 writes where the others say it is")
         self.assertEqual(self.read(os.path.join(out, "progress.json"))["latest_checkpoint"]["path"], path)
 
+    def test_rollbacks_come_from_the_environment_and_a_nan_loss_is_written_as_the_protocol_says(self):
+        os.environ["TRAINERD_ROLLBACK"] = "2"
+        self.addCleanup(os.environ.pop, "TRAINERD_ROLLBACK", None)
+        run = self.run_obj()
+        self.assertEqual(run.rollbacks, 2)
+        run.step(loss=float("nan"))
+        run.reporter.write()
+        with open(os.path.join(self.dir.name, "run", "progress.json")) as f:
+            text = f.read()
+        self.assertIn('"loss":"NaN"', text)
+        json.loads(text, parse_constant=lambda c: self.fail("bare %s is not JSON" % c))
+
     def test_slurm_and_mpi_ranks_are_read_too_and_without_torch_distributed_a_rank_agrees_with_itself(self):
         for name, value in [("SLURM_PROCID", "3"), ("SLURM_NTASKS", "4")]:
             os.environ[name] = value

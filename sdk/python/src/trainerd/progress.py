@@ -10,6 +10,19 @@ MAX_PROGRESS_BYTES = 64 * 1024
 FINAL_STATES = ("paused", "stopped", "completed", "failed")
 
 
+def _finite(fields):
+    """The fields with non-finite floats as the protocol's strings ("NaN", "Infinity", "-Infinity"):
+    JSON has no NaN, and a diverged loss must still reach trainerd."""
+    out = {}
+    for key, value in fields.items():
+        if isinstance(value, float) and value != value:
+            value = "NaN"
+        elif isinstance(value, float) and value in (float("inf"), float("-inf")):
+            value = "Infinity" if value > 0 else "-Infinity"
+        out[key] = value
+    return out
+
+
 class Reporter:
     """Owns the progress file. The training loop only edits fields in memory (``update``); writes
     happen on the heartbeat thread, at most once per interval, so reporting never slows the loop.
@@ -53,7 +66,7 @@ class Reporter:
             self._fields.update(fields)
             self._fields["heartbeat_seq"] += 1
             self._fields["updated_at"] = time.time()
-            data = json.dumps(self._fields, separators=(",", ":")).encode()
+            data = json.dumps(_finite(self._fields), separators=(",", ":"), allow_nan=False).encode()
             if len(data) > MAX_PROGRESS_BYTES:
                 raise ValueError(f"progress file would be {len(data)} bytes; the protocol allows {MAX_PROGRESS_BYTES}")
             tmp = f"{self.path}.tmp"

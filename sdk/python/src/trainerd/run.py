@@ -87,6 +87,9 @@ class Run:
         self.checkpoint_dir = env.get("TRAINERD_CHECKPOINT_DIR") or os.path.join(out, "checkpoints")
         self.resume_from = env.get("TRAINERD_RESUME_FROM") or None
         self.attempt = int(env.get("TRAINERD_ATTEMPT", "1"))
+        # How many times trainerd rolled this job back after a diverged loss: a script may change its
+        # data order or learning rate when it is above 0.
+        self.rollbacks = int(env.get("TRAINERD_ROLLBACK", "0") or 0)
         self.standalone = standalone
         self.rank = _first_int(env, RANK_VARS, 0)
         self.world_size = max(1, _first_int(env, WORLD_VARS, 1))

@@ -287,6 +287,12 @@ async fn bad_requests_get_exact_errors_and_trainerd_keeps_serving_with_nothing_l
         invalid,
         "idempotency_key: is longer than 256 bytes".into(),
     ));
+    cases.push((
+        "an idempotency key with NUL",
+        pb::SubmitJobRequest { idempotency_key: "retry\0k".into(), ..submission(&[&fake]) },
+        invalid,
+        "idempotency_key: contains a NUL byte; use printable text".into(),
+    ));
     let huge = "h".repeat(2 << 20);
     cases.push((
         "a request over 1 MiB",

@@ -247,7 +247,9 @@ fn tcp_needs_a_bearer_token_and_beyond_loopback_tls_and_never_runs_a_job_as_root
     let out = trainctl(&["--addr", &addr, "--token-file", wrong.to_str().unwrap(), "info"]);
     assert!(text(&out).contains("the bearer token is wrong"), "{}", text(&out));
     // trainerd runs as root and a TCP client has no local user: its job is refused, not run as root.
-    let fake = bin("fake-trainer");
+    // A copy the job's user (nobody) can run: the checkout may sit in a directory only root enters.
+    let bins = tempfile::tempdir().unwrap();
+    let fake = public_bin(bins.path(), "fake-trainer");
     let out =
         trainctl(&["--addr", &addr, "--token-file", token.to_str().unwrap(), "submit", "--", fake.to_str().unwrap()]);
     assert!(!out.status.success());

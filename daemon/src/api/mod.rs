@@ -154,6 +154,9 @@ impl Api {
         if req.idempotency_key.len() > MAX_KEY {
             return Err(invalid("idempotency_key", format!("is longer than {MAX_KEY} bytes")));
         }
+        if req.idempotency_key.contains('\0') {
+            return Err(invalid("idempotency_key", "contains a NUL byte; use printable text"));
+        }
         if req.env.len() > MAX_ENV_VARS {
             return Err(invalid("env", format!("has more than {MAX_ENV_VARS} variables")));
         }
@@ -542,8 +545,8 @@ impl Api {
     /// Queues a failed or cancelled job again from its latest checkpoint (see `RetryJob`).
     pub async fn retry(&self, req: pb::RetryJobRequest, by: String) -> Result<pb::Job, ApiError> {
         let id = self.resolve(&req.id)?;
-        if req.request_key.len() > MAX_KEY {
-            return Err(invalid("request_key", format!("is longer than {MAX_KEY} bytes")));
+        if req.request_key.len() > MAX_KEY || req.request_key.contains('\0') {
+            return Err(invalid("request_key", format!("must be at most {MAX_KEY} bytes, without NUL")));
         }
         tracing::info!(target: "trainerd::audit", job = %id, "{by} retries the job");
         let key = Some(req.request_key).filter(|k| !k.is_empty());

@@ -523,8 +523,12 @@ impl Store {
             batch.remove(self.note(key.map_err(StoreError::from))?);
         }
         self.note(t.events.apply_batch(batch).map_err(StoreError::from))?;
+        // Its submission key, and the retry keys (the only other entries that name a job).
         let mut keys = sled::Batch::default();
-        for entry in t.idempotency.iter() {
+        if let Some(key) = &record.spec.idempotency_key {
+            keys.remove(key.as_bytes());
+        }
+        for entry in t.idempotency.scan_prefix(b"retry\0") {
             let (key, value) = self.note(entry.map_err(StoreError::from))?;
             if value.as_ref() == id.0.to_be_bytes() {
                 keys.remove(key);

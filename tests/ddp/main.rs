@@ -111,7 +111,14 @@ async fn a_torchrun_ddp_job_ends_with_the_uninterrupted_weights_through_pause_ki
     let at = watch_until(&mut client, &paused.id, LIMIT, |j| j.state() == JobState::Paused || done(j)).await;
     let at = at.last().unwrap();
     let signalled = events(&mut client, &paused.id).await;
-    assert_eq!((at.state(), at.step % STEPS_PER_EPOCH), (JobState::Paused, 0), "{}: {signalled:?}", at.message);
+    let stderr = std::fs::read_to_string(daemon.job_dir(&paused.id).join("stderr.log")).unwrap_or_default();
+    assert_eq!(
+        (at.state(), at.step % STEPS_PER_EPOCH),
+        (JobState::Paused, 0),
+        "{}: {signalled:?}\nits stderr:\n{}",
+        at.message,
+        &stderr[stderr.len().saturating_sub(4000)..]
+    );
     assert!(
         signalled.iter().any(|(k, m)| k == "pause_signalled" && m.starts_with("SIGUSR1 to 2 processes")),
         "both ranks, and not the launcher, got SIGUSR1: {signalled:?}"

@@ -16,4 +16,9 @@ class Control:
         """Installs the handlers (from the main thread, as Python requires). Returns self."""
         signal.signal(signal.SIGUSR1, lambda *_: self.pause.set())
         signal.signal(signal.SIGTERM, lambda *_: self.stop.set())
+        # Python installs handlers that interrupt system calls (EINTR). A signal that lands while a
+        # rank waits in a collective must not break the library's socket reads (gloo, NCCL's
+        # bootstrap): the flag is all it should do, so interrupted calls are restarted.
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.siginterrupt(sig, False)
         return self

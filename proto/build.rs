@@ -16,6 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "#[derive(serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
         )
         .type_attribute(
+            "trainerd.v1.SlurmOptions",
+            "#[derive(serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
+        )
+        .type_attribute(
             "trainerd.v1.RetryJobRequest",
             "#[derive(serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
         )

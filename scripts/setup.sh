@@ -42,5 +42,17 @@ if ! .venv/bin/python -c 'import grpc, grpc_tools, grpc_health.v1, grpc_reflecti
   echo "setup: installing ${GRPC_PACKAGES[*]} into .venv (for the gRPC client tests; once)"
   .venv/bin/python -m pip install --quiet --disable-pip-version-check "${GRPC_PACKAGES[@]}"
 fi
+# A real one-node Slurm cluster for the Slurm executor's tests (tests/slurm, scripts/slurm-cluster.sh):
+# Debian's Slurm 22.05 and munge.
+if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v sbatch >/dev/null \
+  || ! command -v munged >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing slurmctld slurmd slurm-client munge (for the Slurm tests; once)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurmctld slurmd slurm-client munge >/dev/null
+  else
+    echo "setup: Slurm is missing and cannot be installed here (needs root and apt-get): the Slurm tests skip" >&2
+  fi
+fi
 torch_dir=$(.venv/bin/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torch").origin))')
 ln -sfn "$torch_dir" .venv/libtorch

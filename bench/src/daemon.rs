@@ -18,13 +18,24 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
     /// Starts trainerd with `args` and waits for its readiness line.
     pub fn start(args: &[&str]) -> Daemon {
+        Daemon::start_with_env(args, &[])
+    }
+
+    /// Starts trainerd with `args` and extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new().prefix("trainerd-bench").tempdir().expect("tempdir");
-        let mut daemon = Daemon { dir, child: None, args: args.iter().map(|a| a.to_string()).collect() };
+        let mut daemon = Daemon {
+            dir,
+            child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        };
         daemon.launch();
         daemon
     }
@@ -39,6 +50,7 @@ impl Daemon {
             .arg(self.socket())
             .args(["--gpus", "none", "--log-cap-mib", "1"])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("TRAINERD_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -10,6 +10,7 @@
 
 mod daemon;
 mod measure;
+mod slurm;
 mod stats;
 
 use daemon::Daemon;
@@ -42,6 +43,7 @@ struct Size {
     window: Duration,
     epochs: u32,
     steps: u32,
+    slurm: usize,
 }
 
 const FULL: Size = Size {
@@ -56,6 +58,7 @@ const FULL: Size = Size {
     window: Duration::from_secs(30),
     epochs: 4,
     steps: 750,
+    slurm: 10,
 };
 
 const SMOKE: Size = Size {
@@ -70,6 +73,7 @@ const SMOKE: Size = Size {
     window: Duration::from_secs(2),
     epochs: 1,
     steps: 100,
+    slurm: 1,
 };
 
 fn main() -> std::process::ExitCode {
@@ -105,6 +109,9 @@ fn main() -> std::process::ExitCode {
         daemon.relaunch_with(&["--slots", &slots, "--heartbeat-interval", "5"]);
         eprintln!("{} jobs, scale and recovery ...", size.live);
         figures.extend(measure::scale_and_recovery(&mut daemon, size.burst, size.live, size.window).await);
+        drop(daemon);
+        eprintln!("Slurm ...");
+        figures.extend(slurm::figures(size.slurm).await);
     });
     eprintln!("trainer-proc ...");
     figures.extend(measure::trainer_proc(size.epochs, size.steps));

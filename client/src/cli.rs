@@ -151,6 +151,35 @@ pub struct Submit {
     /// Rollbacks allowed, apart from the restart budget [default: 3].
     #[arg(long)]
     pub max_rollbacks: Option<u32>,
+    /// Where the attempts run: `local` (on the daemon's host) or `slurm` (each attempt one Slurm job,
+    /// `sbatch`) [default: the daemon's, local].
+    #[arg(long)]
+    pub executor: Option<String>,
+    /// Slurm: the partition [default: the daemon's --slurm-partition, else the cluster's default].
+    #[arg(long, help_heading = "Slurm")]
+    pub partition: Option<String>,
+    /// Slurm: the account to charge [default: the daemon's --slurm-account].
+    #[arg(long, help_heading = "Slurm")]
+    pub account: Option<String>,
+    /// Slurm: nodes per attempt [default: 1].
+    #[arg(long, help_heading = "Slurm")]
+    pub nodes: Option<u32>,
+    /// Slurm: ranks (trainer processes) per node [default: 1].
+    #[arg(long, help_heading = "Slurm")]
+    pub tasks_per_node: Option<u32>,
+    /// Slurm: GPUs per node.
+    #[arg(long, help_heading = "Slurm")]
+    pub gpus_per_node: Option<u32>,
+    /// Slurm: each allocation's time limit, like 4h or 90m; a longer training checkpoints before it
+    /// and continues in the next allocation [default: the partition's limit].
+    #[arg(long, value_parser = crate::format::parse_duration_ms, help_heading = "Slurm")]
+    pub time: Option<u64>,
+    /// Slurm: how long before the time limit the ranks get SIGTERM to checkpoint, like 2m [default: 60s].
+    #[arg(long, value_parser = crate::format::parse_duration_ms, help_heading = "Slurm")]
+    pub signal_margin: Option<u64>,
+    /// Slurm: one more sbatch option, as --name=value (repeatable), like --slurm-arg=--qos=high.
+    #[arg(long = "slurm-arg", allow_hyphen_values = true, help_heading = "Slurm")]
+    pub slurm_args: Vec<String>,
     /// Progress from output lines: a regular expression with named groups step, total, epoch, loss
     /// (others become metrics), like '(?P<step>\d+)/(?P<total>\d+) .*loss=(?P<loss>[\d.]+)'.
     #[arg(long)]
@@ -228,8 +257,24 @@ mod tests {
         let fields = trainerd_proto::descriptor::fields_of("SubmitJobRequest");
         assert!(!fields.is_empty());
         // Durations are given in words (30s, 4h): the flag drops the field's `_ms`.
-        let missing: Vec<&String> =
-            fields.iter().filter(|f| !flags.iter().any(|flag| flag == f.trim_end_matches("_ms"))).collect();
+        let missing: Vec<&String> = fields
+            .iter()
+            .filter(|f| *f != "slurm" && !flags.iter().any(|flag| flag == f.trim_end_matches("_ms")))
+            .collect();
         assert!(missing.is_empty(), "trainctl submit has no flag for SubmitJobRequest's {missing:?}");
+        // The Slurm options are flags of their own; durations drop their unit, `args` is `--slurm-arg`.
+        let slurm = trainerd_proto::descriptor::fields_of("SlurmOptions");
+        assert!(slurm.len() >= 8, "{slurm:?}");
+        let missing: Vec<&String> = slurm
+            .iter()
+            .filter(|f| {
+                let flag = match f.as_str() {
+                    "args" => "slurm_args",
+                    other => other.trim_end_matches("_minutes").trim_end_matches("_s"),
+                };
+                !flags.iter().any(|given| given == flag)
+            })
+            .collect();
+        assert!(missing.is_empty(), "trainctl submit has no flag for SlurmOptions' {missing:?}");
     }
 }

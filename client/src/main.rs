@@ -295,6 +295,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
 /// Builds the request: the workdir and a relative program become absolute from here, and a bare
 /// program name is looked up on this PATH, so the job runs what the user would have run.
 fn submission(s: cli::Submit) -> Result<pb::SubmitJobRequest, Failure> {
+    let slurm = slurm_options(&s);
     let cwd = std::env::current_dir().map_err(|e| Failure::Usage(format!("cannot read the current directory: {e}")))?;
     let workdir = s.workdir.map(|w| if w.is_absolute() { w } else { cwd.join(w) }).unwrap_or_else(|| cwd.clone());
     let mut command = s.command;
@@ -339,11 +340,29 @@ fn submission(s: cli::Submit) -> Result<pb::SubmitJobRequest, Failure> {
         spike_window: s.spike_window,
         spike_steps: s.spike_steps,
         max_rollbacks: s.max_rollbacks,
+        slurm,
+        executor: s.executor,
         progress_regex: s.progress_regex.unwrap_or_default(),
         checkpoint_glob: s.checkpoint_glob.unwrap_or_default(),
         resume_arg: s.resume_arg.unwrap_or_default(),
         checkpoint_marker: s.checkpoint_marker.unwrap_or_default(),
     })
+}
+
+/// The Slurm options given on the command line; none when no Slurm flag was.
+fn slurm_options(s: &cli::Submit) -> Option<pb::SlurmOptions> {
+    let minutes = |ms: u64| u32::try_from(ms.div_ceil(60_000)).unwrap_or(u32::MAX);
+    let options = pb::SlurmOptions {
+        partition: s.partition.clone().unwrap_or_default(),
+        account: s.account.clone().unwrap_or_default(),
+        nodes: s.nodes.unwrap_or(0),
+        tasks_per_node: s.tasks_per_node.unwrap_or(0),
+        gpus_per_node: s.gpus_per_node.unwrap_or(0),
+        time_minutes: s.time.map(minutes).unwrap_or(0),
+        signal_margin_s: s.signal_margin.map(|ms| u32::try_from(ms / 1000).unwrap_or(u32::MAX)).unwrap_or(0),
+        args: s.slurm_args.clone(),
+    };
+    (options != pb::SlurmOptions::default()).then_some(options)
 }
 
 fn on_path(program: &str) -> Option<PathBuf> {

@@ -153,6 +153,24 @@ pub struct Flags {
     /// The trainerd-shim executable that parents each trainer [default: trainerd-shim beside trainerd].
     #[arg(long)]
     pub shim: Option<PathBuf>,
+    /// Where a job that names none runs its attempts: `local` (under a shim on this host) or `slurm`
+    /// (one Slurm job per attempt; `sbatch`, `squeue` and `scancel` on PATH). [default: local].
+    #[arg(long)]
+    pub executor: Option<String>,
+    /// A directory every Slurm node mounts at the same path: Slurm jobs' files (progress, checkpoints,
+    /// exit records, logs) live under it. [default: the state dir, which must then be shared].
+    #[arg(long)]
+    pub slurm_shared_dir: Option<PathBuf>,
+    /// The partition a Slurm job that names none is submitted to [default: the cluster's default].
+    #[arg(long)]
+    pub slurm_partition: Option<String>,
+    /// The account a Slurm job that names none is charged to [default: none].
+    #[arg(long)]
+    pub slurm_account: Option<String>,
+    /// Seconds between two looks at Slurm's queue (one `squeue` for every job) and at Slurm jobs'
+    /// progress files (inotify does not see other nodes' writes). [default: 1].
+    #[arg(long)]
+    pub slurm_poll_interval: Option<f64>,
     /// Enables test hooks (a job env TRAINERD_TEST_PANIC_AFTER_STEP=N panics its actor once). Never
     /// in production.
     #[arg(long, hide = true)]
@@ -215,6 +233,30 @@ pub struct DaemonConfig {
     /// The trainerd-shim executable.
     pub shim: PathBuf,
     pub test_hooks: bool,
+    /// Jobs that name no executor run under Slurm.
+    pub default_slurm: bool,
+    pub slurm: SlurmDefaults,
+}
+
+/// The Slurm executor's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlurmDefaults {
+    /// Where Slurm jobs' files live (`None`: under the state dir).
+    pub shared_dir: Option<PathBuf>,
+    pub partition: String,
+    pub account: String,
+    pub poll_interval: Duration,
+}
+
+impl DaemonConfig {
+    /// The files of job `id`, run by Slurm (`slurm`) or on this host.
+    pub fn job_paths(&self, id: crate::store::records::JobId, slurm: bool) -> crate::job::JobPaths {
+        let root = match (slurm, &self.slurm.shared_dir) {
+            (true, Some(shared)) => shared.as_path(),
+            _ => self.state_dir.as_path(),
+        };
+        crate::job::JobPaths::new(root, id)
+    }
 }
 
 fn seconds(name: &str, value: f64) -> Result<u64, String> {
@@ -322,7 +364,12 @@ impl Flags {
             disk_reserve_mib,
             shutdown_timeout,
             shim,
-            log_format
+            log_format,
+            executor,
+            slurm_shared_dir,
+            slurm_partition,
+            slurm_account,
+            slurm_poll_interval
         ))
     }
 
@@ -512,6 +559,29 @@ impl Flags {
             )?),
             shim,
             test_hooks: self.test_hooks,
+            default_slurm: match self.executor.as_deref() {
+                None | Some("local") => false,
+                Some("slurm") => true,
+                Some(other) => return Err(format!("--executor {other:?}: use local or slurm")),
+            },
+            slurm: SlurmDefaults {
+                shared_dir: match self.slurm_shared_dir {
+                    Some(dir) if dir.is_absolute() => Some(dir),
+                    Some(dir) => {
+                        return Err(format!("--slurm-shared-dir must be an absolute path, not {}", dir.display()))
+                    }
+                    None => None,
+                },
+                partition: self.slurm_partition.unwrap_or_default(),
+                account: self.slurm_account.unwrap_or_default(),
+                poll_interval: {
+                    let ms = seconds("slurm-poll-interval", self.slurm_poll_interval.unwrap_or(1.0))?;
+                    if ms < 100 {
+                        return Err("--slurm-poll-interval must be at least 0.1 seconds".into());
+                    }
+                    Duration::from_millis(ms)
+                },
+            },
         })
     }
 }

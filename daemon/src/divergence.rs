@@ -3,7 +3,7 @@
 //! shim is gone, and a finished or paused job with a process of it still alive. Reads only what the
 //! kernel and the shim's records say; decides nothing and fixes nothing but [`Leftovers::stop`].
 
-use crate::job::shim;
+use crate::job::executor::shim;
 use crate::job::JobPaths;
 use crate::process;
 use crate::store::records::JobRecord;
@@ -20,6 +20,12 @@ pub enum Divergence {
     Leftover(Leftovers),
 }
 
+/// Whether `record`'s attempts run off this host (under Slurm): their processes are not this host's
+/// to look at; the job's actor checks them with Slurm (see `job::executor`).
+fn runs_elsewhere(record: &JobRecord) -> bool {
+    record.spec.more.slurm.is_some()
+}
+
 /// Whether `record` disagrees with reality, and how.
 pub fn of(record: &JobRecord, state_dir: &Path) -> Option<Divergence> {
     let state = record.state();
@@ -27,7 +33,7 @@ pub fn of(record: &JobRecord, state_dir: &Path) -> Option<Divergence> {
         let left = Leftovers::of(record, state_dir);
         return (left.trainer.is_some() || left.shim.is_some()).then_some(Divergence::Leftover(left));
     }
-    if !has_process(state) {
+    if !has_process(state) || runs_elsewhere(record) {
         return None;
     }
     let attempt = record.attempts.last()?;
@@ -57,7 +63,9 @@ pub struct Leftovers {
 
 impl Leftovers {
     pub fn of(record: &JobRecord, state_dir: &std::path::Path) -> Leftovers {
-        let Some(attempt) = record.attempts.last() else { return Leftovers::default() };
+        let Some(attempt) = record.attempts.last().filter(|_| !runs_elsewhere(record)) else {
+            return Leftovers::default();
+        };
         // An attempt with a recorded end had its shim's exit seen, and a shim exits only after every
         // process of the attempt is reaped: only an unended attempt can have left a shim.
         let identity = match attempt.ended_at {
@@ -110,6 +118,7 @@ mod tests {
             resumed_step: None,
             first_step: None,
             resume_ignored: false,
+            more: AttemptMore::default(),
         };
         JobRecord {
             id: JobId(7),

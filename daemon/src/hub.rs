@@ -115,6 +115,8 @@ pub struct LiveFacts {
     pub gpus: Vec<u32>,
     /// Values from the trainer's output lines beyond step and loss (`progress_regex`'s other groups).
     pub metrics: std::collections::HashMap<String, f64>,
+    /// What a started attempt still waits for in its executor (a Slurm job pending in Slurm's queue).
+    pub waiting_for: Option<String>,
 }
 
 /// Where an attempt started from, in the words `get`, events and the stream use.
@@ -171,7 +173,10 @@ pub fn job_view(record: &JobRecord, live: &LiveFacts, queue: (u32, String)) -> p
         next_restart_at: record.next_restart_at,
         cancelled_by: record.cancelled_by.clone().unwrap_or_default(),
         pid: live.pid,
-        waiting_for,
+        waiting_for: match live.waiting_for.clone() {
+            Some(executor) if waiting_for.is_empty() => executor,
+            _ => waiting_for,
+        },
         assigned_gpus: live.gpus.clone(),
         protocol: record.spec.protocol.word().into(),
         resumed_from: last.map(resumed_from_words).unwrap_or_default(),
@@ -179,6 +184,11 @@ pub fn job_view(record: &JobRecord, live: &LiveFacts, queue: (u32, String)) -> p
         restarts_exhausted: record.restarts_exhausted,
         metrics: live.metrics.clone(),
         rollbacks: record.rollbacks(),
+        executor: if record.spec.more.slurm.is_some() { "slurm" } else { "local" }.into(),
+        slurm_job_id: last.and_then(|a| match &a.more.handle {
+            Some(crate::store::records::Handle::Slurm { job_id, .. }) => *job_id,
+            _ => None,
+        }),
     };
     if is_terminal(job.state()) {
         job.pid = None;

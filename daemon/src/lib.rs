@@ -9,6 +9,8 @@
 //! - [`hub`]: the live views of jobs and their broadcasts to watchers.
 //! - [`policy`]: the restart-or-fail decision at the end of an attempt (pure).
 //! - [`process`]: process identity, process-group signals and liveness, from the kernel.
+//! - [`refusal`]: why the actors refuse a request, in domain terms (the API maps them).
+//! - [`shared`]: what every actor and the API share (store, hub, configuration, metrics).
 //! - [`recovery`]: reopens a store that failed to write (a full disk) once there is room again.
 //! - [`store`]: the durable job records in sled; the only module that touches sled.
 //! - [`config`]: flags, the TOML file and defaults.
@@ -37,8 +39,10 @@ pub mod metrics;
 pub mod policy;
 pub mod process;
 pub mod recovery;
+pub mod refusal;
 pub mod removal;
 pub mod run;
+pub mod shared;
 pub mod store;
 pub mod supervisor;
 pub mod systemd;

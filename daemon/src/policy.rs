@@ -8,6 +8,8 @@
 //! it; a stall, exit 75, any other code and any signal are failures counted against the budget of
 //! `max_restarts` within `window_ms` (Erlang's intensity and period), restarted after an exponential
 //! backoff with jitter and a cap. An attempt that stayed up `healthy_after_ms` resets the backoff.
+//! An attempt whose allocation its executor took back (a Slurm time limit, preemption or node
+//! failure) and that did not complete continues at once, apart from the budget.
 
 use crate::store::records::{ExitStatus, OnFailure, RestartPolicy};
 use std::time::Duration;
@@ -44,6 +46,9 @@ pub struct AttemptEnd {
     pub ran_for: Duration,
     /// Whether the attempt was started from a checkpoint.
     pub resumed: bool,
+    /// The executor took the allocation back (a Slurm time limit, preemption or node failure): not
+    /// the trainer's failure.
+    pub allocation_ended: bool,
 }
 
 /// The failure history the budget is counted on (stored in the job's record).
@@ -105,6 +110,15 @@ pub fn decide(policy: &RestartPolicy, history: &mut History, end: &AttemptEnd, n
     let Some(status) = end.exit else {
         return failure(policy, history, end, now, jitter, Reason::Lost, false);
     };
+    // A trainer that completed (or paused) as its allocation ended has done so; anything else goes
+    // on from its latest checkpoint in a new allocation, counted apart from the restart budget.
+    if end.allocation_ended && status != ExitStatus::Code(exit::OK) {
+        return Decision::Restart {
+            reason: Reason::AllocationEnded,
+            delay: Duration::ZERO,
+            previous_checkpoint: false,
+        };
+    }
     match status {
         ExitStatus::Code(exit::OK) if end.trainer_state == Some(TrainerState::Paused) => Decision::Pause,
         ExitStatus::Code(exit::OK) => Decision::Complete,
@@ -201,7 +215,27 @@ mod tests {
             stopped_by_daemon: None,
             ran_for: Duration::from_secs(1),
             resumed: false,
+            allocation_ended: false,
         }
+    }
+
+    #[test]
+    fn an_allocation_taken_back_continues_at_once_outside_the_budget_unless_the_trainer_completed() {
+        let mut h = History { restart_times: vec![1.0; 3], consecutive_failures: 2 };
+        let before = h.clone();
+        for exit in [ExitStatus::Code(75), ExitStatus::Signal(9), ExitStatus::Code(1)] {
+            let taken = AttemptEnd { allocation_ended: true, ..end(exit) };
+            assert_eq!(decide(&policy(), &mut h, &taken, 2.0, 0.5), restart(Reason::AllocationEnded, 0), "{exit:?}");
+        }
+        assert_eq!(h, before, "not counted against the restart budget, which is spent here");
+        let completed = AttemptEnd { allocation_ended: true, ..end(ExitStatus::Code(0)) };
+        assert_eq!(decide(&policy(), &mut h, &completed, 2.0, 0.5), Decision::Complete);
+        let cancelled = AttemptEnd {
+            stopped_by_daemon: Some(StopCause::Cancel),
+            allocation_ended: true,
+            ..end(ExitStatus::Code(75))
+        };
+        assert_eq!(decide(&policy(), &mut h, &cancelled, 2.0, 0.5), Decision::Cancel, "a cancel stays a cancel");
     }
 
     fn restart(reason: Reason, delay_ms: u64) -> Decision {

@@ -7,8 +7,9 @@
 //! A reopen that fails with room to spare is marked unrecoverable in the store's failure; the
 //! Supervisor then stops feeding systemd's watchdog, so systemd restarts trainerd.
 
+use crate::shared::Shared;
 use crate::store::Recovery;
-use crate::supervisor::{Shared, SupervisorMsg};
+use crate::supervisor::SupervisorMsg;
 use ractor::ActorRef;
 use std::sync::Arc;
 use std::time::Duration;

@@ -10,9 +10,9 @@
 //! Blocking: walks and deletes directories; run it on the blocking pool.
 
 use crate::job::JobPaths;
+use crate::shared::Shared;
 use crate::store::records::{JobId, JobRecord};
 use crate::store::{Store, StoreError};
-use crate::supervisor::Shared;
 use std::path::{Path, PathBuf};
 use trainerd_proto::state::is_terminal;
 use trainerd_proto::v1::JobState;
@@ -82,7 +82,7 @@ fn remove_marked(shared: &Shared, id: JobId, keep_final_checkpoint: bool) -> Res
         return Err(StoreError::NotFinished { id, state: trainerd_proto::state::state_word(record.state()) }.into());
     }
     let state_dir = shared.config().state_dir.clone();
-    let paths = JobPaths::new(&state_dir, id);
+    let paths = shared.config().job_paths(id, record.spec.more.slurm.is_some());
     let kept = match keep_final_checkpoint {
         true => keep_final(&record, &paths, &state_dir)?,
         false => None,

@@ -11,15 +11,15 @@ use crate::api::grpc;
 use crate::api::Api;
 use crate::config::{DaemonConfig, Flags};
 use crate::hub::Hub;
+use crate::shared::Shared;
 use crate::store::Store;
-use crate::supervisor::{Shared, Supervisor};
+use crate::supervisor::Supervisor;
 use anyhow::Context;
 use ractor::Actor;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio_stream::wrappers::UnixListenerStream;
 
 /// How long open client connections may delay a shutdown.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -55,6 +55,7 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
         last_reconcile: std::sync::Mutex::new(Default::default()),
         progress_watch: crate::job::watch::ProgressWatch::new().context("cannot start the inotify watcher")?,
         removing: Default::default(),
+        slurm: crate::job::executor::slurm::Cluster::new(config.slurm.poll_interval),
     });
     let (supervisor, supervisor_done) = Actor::spawn(Some("supervisor".into()), Supervisor, shared.clone())
         .await
@@ -106,21 +107,7 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
         tokio::spawn(serve_metrics(listener, shared.clone()));
     }
     if let Some(tcp) = tcp {
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = &config.tls {
-            let identity = tonic::transport::Identity::from_pem(&tls.cert, &tls.key);
-            builder = builder
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .context("the TLS certificate or key is not usable")?;
-        }
-        let router = builder.add_routes(grpc::routes(api.clone(), &health)?);
-        let stop = stopped(stop_rx.clone());
-        tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
-            if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
-                tracing::error!("the TCP gRPC server failed: {e}");
-            }
-        });
+        grpc::serve_tcp(api.clone(), &health, tcp, config.tls.as_ref(), stopped(stop_rx.clone()))?;
     }
     // The Supervisor's pre_start restored every job before spawn returned: what clients see now is
     // what the store says.
@@ -129,14 +116,12 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     shared.notifier.notify(&format!("READY=1\nSTATUS=serving; {counts} jobs in the store"));
     println!("trainerd ready: socket {} state dir {}", config.socket.display(), config.state_dir.display());
     tracing::info!(socket = %config.socket.display(), "serving");
-    let server = tonic::transport::Server::builder()
-        .add_routes(grpc::routes(api, &health)?)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped(stop_rx.clone()));
+    let server = grpc::serve_unix(api, &health, listener, stopped(stop_rx.clone()));
     // Graceful shutdown waits for open connections, and a `trainctl watch` may never close its own:
     // in-flight requests get a short grace, then the server is dropped.
     tokio::pin!(server);
     tokio::select! {
-        result = &mut server => result.context("the gRPC server failed")?,
+        result = &mut server => result?,
         _ = async {
             stopped(stop_rx).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;

@@ -13,13 +13,12 @@
 //! Process exits reach JobActors through here (`Exited`), so an exit is never lost while a panicked
 //! actor is being re-created: a message for a job without a live actor waits in `pending`.
 
-use crate::api::ApiError;
-use crate::config::DaemonConfig;
 use crate::gpus::GpuPool;
-use crate::hub::{job_view, Hub, LiveFacts, QueueView};
-use crate::job::actor::{JobActor, JobArgs, JobMsg, Mode};
+use crate::hub::{job_view, LiveFacts, QueueView};
+use crate::job::actor::{JobActor, JobArgs, JobMsg, Mode, Parent, Report};
+use crate::refusal::{not_pausable, Refusal};
+use crate::shared::Shared;
 use crate::store::records::{ExitStatus, JobId, JobRecord, JobSpec, RunAs};
-use crate::store::Store;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -31,13 +30,13 @@ use trainerd_proto::v1::{JobState, Reason};
 /// Messages to the Supervisor.
 pub enum SupervisorMsg {
     /// A validated submission; replies with the job and whether it was created.
-    Submit { spec: Box<JobSpec>, run_as: Option<RunAs>, reply: RpcReplyPort<Result<(JobRecord, bool), ApiError>> },
+    Submit { spec: Box<JobSpec>, run_as: Option<RunAs>, reply: RpcReplyPort<Result<(JobRecord, bool), Refusal>> },
     /// Cancel a job; the reply comes when it is CANCELLED.
-    Cancel { id: JobId, by: String, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
+    Cancel { id: JobId, by: String, reply: RpcReplyPort<Result<pb::Job, Refusal>> },
     /// Pause a job (hold it, when queued); the reply comes at once.
-    Pause { id: JobId, by: String, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
+    Pause { id: JobId, by: String, reply: RpcReplyPort<Result<pb::Job, Refusal>> },
     /// Queue a paused job again.
-    Resume { id: JobId, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
+    Resume { id: JobId, reply: RpcReplyPort<Result<pb::Job, Refusal>> },
     /// Queue a failed or cancelled job again, from its latest checkpoint (a user's retry); `key` makes
     /// a repeated request queue it once.
     Retry {
@@ -45,10 +44,10 @@ pub enum SupervisorMsg {
         from_start: bool,
         key: Option<String>,
         by: String,
-        reply: RpcReplyPort<Result<pb::Job, ApiError>>,
+        reply: RpcReplyPort<Result<pb::Job, Refusal>>,
     },
     /// A trainer process ended (from its wait task).
-    Exited { id: JobId, attempt: u32, status: Option<ExitStatus>, at: std::time::Instant },
+    Exited { id: JobId, attempt: u32, status: Option<ExitStatus>, allocation_ended: bool, at: std::time::Instant },
     /// A JobActor finished its work (terminal or paused): its slot is free.
     Released { id: JobId },
     /// The configuration was reloaded: more slots may be free.
@@ -80,39 +79,18 @@ struct Queued {
     priority: i32,
     id: JobId,
     gpus: u32,
+    /// Its attempts run under Slurm: Slurm queues it, it takes no slot or GPU of this host.
+    elsewhere: bool,
 }
 
 impl Queued {
     fn of(record: &JobRecord) -> Queued {
-        Queued { priority: record.spec.priority, id: record.id, gpus: record.spec.gpus }
-    }
-}
-
-/// What every actor and the API share.
-pub struct Shared {
-    pub metrics: crate::metrics::Metrics,
-    pub notifier: crate::systemd::Notifier,
-    pub store: Arc<Store>,
-    pub hub: Arc<Hub>,
-    /// The configuration; SIGHUP replaces it (see `run::reload`).
-    pub config: std::sync::RwLock<Arc<DaemonConfig>>,
-    /// The last reconciliation's report, for Health.
-    pub last_reconcile: std::sync::Mutex<pb::ReconcileResponse>,
-    /// The one inotify watcher of every job's progress file.
-    pub progress_watch: Arc<crate::job::watch::ProgressWatch>,
-    /// Finished jobs whose removal is under way: a retry of one is refused meanwhile.
-    pub removing: std::sync::Mutex<std::collections::HashSet<JobId>>,
-}
-
-impl Shared {
-    /// The configuration in force.
-    pub fn config(&self) -> Arc<DaemonConfig> {
-        self.config.read().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Whether job `id` is being removed.
-    pub fn removing(&self, id: JobId) -> bool {
-        self.removing.lock().unwrap_or_else(|p| p.into_inner()).contains(&id)
+        Queued {
+            priority: record.spec.priority,
+            id: record.id,
+            gpus: record.spec.gpus,
+            elsewhere: record.spec.more.slurm.is_some(),
+        }
     }
 }
 
@@ -124,6 +102,8 @@ pub struct State {
     shared: Arc<Shared>,
     /// The JobActor of each active job.
     actors: HashMap<JobId, ActorRef<JobMsg>>,
+    /// The active jobs whose attempts run elsewhere (Slurm): they hold no slot of this host.
+    elsewhere: std::collections::HashSet<JobId>,
     jobs_by_actor: HashMap<ActorId, JobId>,
     /// Queued jobs in admission order: higher priority first, FIFO (by id) within a priority; with
     /// the GPUs each needs.
@@ -156,6 +136,7 @@ impl Actor for Supervisor {
         let mut state = State {
             shared,
             actors: HashMap::new(),
+            elsewhere: Default::default(),
             jobs_by_actor: HashMap::new(),
             queue: Vec::new(),
             gpus: GpuPool::new(&shared_gpus),
@@ -214,7 +195,7 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Submit { spec, run_as, reply } => {
-                let result = state.shared.store.create(*spec, run_as, unix_now()).map_err(ApiError::from);
+                let result = state.shared.store.create(*spec, run_as, unix_now()).map_err(Refusal::from);
                 if let Ok((record, true)) = &result {
                     state.enqueue(Queued::of(record));
                     state.publish_queued(record);
@@ -234,8 +215,8 @@ impl Actor for Supervisor {
                 let _ = reply.send(result);
                 state.admit(&myself).await?;
             }
-            SupervisorMsg::Exited { id, attempt, status, at } => {
-                state.deliver(id, JobMsg::Exited { attempt, status, at: Some(at) })
+            SupervisorMsg::Exited { id, attempt, status, allocation_ended, at } => {
+                state.deliver(id, JobMsg::Exited { attempt, status, allocation_ended, at: Some(at) })
             }
             SupervisorMsg::Reloaded => state.admit(&myself).await?,
             SupervisorMsg::Watchdog => {
@@ -272,7 +253,7 @@ impl Actor for Supervisor {
                 state.admit(&myself).await?;
             }
             SupervisorMsg::Released { id } => {
-                if let Some(actor) = state.actors.remove(&id) {
+                if let Some(actor) = state.forget(id) {
                     state.jobs_by_actor.remove(&actor.get_id());
                 }
                 state.gpus.release(id);
@@ -314,7 +295,7 @@ impl Actor for Supervisor {
         match event {
             SupervisionEvent::ActorFailed(cell, error) => {
                 let Some(id) = state.jobs_by_actor.remove(&cell.get_id()) else { return Ok(()) };
-                state.actors.remove(&id);
+                state.forget(id);
                 tracing::error!(job = %id, "job actor failed: {error}; re-creating it from the stored record");
                 let event = crate::store::records::Event {
                     at: unix_now(),
@@ -334,7 +315,7 @@ impl Actor for Supervisor {
             }
             SupervisionEvent::ActorTerminated(cell, _, _) => {
                 if let Some(id) = state.jobs_by_actor.remove(&cell.get_id()) {
-                    state.actors.remove(&id);
+                    state.forget(id);
                     state.gpus.release(id);
                     state.admit(&myself).await?;
                 }
@@ -472,7 +453,7 @@ impl State {
         let slots = self.shared.config().slots as usize;
         let head = match self.queue.first() {
             None => String::new(),
-            Some(_) if self.actors.len() >= slots => format!("a free slot ({} of {slots} busy)", self.actors.len()),
+            Some(_) if self.busy() >= slots => format!("a free slot ({} of {slots} busy)", self.busy()),
             Some(q) => format!("{} GPU(s) ({} free)", q.gpus, self.gpus.free()),
         };
         let order = self.queue.iter().map(|q| QueueView::key(q.priority, q.id.0)).collect();
@@ -492,13 +473,25 @@ impl State {
     ) -> Result<(), ActorProcessingErr> {
         let id = job.id;
         let gpus = self.gpus.assign(id, job.gpus).unwrap_or_default();
-        let args = JobArgs { id, shared: self.shared.clone(), supervisor: myself.clone(), mode, gpus };
+        let me = myself.clone();
+        let parent = Parent::new(move |report| {
+            let _ = me.cast(match report {
+                Report::Exited { id, attempt, status, allocation_ended, at } => {
+                    SupervisorMsg::Exited { id, attempt, status, allocation_ended, at }
+                }
+                Report::Released { id } => SupervisorMsg::Released { id },
+            });
+        });
+        let args = JobArgs { id, shared: self.shared.clone(), parent, mode, gpus };
         let (actor, _) = Actor::spawn_linked(None, JobActor, args, myself.get_cell()).await?;
         self.jobs_by_actor.insert(actor.get_id(), id);
         for msg in self.pending.remove(&id).unwrap_or_default() {
             let _ = actor.cast(msg);
         }
         self.actors.insert(id, actor);
+        if job.elsewhere {
+            self.elsewhere.insert(id);
+        }
         Ok(())
     }
 
@@ -512,26 +505,52 @@ impl State {
         if self.shared.store.failure().is_some() {
             return Ok(());
         }
+        // Jobs Slurm runs wait in Slurm's queue, not ours: admitted at once, whatever the slots.
+        let (elsewhere, here): (Vec<Queued>, Vec<Queued>) = self.queue.drain(..).partition(|q| q.elsewhere);
+        self.queue = here;
+        for job in elsewhere {
+            self.start_admitted(myself, job, "admitted (Slurm queues it; it takes no slot of this host)".into())
+                .await?;
+        }
         // Strict FIFO within a priority: the head waits for its GPUs rather than being overtaken.
-        while self.actors.len() < self.shared.config().slots as usize {
+        while self.busy() < self.shared.config().slots as usize {
             let Some(head) = self.queue.first().copied() else { break };
             if head.gpus as usize > self.gpus.free() {
                 break;
             }
             self.queue.remove(0);
-            let event = crate::store::records::Event {
-                at: unix_now(),
-                kind: "admitted".into(),
-                message: format!("given a slot ({} of {} busy before)", self.actors.len(), self.shared.config().slots),
-            };
-            self.shared.store.append_event(head.id, &event)?;
-            self.spawn_actor(myself, head, Mode::Admitted).await?;
-            if let Some(actor) = self.actors.get(&head.id) {
-                actor.cast(JobMsg::Start)?;
-            }
+            let message = format!("given a slot ({} of {} busy before)", self.busy(), self.shared.config().slots);
+            self.start_admitted(myself, head, message).await?;
         }
         self.publish_queue();
         Ok(())
+    }
+
+    /// Records the admission of `job` (taken off the queue), gives it an actor and starts it.
+    async fn start_admitted(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        job: Queued,
+        message: String,
+    ) -> Result<(), ActorProcessingErr> {
+        let event = crate::store::records::Event { at: unix_now(), kind: "admitted".into(), message };
+        self.shared.store.append_event(job.id, &event)?;
+        self.spawn_actor(myself, job, Mode::Admitted).await?;
+        if let Some(actor) = self.actors.get(&job.id) {
+            actor.cast(JobMsg::Start)?;
+        }
+        Ok(())
+    }
+
+    /// The slots of this host in use: active jobs but those Slurm runs.
+    fn busy(&self) -> usize {
+        self.actors.len().saturating_sub(self.elsewhere.len())
+    }
+
+    /// Forgets job `id`'s actor (gone, or being replaced); returns it.
+    fn forget(&mut self, id: JobId) -> Option<ActorRef<JobMsg>> {
+        self.elsewhere.remove(&id);
+        self.actors.remove(&id)
     }
 
     fn deliver(&mut self, id: JobId, msg: JobMsg) {
@@ -565,7 +584,7 @@ impl State {
         why: &str,
     ) -> Result<(), ActorProcessingErr> {
         let Some(old) = self.actors.get(&id).filter(|a| a.get_id() == actor).cloned() else { return Ok(()) };
-        self.actors.remove(&id);
+        self.forget(id);
         self.jobs_by_actor.remove(&actor);
         old.kill();
         tracing::error!(job = %id, "the job's actor {why}; replacing it");
@@ -594,7 +613,7 @@ impl State {
         &mut self,
         id: JobId,
         by: String,
-        reply: RpcReplyPort<Result<pb::Job, ApiError>>,
+        reply: RpcReplyPort<Result<pb::Job, Refusal>>,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(actor) = self.actors.get(&id) {
             actor.cast(JobMsg::Cancel { by, reply })?;
@@ -608,10 +627,7 @@ impl State {
             &message,
             |r| r.cancelled_by = Some(by.clone()),
             |id, state| {
-                ApiError::FailedPrecondition(format!(
-                    "job {id} is already {}; there is nothing to cancel",
-                    state_word(state)
-                ))
+                Refusal::NotNow(format!("job {id} is already {}; there is nothing to cancel", state_word(state)))
             },
         );
         let _ = reply.send(result);
@@ -622,7 +638,7 @@ impl State {
         &mut self,
         id: JobId,
         by: String,
-        reply: RpcReplyPort<Result<pb::Job, ApiError>>,
+        reply: RpcReplyPort<Result<pb::Job, Refusal>>,
     ) -> Result<(), ActorProcessingErr> {
         if let Some(actor) = self.actors.get(&id) {
             actor.cast(JobMsg::Pause { by, reply })?;
@@ -643,9 +659,9 @@ impl State {
         reason: Reason,
         message: &str,
         edit: impl Fn(&mut JobRecord),
-        refuse: impl Fn(JobId, JobState) -> ApiError,
-    ) -> Result<pb::Job, ApiError> {
-        let record = self.shared.store.get(id)?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+        refuse: impl Fn(JobId, JobState) -> Refusal,
+    ) -> Result<pb::Job, Refusal> {
+        let record = self.shared.store.get(id)?.ok_or_else(|| Refusal::NotFound(format!("no job {id}")))?;
         let from = record.state();
         if !matches!(from, JobState::Queued | JobState::Paused) || !trainerd_proto::state::can_transition(from, to) {
             return Err(refuse(id, from));
@@ -659,10 +675,10 @@ impl State {
     }
 
     /// PAUSED → QUEUED (the API checked that what it resumes from is still there).
-    fn resume(&mut self, id: JobId) -> Result<pb::Job, ApiError> {
-        let record = self.shared.store.get(id)?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    fn resume(&mut self, id: JobId) -> Result<pb::Job, Refusal> {
+        let record = self.shared.store.get(id)?.ok_or_else(|| Refusal::NotFound(format!("no job {id}")))?;
         if record.state() != JobState::Paused {
-            return Err(ApiError::FailedPrecondition(format!(
+            return Err(Refusal::NotNow(format!(
                 "job {id} is {}; only a paused job can be resumed",
                 state_word(record.state())
             )));
@@ -677,9 +693,9 @@ impl State {
 }
 
 impl State {
-    fn retry(&mut self, id: JobId, from_start: bool, key: Option<&str>, by: &str) -> Result<pb::Job, ApiError> {
+    fn retry(&mut self, id: JobId, from_start: bool, key: Option<&str>, by: &str) -> Result<pb::Job, Refusal> {
         if self.shared.removing(id) {
-            return Err(ApiError::FailedPrecondition(format!("job {id} is being removed")));
+            return Err(Refusal::NotNow(format!("job {id} is being removed")));
         }
         let check = |r: &JobRecord| match (&r.latest_checkpoint, from_start) {
             (Some(c), true) => Err(crate::store::StoreError::NotRetriable(format!(
@@ -693,10 +709,10 @@ impl State {
             ))),
             _ => Ok(()),
         };
-        let record = self.shared.store.get(id)?.ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+        let record = self.shared.store.get(id)?.ok_or_else(|| Refusal::NotFound(format!("no job {id}")))?;
         // Its actor has recorded the end but not released the job yet: a new one must not overlap it.
         if self.actors.contains_key(&id) && is_terminal(record.state()) {
-            return Err(ApiError::FailedPrecondition(format!(
+            return Err(Refusal::NotNow(format!(
                 "job {id} is still ending (its processes are being stopped); retry it in a moment"
             )));
         }
@@ -712,16 +728,4 @@ impl State {
         }
         Ok(view)
     }
-}
-
-/// The refusal for pausing a job in `state`.
-pub fn not_pausable(id: JobId, state: JobState) -> ApiError {
-    let what = match state {
-        JobState::Paused => "is already paused".to_string(),
-        JobState::Pausing => "is already pausing".to_string(),
-        other => format!("is {}", state_word(other)),
-    };
-    ApiError::FailedPrecondition(format!(
-        "job {id} {what}; only a queued, starting, running or backing-off job can be paused"
-    ))
 }

@@ -37,6 +37,8 @@ pub fn job_json(job: &pb::Job) -> Value {
         "restarts_exhausted": job.restarts_exhausted,
         "metrics": job.metrics,
         "rollbacks": job.rollbacks,
+        "executor": job.executor,
+        "slurm_job_id": job.slurm_job_id,
     })
 }
 
@@ -127,5 +129,6 @@ pub fn reason_word(reason: pb::Reason) -> &'static str {
         pb::Reason::RestartsExhausted => "restarts_exhausted",
         pb::Reason::Shutdown => "shutdown",
         pb::Reason::Diverged => "diverged",
+        pb::Reason::AllocationEnded => "allocation_ended",
     }
 }

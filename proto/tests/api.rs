@@ -65,6 +65,7 @@ fn the_json_socket_takes_every_submit_field_of_the_proto() {
             "double" => serde_json::json!(2.5),
             "uint32" | "int32" => serde_json::json!(1),
             "uint64" => serde_json::json!(1000),
+            ".trainerd.v1.SlurmOptions" => serde_json::json!({"partition": "gpu", "nodes": 2, "args": ["--qos=high"]}),
             other => panic!("the test does not know how to write a {other} ({name}); teach it"),
         };
         object.insert(name.clone(), value);
@@ -74,6 +75,8 @@ fn the_json_socket_takes_every_submit_field_of_the_proto() {
             .unwrap_or_else(|e| panic!("the JSON form of SubmitJobRequest refuses a field of the proto: {e}"));
     assert_eq!(request.env, [trainerd_proto::v1::EnvVar { name: "A".into(), value: "1".into() }]);
     assert_eq!((request.backoff_max_ms, request.checkpoint_marker.as_str()), (Some(1000), "x"));
+    let slurm = request.slurm.expect("the Slurm options");
+    assert_eq!((slurm.partition.as_str(), slurm.nodes, slurm.args), ("gpu", 2, vec!["--qos=high".to_string()]));
     object.insert("colour".into(), "red".into());
     let refused = serde_json::from_value::<trainerd_proto::v1::SubmitJobRequest>(serde_json::Value::Object(object));
     assert!(refused.unwrap_err().to_string().contains("unknown field `colour`"));

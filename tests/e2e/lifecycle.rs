@@ -98,7 +98,7 @@ async fn removal_and_retention_delete_finished_jobs_only_by_count_and_by_age_acr
     let mut client = daemon.client().await;
     let mut finished = Vec::new();
     for name in ["first", "second", "third", "fourth"] {
-        let job = submit(&mut client, fake_job(name, &[("FAKE_STEPS", "3")])).await;
+        let job = submit(&mut client, fake_job(name, &[("FAKE_STEPS", "3"), ("FAKE_CHECKPOINT_EVERY", "1")])).await;
         watch_until(&mut client, &job.id, LIMIT, ended).await;
         finished.push(job.id);
     }
@@ -112,9 +112,15 @@ async fn removal_and_retention_delete_finished_jobs_only_by_count_and_by_age_acr
     let df = trainctl(&daemon, &["--json", "df"]);
     let usage: serde_json::Value = serde_json::from_slice(&df.stdout).expect("df --json");
     assert!(usage["total_bytes"].as_u64().unwrap() > 0 && usage["jobs"].as_array().unwrap().len() == 5, "{usage}");
-    let out = trainctl(&daemon, &["rm", &finished[0]]);
+    let out = trainctl(&daemon, &["--json", "rm", "--keep-final-checkpoint", &finished[0]]);
     assert!(out.status.success(), "{out:?}");
     assert!(!daemon.job_dir(&finished[0]).exists(), "the job directory went with it");
+    let removed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("rm --json");
+    let kept = removed["removed"][0]["kept_checkpoint"].as_str().expect("the final checkpoint was kept");
+    assert!(
+        kept.starts_with(&daemon.state_dir().join("kept").display().to_string()) && std::path::Path::new(kept).exists(),
+        "{removed}"
+    );
     let mut left: Vec<&str> = finished[1..].iter().map(String::as_str).collect();
     left.push(&running.id);
     until_listed(&mut client, &left).await;

@@ -54,6 +54,56 @@ pub fn routes(api: Arc<Api>, health: &Health) -> Result<tonic::service::Routes, 
         .add_service(InterceptedService::new(reflection().build_v1alpha()?, gate)))
 }
 
+/// Why a gRPC listener could not serve.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build server reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the TLS certificate or key is not usable: {0}")]
+    Tls(tonic::transport::Error),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves every route on the unix socket until `stop` resolves.
+pub async fn serve_unix(
+    api: Arc<Api>,
+    health: &Health,
+    listener: tokio::net::UnixListener,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), ServeError> {
+    tonic::transport::Server::builder()
+        .add_routes(routes(api, health)?)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), stop)
+        .await?;
+    Ok(())
+}
+
+/// Serves every route on TCP (with TLS when `tls` is given) until `stop` resolves, in a task of its
+/// own; an error after the start is logged.
+pub fn serve_tcp(
+    api: Arc<Api>,
+    health: &Health,
+    listener: tokio::net::TcpListener,
+    tls: Option<&crate::config::Tls>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        let identity = tonic::transport::Identity::from_pem(&tls.cert, &tls.key);
+        builder =
+            builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).map_err(ServeError::Tls)?;
+    }
+    let router = builder.add_routes(routes(api, health)?);
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
+            tracing::error!("the TCP gRPC server failed: {e}");
+        }
+    });
+    Ok(())
+}
+
 /// The standard health service's state: NOT_SERVING until trainerd has restored and reconciled its
 /// jobs, SERVING until it begins to shut down, NOT_SERVING again from then on. Reported for the
 /// server as a whole (service name "") and for `trainerd.v1.Trainerd`.
@@ -94,7 +144,7 @@ const TRAINERD_SERVICE: &str = <TrainerdServer<GrpcService> as tonic::server::Na
 /// The interceptor that runs the access check and leaves the [`Caller`] in the request's extensions.
 #[derive(Clone)]
 pub struct Gate {
-    shared: Arc<crate::supervisor::Shared>,
+    shared: Arc<crate::shared::Shared>,
     socket: String,
 }
 

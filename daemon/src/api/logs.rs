@@ -6,7 +6,6 @@
 
 use super::{Api, ApiError};
 use crate::hub::ends_watch;
-use crate::job::JobPaths;
 use notify::{EventKind, RecursiveMode, Watcher};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -21,7 +20,8 @@ impl Api {
     /// Starts streaming a job's logs; the receiver ends when the logs do (or at once without follow).
     pub fn logs(self: &Arc<Self>, id: &str, follow: bool, tail: u64) -> Result<mpsc::Receiver<pb::LogChunk>, ApiError> {
         let id = self.resolve(id)?;
-        let paths = JobPaths::new(&self.config().state_dir, id);
+        let slurm = self.store.get(id).ok().flatten().is_some_and(|r| r.spec.more.slurm.is_some());
+        let paths = self.config().job_paths(id, slurm);
         let tail = if tail == 0 { DEFAULT_TAIL } else { tail };
         // A queued job has no directory yet; make it, so following can watch it from the start.
         std::fs::create_dir_all(&paths.dir)

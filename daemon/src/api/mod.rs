@@ -9,8 +9,10 @@ mod logs;
 use crate::access::Caller;
 use crate::config::DaemonConfig;
 use crate::hub::{ends_watch, job_view, Hub, LiveFacts};
+use crate::refusal::Refusal;
 use crate::store::records::{
-    DivergenceRule, JobId, JobRecord, JobSpec, OnDivergence, OnFailure, Protocol, RestartPolicy, SpecMore, Timeouts,
+    DivergenceRule, JobId, JobRecord, JobSpec, OnDivergence, OnFailure, Protocol, RestartPolicy, SlurmSpec, SpecMore,
+    Timeouts,
 };
 use crate::store::{Store, StoreError};
 use crate::supervisor::SupervisorMsg;
@@ -61,6 +63,17 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotFound(message) => ApiError::NotFound(message),
+            Refusal::NotNow(message) => ApiError::FailedPrecondition(message),
+            Refusal::Store(e) => ApiError::from(e),
+            Refusal::Internal(message) => ApiError::Internal(message),
+        }
+    }
+}
+
 fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
     ApiError::InvalidArgument { field, message: message.into() }
 }
@@ -70,7 +83,7 @@ pub struct Api {
     pub store: Arc<Store>,
     pub hub: Arc<Hub>,
     pub supervisor: ActorRef<SupervisorMsg>,
-    pub shared: Arc<crate::supervisor::Shared>,
+    pub shared: Arc<crate::shared::Shared>,
     pub started: Instant,
 }
 
@@ -261,6 +274,7 @@ impl Api {
             v => Ok(v.unwrap_or(default)),
         };
         let divergence = self.divergence_rule(&req)?;
+        let slurm = self.slurm_spec(&req)?;
         Ok(JobSpec {
             name,
             command: std::iter::once(resolved.display().to_string()).chain(req.command[1..].iter().cloned()).collect(),
@@ -295,6 +309,7 @@ impl Api {
             progress_regex,
             resume_rule,
             more: SpecMore {
+                slurm,
                 divergence,
                 progress_timeout_ms: match req.progress_timeout_ms {
                     Some(0) => None,
@@ -309,6 +324,60 @@ impl Api {
                 },
             },
         })
+    }
+
+    /// What a submission asks Slurm for, when its attempts run under Slurm (its `executor`, else the
+    /// daemon's), with the daemon's Slurm defaults filled in; checked.
+    fn slurm_spec(&self, req: &pb::SubmitJobRequest) -> Result<Option<SlurmSpec>, ApiError> {
+        let config = self.config();
+        let slurm = match req.executor.as_deref() {
+            None | Some("") => config.default_slurm,
+            Some("local") => false,
+            Some("slurm") => true,
+            Some(other) => return Err(invalid("executor", format!("{other:?}: use local or slurm"))),
+        };
+        let given = req.slurm.clone().unwrap_or_default();
+        if !slurm {
+            if given != pb::SlurmOptions::default() {
+                return Err(invalid("slurm", "Slurm options need the slurm executor: add --executor slurm"));
+            }
+            return Ok(None);
+        }
+        if given.nodes > 10_000 || given.tasks_per_node > 1_024 || given.gpus_per_node > 64 {
+            return Err(invalid(
+                "slurm",
+                "nodes (at most 10000), tasks per node (1024) or GPUs per node (64) out of range",
+            ));
+        }
+        if req.gpus > 0 {
+            return Err(invalid("gpus", "a Slurm job asks Slurm for its GPUs: use --gpus-per-node, not --gpus"));
+        }
+        for arg in &given.args {
+            if !arg.starts_with("--") || arg.contains('\n') {
+                return Err(invalid("slurm.args", format!("{arg:?}: give sbatch options as --name=value")));
+            }
+        }
+        let word = |given: &str, default: &str| if given.is_empty() { default.to_string() } else { given.to_string() };
+        Ok(Some(SlurmSpec {
+            partition: word(&given.partition, &config.slurm.partition),
+            account: word(&given.account, &config.slurm.account),
+            nodes: given.nodes.max(1),
+            tasks_per_node: given.tasks_per_node.max(1),
+            gpus_per_node: given.gpus_per_node,
+            time_minutes: given.time_minutes,
+            signal_margin_s: match (given.time_minutes, given.signal_margin_s) {
+                (0, _) => 0,
+                (_, 0) => 60,
+                (minutes, margin) if u64::from(margin) >= u64::from(minutes) * 60 => {
+                    return Err(invalid(
+                        "slurm.signal_margin_s",
+                        format!("{margin} s is not less than the time limit ({minutes} min)"),
+                    ))
+                }
+                (_, margin) => margin,
+            },
+            args: given.args,
+        }))
     }
 
     /// The divergence guard a submission asks for (or the daemon's default), checked.
@@ -502,6 +571,7 @@ impl Api {
             .await
             .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
             .success_or_unavailable()?
+            .map_err(ApiError::from)
     }
 
     /// Pauses a job at its next epoch boundary (a queued job is held); answers at once.
@@ -513,6 +583,7 @@ impl Api {
             .await
             .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
             .success_or_unavailable()?
+            .map_err(ApiError::from)
     }
 
     /// Queues a paused job again, to resume from its pause checkpoint.
@@ -540,6 +611,7 @@ impl Api {
             .await
             .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
             .success_or_unavailable()?
+            .map_err(ApiError::from)
     }
 
     /// Queues a failed or cancelled job again from its latest checkpoint (see `RetryJob`).
@@ -556,6 +628,7 @@ impl Api {
             .await
             .map_err(|e| ApiError::Unavailable(format!("the supervisor did not answer: {e}")))?
             .success_or_unavailable()?
+            .map_err(ApiError::from)
     }
 
     /// Removes finished jobs; each named job is checked before any is touched, so a request naming
@@ -603,12 +676,13 @@ impl Api {
     /// The disk each job's directory uses, largest first.
     pub async fn disk_usage(&self) -> Result<pb::DiskUsageResponse, ApiError> {
         let records: Vec<JobRecord> = self.store.records().collect::<Result<_, _>>()?;
-        let state_dir = self.config().state_dir.clone();
+        let config = self.config();
         tokio::task::spawn_blocking(move || {
             let mut jobs: Vec<pb::JobDiskUsage> = records
                 .iter()
                 .map(|r| {
-                    let (bytes, at_least) = crate::removal::disk_use(&crate::job::JobPaths::new(&state_dir, r.id).dir);
+                    let (bytes, at_least) =
+                        crate::removal::disk_use(&config.job_paths(r.id, r.spec.more.slurm.is_some()).dir);
                     pb::JobDiskUsage {
                         id: r.id.to_string(),
                         name: r.spec.name.clone(),
@@ -620,7 +694,7 @@ impl Api {
                 .collect();
             jobs.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.id.cmp(&b.id)));
             let total_bytes = jobs.iter().map(|j| j.bytes).sum();
-            let free = crate::disk::free_bytes(&state_dir).unwrap_or(0);
+            let free = crate::disk::free_bytes(&config.state_dir).unwrap_or(0);
             pb::DiskUsageResponse { jobs, total_bytes, state_dir_free_bytes: free }
         })
         .await

@@ -18,19 +18,18 @@
 //! memory (`ended`), as are the messages whose handling needs a write (`held`), and both are handled
 //! again once the Supervisor says the store is writable.
 
+use super::executor::{self, Adopted, Delivered, End, Running};
 use super::hooks::{self, Hooks};
-use super::shim::{self, Found, Identity, Waiter};
-use super::{cap_log, read_progress_bounded, spawn, JobPaths, Launch, ReadError};
-use crate::api::ApiError;
+use super::{cap_log, read_progress_bounded, JobPaths, Launch, ReadError};
 use crate::blocking::{Lane, FILE_DEADLINE};
 use crate::config::ShutdownPolicy;
 use crate::hub::{job_view, LiveFacts};
 use crate::policy::{self, AttemptEnd, Decision, History, StopCause};
-use crate::process;
+use crate::refusal::{not_pausable, Refusal};
+use crate::shared::Shared;
 use crate::store::records::Protocol;
-use crate::store::records::{Attempt, ExitStatus, JobId, JobRecord};
+use crate::store::records::{Attempt, AttemptMore, ExitStatus, JobId, JobRecord};
 use crate::store::StoreError;
-use crate::supervisor::{Shared, SupervisorMsg};
 use crate::untrusted;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::path::PathBuf;
@@ -48,7 +47,8 @@ pub enum JobMsg {
     /// Start an attempt: the job was admitted, or its backoff ended.
     Start,
     /// Attempt `attempt`'s process ended; `None` when its end could not be observed (lost).
-    Exited { attempt: u32, status: Option<ExitStatus>, at: Option<Instant> },
+    /// `allocation_ended`: its executor took the allocation back (see `policy`).
+    Exited { attempt: u32, status: Option<ExitStatus>, allocation_ended: bool, at: Option<Instant> },
     /// The job directory saw a new progress file.
     ProgressChanged,
     /// A heartbeat deadline may have passed (stale generations are ignored).
@@ -58,9 +58,9 @@ pub enum JobMsg {
     /// The backoff is over (stale generations are ignored).
     BackoffOver { generation: u64 },
     /// A user cancels the job; the reply comes once no process of the job is left.
-    Cancel { by: String, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
+    Cancel { by: String, reply: RpcReplyPort<Result<pb::Job, Refusal>> },
     /// A user pauses the job; the reply comes at once (PAUSING, or PAUSED when nothing runs).
-    Pause { by: String, reply: RpcReplyPort<Result<pb::Job, ApiError>> },
+    Pause { by: String, reply: RpcReplyPort<Result<pb::Job, Refusal>> },
     /// The pause of attempt `attempt` took longer than `pause_timeout`.
     PauseTimeout { attempt: u32 },
     /// Reconciliation: check the record against the process and the progress file, fix what
@@ -74,6 +74,9 @@ pub enum JobMsg {
     OutputChanged,
     /// Time to look at the logs' sizes (their caps); stale generations are ignored.
     CheckLogs { generation: u64 },
+    /// Time to read attempt `attempt`'s progress file and its executor's word on a timer (executors
+    /// whose trainers write where inotify does not see).
+    Poll { attempt: u32 },
 }
 
 impl JobMsg {
@@ -88,8 +91,35 @@ impl JobMsg {
             JobMsg::Shutdown { policy } => JobMsg::Shutdown { policy: *policy },
             JobMsg::Kill { attempt } => JobMsg::Kill { attempt: *attempt },
             JobMsg::OutputChanged => JobMsg::OutputChanged,
+            JobMsg::Poll { attempt } => JobMsg::Poll { attempt: *attempt },
             _ => return None,
         })
+    }
+}
+
+/// What a JobActor tells its parent.
+pub enum Report {
+    /// Attempt `attempt` of job `id` ended (see [`JobMsg::Exited`]); routed back to the job's actor
+    /// through the parent, which holds it while a failed actor is re-created.
+    Exited { id: JobId, attempt: u32, status: Option<ExitStatus>, allocation_ended: bool, at: Instant },
+    /// Job `id` no longer needs its actor (finished, paused, queued again): its slot is free.
+    Released { id: JobId },
+}
+
+/// How a JobActor reaches its parent without knowing what the parent is: the Supervisor makes one
+/// that turns each report into its own message.
+#[derive(Clone)]
+pub struct Parent(Arc<dyn Fn(Report) + Send + Sync>);
+
+impl Parent {
+    /// A parent that receives reports through `send`.
+    pub fn new(send: impl Fn(Report) + Send + Sync + 'static) -> Parent {
+        Parent(Arc::new(send))
+    }
+
+    /// Tells the parent.
+    pub fn send(&self, report: Report) {
+        (self.0)(report)
     }
 }
 
@@ -115,7 +145,8 @@ pub enum Mode {
 pub struct JobArgs {
     pub id: JobId,
     pub shared: Arc<Shared>,
-    pub supervisor: ActorRef<SupervisorMsg>,
+    /// Where the actor's reports go (the Supervisor, which the actor does not know).
+    pub parent: Parent,
     pub mode: Mode,
     /// The GPUs the Supervisor assigned (CUDA_VISIBLE_DEVICES).
     pub gpus: Vec<u32>,
@@ -128,14 +159,12 @@ pub struct JobActor;
 pub struct State {
     id: JobId,
     shared: Arc<Shared>,
-    supervisor: ActorRef<SupervisorMsg>,
+    parent: Parent,
     paths: JobPaths,
     record: JobRecord,
     live: LiveFacts,
-    /// The process group of the running attempt (the trainer's pid).
-    pgid: Option<u32>,
-    /// The running attempt's shim, when known.
-    identity: Option<Identity>,
+    /// The running attempt, as its executor knows it (a local shim and trainer, or a Slurm job).
+    running: Option<Running>,
     /// An attempt is in flight: its end has not been handled yet.
     awaiting_exit: bool,
     /// Adoption could not tell whether the shim lives (a /proc or pidfd error): reconciliation retries.
@@ -152,7 +181,7 @@ pub struct State {
     diverged_at: Option<u64>,
     stop_cause: Option<StopCause>,
     cancelled_by: Option<String>,
-    cancel_replies: Vec<RpcReplyPort<Result<pb::Job, ApiError>>>,
+    cancel_replies: Vec<RpcReplyPort<Result<pb::Job, Refusal>>>,
     tick_generation: u64,
     backoff_generation: u64,
     last_invalid: Option<String>,
@@ -176,6 +205,8 @@ pub struct State {
     ended: Option<(Option<ExitStatus>, Option<Instant>)>,
     /// Messages whose handling needed a store write that failed; handled again on `StoreWritable`.
     held: Vec<JobMsg>,
+    /// The attempt's executor took its allocation back (see `policy`).
+    allocation_ended: bool,
     /// The last checkpoint path refused (it is reported once, not at every progress write).
     refused_checkpoint: Option<PathBuf>,
     hooks: Hooks,
@@ -206,11 +237,11 @@ const MIN_SCAN: Duration = Duration::from_millis(200);
 
 /// An actor error as the answer to a user's request: a cancel or pause that could not be recorded is
 /// not carried out, and the user is told why.
-fn answer(e: &ActorProcessingErr) -> ApiError {
+fn answer(e: &ActorProcessingErr) -> Refusal {
     match e.downcast_ref::<StoreError>() {
-        Some(StoreError::Unavailable { cause }) => ApiError::from(StoreError::Unavailable { cause: cause.clone() }),
-        Some(store) if store.is_unavailable() => ApiError::from(StoreError::Unavailable { cause: store.to_string() }),
-        _ => ApiError::Internal(e.to_string()),
+        Some(StoreError::Unavailable { cause }) => Refusal::Store(StoreError::Unavailable { cause: cause.clone() }),
+        Some(store) if store.is_unavailable() => Refusal::Store(StoreError::Unavailable { cause: store.to_string() }),
+        _ => Refusal::Internal(e.to_string()),
     }
 }
 
@@ -231,7 +262,7 @@ impl Actor for JobActor {
 
     async fn pre_start(&self, myself: ActorRef<JobMsg>, args: JobArgs) -> Result<State, ActorProcessingErr> {
         let record = args.shared.store.get(args.id)?.ok_or_else(|| format!("job {} is not in the store", args.id))?;
-        let paths = JobPaths::new(&args.shared.config().state_dir, args.id);
+        let paths = args.shared.config().job_paths(args.id, record.spec.more.slurm.is_some());
         std::fs::create_dir_all(&paths.trainer)?;
         let me = myself.clone();
         let progress_pending = Arc::new(AtomicBool::new(false));
@@ -271,12 +302,11 @@ impl Actor for JobActor {
         let mut state = State {
             id: args.id,
             shared: args.shared,
-            supervisor: args.supervisor,
+            parent: args.parent,
             paths,
             record,
             live: LiveFacts { gpus: args.gpus, ..LiveFacts::default() },
-            pgid: None,
-            identity: None,
+            running: None,
             awaiting_exit: false,
             unadopted: false,
             attempt_started: Instant::now(),
@@ -300,6 +330,7 @@ impl Actor for JobActor {
             lane: Lane::default(),
             ended: None,
             held: Vec::new(),
+            allocation_ended: false,
             refused_checkpoint: None,
             hooks,
             last_output: None,
@@ -357,21 +388,16 @@ impl State {
             JobMsg::Tick { .. } => {}
             JobMsg::Kill { attempt } => {
                 if state.current_attempt() == attempt && state.ended.is_none() {
-                    if let Some(pgid) = state.pgid {
-                        state.event("killed", format!("stop grace over: SIGKILL to process group {pgid}"));
-                        process::signal_group(pgid, libc::SIGKILL)?;
-                        // Workers a launcher started in sessions of their own (torchrun's).
-                        if let Some(shim) = state.identity.as_ref().map(|i| i.shim_pid) {
-                            if let Err(e) = process::kill_descendants(shim) {
-                                tracing::warn!(job = %state.id, "cannot list the job's processes: {e}");
-                            }
-                        }
+                    if let Some(running) = state.running.as_ref().filter(|r| r.started()) {
+                        let what = running.kill()?;
+                        state.event("killed", what);
                     }
                 }
             }
-            JobMsg::Exited { attempt, status, at }
+            JobMsg::Exited { attempt, status, allocation_ended, at }
                 if attempt == state.current_attempt() && state.awaiting_exit && state.ended.is_none() =>
             {
+                state.allocation_ended = allocation_ended;
                 state.ended = Some((status, at));
                 state.record_end(&myself).await?
             }
@@ -434,8 +460,60 @@ impl State {
                 }
             }
             JobMsg::CheckLogs { .. } => {}
+            JobMsg::Poll { attempt } => {
+                if attempt == state.current_attempt() && state.awaiting_exit && state.ended.is_none() {
+                    state.poll(&myself).await?;
+                    state.arm_poll(&myself);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The timer's look at an attempt its executor runs elsewhere: what it still waits for (a Slurm
+    /// job pending in Slurm's queue), its start (the startup grace counts from when the executor
+    /// started the trainer, not from the submission), and its progress file.
+    async fn poll(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
+        if self.live.waiting_for.is_some() {
+            match self.running.as_ref().and_then(Running::waiting_for) {
+                None => self.executor_started(myself, "its executor started it")?,
+                Some(waiting) if Some(&waiting) != self.live.waiting_for.as_ref() => {
+                    self.live.waiting_for = Some(waiting);
+                    self.publish("state");
+                }
+                Some(_) => {}
+            }
+        }
+        self.progress_changed(myself).await
+    }
+
+    /// The executor started the trainer (it said so, or the trainer's first progress shows it): the
+    /// attempt no longer waits, and its stall clock starts now. Once per attempt.
+    fn executor_started(&mut self, myself: &ActorRef<JobMsg>, how: &str) -> Result<(), ActorProcessingErr> {
+        if self.live.waiting_for.take().is_none() {
+            return Ok(());
+        }
+        self.attempt_started = Instant::now();
+        self.event("executor_started", format!("attempt {} started: {how}", self.current_attempt()));
+        self.running_once_started()?;
+        self.rearm(myself, Instant::now());
+        self.publish("state");
+        Ok(())
+    }
+
+    /// Protocol auto and none: RUNNING once the trainer starts (an unchanged script never heartbeats).
+    fn running_once_started(&mut self) -> Result<(), ActorProcessingErr> {
+        if self.record.spec.protocol == Protocol::V1 || self.record.state() != JobState::Starting {
+            return Ok(());
+        }
+        let message = format!("started (protocol {}: running once started)", self.record.spec.protocol.word());
+        match self.transition(JobState::Running, Reason::Unspecified, &message, |_| {}) {
+            Err(e) if store_unavailable(&e) => {
+                tracing::warn!(job = %self.id, "RUNNING not recorded yet: {e}");
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// The next look at the logs' sizes, `logs_every` from now.
@@ -597,6 +675,11 @@ impl State {
         myself.send_after(STORE_RETRY, || JobMsg::StoreWritable);
     }
 
+    /// Whether the attempt's trainer was started (and its end not yet recorded).
+    fn started(&self) -> bool {
+        self.running.as_ref().is_some_and(Running::started)
+    }
+
     fn current_attempt(&self) -> u32 {
         self.record.attempts.last().map(|a| a.number).unwrap_or(0)
     }
@@ -712,6 +795,9 @@ impl State {
             _ => Vec::new(),
         };
         let now = unix_now();
+        // Written with the transition, before the executor acts: a Slurm job's name, so a trainerd
+        // that dies before it learns the Slurm id finds the job instead of submitting a second one.
+        let intent = executor::intent(&self.record.spec, self.id, number);
         let resumed_from = match &by_rule {
             Some(found) => found.clone(),
             None => resume.clone(),
@@ -763,6 +849,7 @@ impl State {
                 resumed_step,
                 first_step: None,
                 resume_ignored: false,
+                more: AttemptMore { handle: intent.clone() },
             });
         })?;
         let launch = Launch {
@@ -777,6 +864,7 @@ impl State {
             shim: &self.shared.config().shim,
             run_as: self.record.run_as,
             rollbacks: self.record.rollbacks(),
+            abort_after_submit: self.hooks.abort_after_sbatch == Some(number) && hooks::once(&self.paths.dir, "abort"),
         };
         let paths = self.paths.clone();
         let reclaimed = self
@@ -795,7 +883,8 @@ impl State {
                 [&self.paths.stdout, &self.paths.stderr],
             ))))
         });
-        let started = match spawn(&self.record.spec, &launch).await {
+        let ctx = executor::Context { slurm: &self.shared.slurm };
+        let started = match executor::start(ctx, &self.record.spec, &launch).await {
             Ok(started) => {
                 self.shared.metrics.starts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 started
@@ -810,12 +899,16 @@ impl State {
                 });
             }
         };
-        let identity = started.identity;
-        self.record_pids(&identity);
-        self.pgid = identity.trainer_pid;
-        self.identity = Some(identity);
+        let executor::Started { running, end } = started;
+        self.record_handle(&running);
+        self.live = LiveFacts {
+            pid: running.pid(),
+            gpus: std::mem::take(&mut self.live.gpus),
+            waiting_for: running.waiting_for(),
+            ..LiveFacts::default()
+        };
+        self.running = Some(running);
         self.awaiting_exit = true;
-        self.live = LiveFacts { pid: self.pgid, gpus: std::mem::take(&mut self.live.gpus), ..LiveFacts::default() };
         self.attempt_started = Instant::now();
         self.last_beat = None;
         self.last_advance = None;
@@ -825,14 +918,10 @@ impl State {
         self.file_progress = false;
         self.first_step_noted = false;
         self.last_invalid = None;
-        self.watch_exit(Waiter::Child(Box::new((started.shim, started.report))), number);
-        if self.record.spec.protocol != Protocol::V1 {
-            // Not waiting for a heartbeat that an unchanged script never sends: running once started.
-            let message = format!("started (protocol {}: running once started)", self.record.spec.protocol.word());
-            match self.transition(JobState::Running, Reason::Unspecified, &message, |_| {}) {
-                Err(e) if store_unavailable(&e) => tracing::warn!(job = %self.id, "RUNNING not recorded yet: {e}"),
-                other => other?,
-            }
+        self.watch_exit(end, number);
+        self.arm_poll(myself);
+        if self.live.waiting_for.is_none() {
+            self.running_once_started()?;
         }
         self.arm_logs(myself);
         self.rearm(myself, Instant::now());
@@ -849,104 +938,103 @@ impl State {
         }
     }
 
-    /// Stores the trainer's pid and start time in the attempt (for clients, and to identify it later).
-    /// Not fatal when the store cannot write: `shim.json` names the trainer too.
-    fn record_pids(&mut self, identity: &Identity) {
+    /// Stores the attempt's handle (its shim, or its Slurm id) and the trainer's pid and start time in
+    /// the attempt, to find it again and for clients. Not fatal when the store cannot write: the shim's
+    /// `shim.json` names a local attempt, and a Slurm job is found again by its name.
+    fn record_handle(&mut self, running: &Running) {
         let Some(attempt) = self.record.attempts.last() else { return };
-        if attempt.pid == identity.trainer_pid && attempt.pid_start_ticks == identity.trainer_start_ticks {
+        let handle = running.handle();
+        let trainer = match running {
+            Running::Local(l) => l.shim.map(|i| (i.trainer_pid, i.trainer_start_ticks)),
+            Running::Slurm(_) => None,
+        };
+        let (pid, ticks) = trainer.unwrap_or((attempt.pid, attempt.pid_start_ticks));
+        if attempt.pid == pid && attempt.pid_start_ticks == ticks && (handle.is_none() || attempt.more.handle == handle)
+        {
             return;
         }
-        let (pid, ticks) = (identity.trainer_pid, identity.trainer_start_ticks);
         let updated = self.shared.store.update(self.id, |r| {
             if let Some(a) = r.attempts.last_mut() {
                 a.pid = pid;
                 a.pid_start_ticks = ticks;
+                if handle.is_some() {
+                    a.more.handle = handle.clone();
+                }
             }
         });
         match updated {
             Ok(record) => self.record = record,
-            Err(e) => tracing::warn!(job = %self.id, "the trainer's pid is not recorded: {e}"),
+            Err(e) => tracing::warn!(job = %self.id, "the attempt's handle is not recorded: {e}"),
         }
     }
 
-    /// A task that waits for the shim's end and reports the attempt's exit record, or what the shim
-    /// said on its pipe when it could not write one (None: neither, so the end was not observed).
-    fn watch_exit(&self, waiter: Waiter, attempt: u32) {
-        let (id, supervisor, dir) = (self.id, self.supervisor.clone(), self.paths.dir.clone());
+    /// Reads the progress file on a timer, for executors whose trainers write it where inotify does
+    /// not see (another node of a network file system); also shows what the attempt waits for.
+    fn arm_poll(&self, myself: &ActorRef<JobMsg>) {
+        if let Some(every) = self.running.as_ref().and_then(Running::poll_progress) {
+            let attempt = self.current_attempt();
+            myself.send_after(every, move || JobMsg::Poll { attempt });
+        }
+    }
+
+    /// A task that waits for the attempt's end and reports it to the Supervisor, which routes it to
+    /// this job's actor (re-created, if need be).
+    fn watch_exit(&self, end: End, attempt: u32) {
+        let (id, parent) = (self.id, self.parent.clone());
         let ignore = self.hooks.ignore_shim_exit == Some(attempt);
+        let store = self.shared.store.clone();
         tokio::spawn(async move {
-            let said = match waiter.wait().await {
-                Ok(said) => said,
-                Err(e) => {
-                    tracing::error!(job = %id, "cannot wait for the shim of attempt {attempt}: {e}");
-                    None
-                }
-            };
+            let ended = end.wait().await;
             let at = Instant::now();
-            let recorded = crate::blocking::run("reading the exit record", FILE_DEADLINE, move || {
-                shim::read_exit(&dir, attempt).map(|e| e.status())
-            })
-            .await
-            .ok()
-            .flatten();
-            let status = recorded.or(said);
-            match (recorded, said) {
-                (None, Some(_)) => {
-                    tracing::warn!(job = %id, "the shim of attempt {attempt} wrote no exit record; its pipe said how the trainer ended")
+            if let Some(note) = ended.note {
+                tracing::info!(job = %id, "{note}");
+                let event = crate::store::records::Event { at: unix_now(), kind: "executor".into(), message: note };
+                if let Err(e) = store.append_event(id, &event) {
+                    tracing::error!(job = %id, "cannot record event: {e}");
                 }
-                (None, None) => tracing::warn!(job = %id, "the shim of attempt {attempt} ended without an exit record"),
-                _ => {}
             }
             if ignore {
                 tracing::warn!(job = %id, "test hook: the end of attempt {attempt} is not reported");
                 return;
             }
-            let _ = supervisor.cast(SupervisorMsg::Exited { id, attempt, status, at });
+            parent.send(Report::Exited {
+                id,
+                attempt,
+                status: ended.status,
+                allocation_ended: ended.allocation_ended,
+                at,
+            });
         });
     }
 
-    /// Mode::Restored: adopt the attempt's shim if it still runs (pid and start time), else resolve
-    /// the attempt from the exit record it left, else as `lost` (stopping a trainer left orphaned).
-    /// `recreated`: this trainerd started the attempt, and a previous actor of the job failed.
+    /// Mode::Restored: adopt the attempt if it still runs (a local shim by pid and start time, a Slurm
+    /// job by its id or name), else resolve it from the exit record it left, else as `lost` (stopping
+    /// a trainer left orphaned). `recreated`: this trainerd started the attempt, and a previous actor of
+    /// the job failed.
     async fn restore(&mut self, myself: &ActorRef<JobMsg>, recreated: bool) -> Result<(), ActorProcessingErr> {
         let Some(attempt) = self.record.attempts.last().cloned() else {
             // A process state with no attempt cannot be produced by this trainerd; resolve it as lost.
             self.awaiting_exit = true;
-            myself.cast(JobMsg::Exited { attempt: 0, status: None, at: None })?;
+            myself.cast(JobMsg::Exited { attempt: 0, status: None, allocation_ended: false, at: None })?;
             return Ok(());
         };
         self.awaiting_exit = true;
         self.unadopted = false;
         self.attempt_started = instant_at(attempt.started_at);
-        let identity = shim::read_identity(&self.paths.dir, attempt.number);
-        let trainer = identity
-            .and_then(|i| i.trainer_pid.zip(i.trainer_start_ticks))
-            .or(attempt.pid.zip(attempt.pid_start_ticks));
-        self.pgid = trainer.map(|(pid, _)| pid);
-        match identity.map(|i| (i, shim::adopt(&i))) {
-            Some((identity, Found::Alive(waiter))) => {
-                self.record_pids(&identity);
-                self.identity = Some(identity);
-                self.live.pid = self.pgid;
-                self.watch_exit(waiter, attempt.number);
-                let trainer = self.pgid.map_or("not started yet".into(), |p| p.to_string());
+        let ctx = executor::Context { slurm: &self.shared.slurm };
+        match executor::adopt(ctx, &self.paths, &attempt).await {
+            Adopted::Alive { running, end, what } => {
+                self.record_handle(&running);
+                self.live.pid = running.pid();
+                self.live.waiting_for = running.waiting_for();
+                self.running = Some(running);
+                self.watch_exit(end, attempt.number);
+                self.arm_poll(myself);
                 if recreated {
-                    self.event(
-                        "reattached",
-                        format!(
-                            "attempt {} still runs (shim {}, trainer {trainer})",
-                            attempt.number, identity.shim_pid
-                        ),
-                    );
+                    self.event("reattached", format!("attempt {} still runs ({what})", attempt.number));
                 } else {
                     self.shared.metrics.adopted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.event(
-                        "adopted",
-                        format!(
-                            "re-adopted attempt {} (shim {}, trainer {trainer})",
-                            attempt.number, identity.shim_pid
-                        ),
-                    );
+                    self.event("adopted", format!("re-adopted attempt {} ({what})", attempt.number));
                 }
                 self.resume_clock().await;
                 match self.record.state() {
@@ -981,14 +1069,13 @@ impl State {
                 self.arm_tick(myself, ms(1));
                 self.arm_logs(myself);
             }
-            Some((_, Found::Unknown(e))) => {
+            Adopted::Unknown(e) => {
                 // Not known to be dead is not dead: keep the record as it is and try again later.
                 self.unadopted = true;
-                self.event("adopt_unknown", format!("cannot tell whether attempt {}'s shim runs: {e}", attempt.number));
+                self.event("adopt_unknown", format!("cannot tell whether attempt {} runs: {e}", attempt.number));
             }
-            Some((_, Found::Gone)) | None => match self.read_exit(attempt.number).await {
+            Adopted::Gone { orphan } => match self.read_exit(&attempt).await {
                 Some(exit) => {
-                    self.pgid = None;
                     let unseen = if recreated {
                         "before this job's actor could handle it"
                     } else {
@@ -996,34 +1083,47 @@ impl State {
                     };
                     self.event(
                         "ended_unseen",
-                        format!("attempt {} ended {unseen} ({}); handled now", attempt.number, describe_status(exit)),
+                        format!(
+                            "attempt {} ended {unseen} ({}); handled now",
+                            attempt.number,
+                            describe_status(exit.status)
+                        ),
                     );
-                    myself.cast(JobMsg::Exited { attempt: attempt.number, status: Some(exit), at: None })?;
+                    myself.cast(JobMsg::Exited {
+                        attempt: attempt.number,
+                        status: Some(exit.status),
+                        allocation_ended: exit.allocation_ended,
+                        at: None,
+                    })?;
                 }
                 None => {
-                    let orphan = trainer.filter(|(pid, ticks)| shim::is_alive(*pid, *ticks) == Some(true));
-                    self.pgid = orphan.map(|(pid, _)| pid);
-                    let message = match orphan {
-                        Some((pid, _)) => format!(
+                    let message = match orphan.as_ref().and_then(Running::pid) {
+                        Some(pid) => format!(
                             "the shim of attempt {} is gone without an exit record; its trainer {pid} runs \
                              unwatched and is stopped",
                             attempt.number
                         ),
                         None => format!("attempt {} and its shim vanished without an exit record", attempt.number),
                     };
+                    self.running = orphan;
                     self.event("lost", message);
-                    myself.cast(JobMsg::Exited { attempt: attempt.number, status: None, at: None })?;
+                    myself.cast(JobMsg::Exited {
+                        attempt: attempt.number,
+                        status: None,
+                        allocation_ended: false,
+                        at: None,
+                    })?;
                 }
             },
         }
         Ok(())
     }
 
-    /// Attempt `attempt`'s exit record, read off the runtime under the file deadline.
-    async fn read_exit(&self, attempt: u32) -> Option<ExitStatus> {
-        let dir = self.paths.dir.clone();
+    /// The attempt's exit record, read off the runtime under the file deadline.
+    async fn read_exit(&self, attempt: &crate::store::records::Attempt) -> Option<executor::Exit> {
+        let (paths, attempt) = (self.paths.clone(), attempt.clone());
         self.lane
-            .run("reading the exit record", FILE_DEADLINE, move || shim::read_exit(&dir, attempt).map(|e| e.status()))
+            .run("reading the exit record", FILE_DEADLINE, move || executor::read_exit(&paths, &attempt))
             .await
             .ok()
             .flatten()
@@ -1090,6 +1190,7 @@ impl State {
         self.file_progress = true;
         let beat = self.last_beat.is_none_or(|(seq, _)| seq != progress.heartbeat_seq);
         if beat {
+            self.executor_started(myself, "its first progress arrived")?;
             let first = self.last_beat.is_none();
             self.last_beat = Some((progress.heartbeat_seq, Instant::now()));
             if first {
@@ -1277,7 +1378,8 @@ impl State {
     /// the output again before accusing the trainer: inotify events can be lost under load), stop a
     /// stalled trainer, flag a late one, and arm the next deadline.
     async fn tick(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
-        if self.pgid.is_none() || self.stop_cause.is_some() || self.ended.is_some() {
+        // A job still waiting in its executor's queue has no trainer to be late yet.
+        if !self.started() || self.stop_cause.is_some() || self.ended.is_some() || self.live.waiting_for.is_some() {
             return Ok(());
         }
         if self.record.spec.idle_timeout_ms.is_some() {
@@ -1343,27 +1445,19 @@ impl State {
         }
     }
 
-    /// SIGUSR1 to the trainer itself (not its group: a DataLoader worker would die of it).
-    /// SIGUSR1 to every process of the job that handles it: the trainer, and each rank a launcher
-    /// started (in its group or in sessions of its own); never to a launcher or helper that would
-    /// die of it (docs/trainer-protocol.md, "Multi-process jobs").
+    /// SIGUSR1 to every process of the job that handles it, through its executor (locally: the
+    /// trainer and each rank a launcher started, never a launcher or helper that would die of it;
+    /// under Slurm: the job's steps). See docs/trainer-protocol.md, "Multi-process jobs".
     fn signal_pause(&mut self, _myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
-        let Some(pid) = self.pgid else { return Ok(()) };
+        let Some(running) = self.running.as_ref().filter(|r| r.started()) else { return Ok(()) };
         self.pause_unsignalled = false;
-        let Some(shim) = self.identity.as_ref().map(|i| i.shim_pid) else {
-            // SAFETY: kill(2) on the trainer we started; its pid is ours until we reap it.
-            if unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
-                tracing::warn!(job = %self.id, "cannot send the pause signal: {}", std::io::Error::last_os_error());
-            }
-            return Ok(());
-        };
-        match process::signal_catchers(shim, libc::SIGUSR1, None) {
-            Ok(sent) if sent.is_empty() => self.event(
+        match running.pause() {
+            Ok(Delivered::Processes(sent)) if sent.is_empty() => self.event(
                 "pause_unheard",
                 "no process of the job handles SIGUSR1; the pause ends at the pause timeout, from the latest checkpoint"
                     .into(),
             ),
-            Ok(sent) if sent.len() > 1 => {
+            Ok(Delivered::Processes(sent)) if sent.len() > 1 => {
                 self.event("pause_signalled", format!("SIGUSR1 to {} processes of the job: {sent:?}", sent.len()))
             }
             Ok(_) => {}
@@ -1379,24 +1473,24 @@ impl State {
         myself.send_after(ms(self.record.spec.timeouts.pause_timeout_ms), move || JobMsg::PauseTimeout { attempt });
     }
 
-    fn pause(&mut self, myself: &ActorRef<JobMsg>, by: &str) -> Result<Result<pb::Job, ApiError>, ActorProcessingErr> {
+    fn pause(&mut self, myself: &ActorRef<JobMsg>, by: &str) -> Result<Result<pb::Job, Refusal>, ActorProcessingErr> {
         let message = format!("pause requested by {by}: the trainer stops at the end of its epoch");
-        if self.record.spec.protocol == Protocol::None && self.pgid.is_some() {
-            return Ok(Err(ApiError::FailedPrecondition(format!(
+        if self.record.spec.protocol == Protocol::None && self.started() {
+            return Ok(Err(Refusal::NotNow(format!(
                 "job {} runs with protocol none: its trainer does not pause at an epoch boundary (SIGUSR1 would kill \
                  it); cancel it, or submit it with --protocol auto and the trainer protocol",
                 self.id
             ))));
         }
         match self.record.state() {
-            JobState::Running if self.pgid.is_some() && self.last_beat.is_some() => {
+            JobState::Running if self.started() && self.last_beat.is_some() => {
                 self.transition(JobState::Pausing, Reason::Paused, &message, |_| {})?;
                 self.signal_pause(myself)?;
                 self.arm_pause_timeout(myself);
             }
             // Before its first heartbeat a trainer may not handle SIGUSR1 yet (its default action
             // kills): the signal goes at the first beat.
-            JobState::Starting | JobState::Running if self.pgid.is_some() => {
+            JobState::Starting | JobState::Running if self.started() => {
                 self.transition(JobState::Pausing, Reason::Paused, &message, |_| {})?;
                 self.pause_unsignalled = true;
                 self.arm_pause_timeout(myself);
@@ -1405,7 +1499,7 @@ impl State {
                 let message = format!("paused by {by} while backing off; it resumes from its latest checkpoint");
                 self.finish(myself, JobState::Paused, Reason::Paused, &message, |r| r.next_restart_at = None)?;
             }
-            other => return Ok(Err(crate::supervisor::not_pausable(self.id, other))),
+            other => return Ok(Err(not_pausable(self.id, other))),
         }
         Ok(Ok(self.view()))
     }
@@ -1457,26 +1551,38 @@ impl State {
             }
             return fixes;
         }
-        if let Some(identity) = self.identity {
-            if shim::is_alive(identity.shim_pid, identity.shim_start_ticks) == Some(false) {
-                let attempt = self.current_attempt();
-                let status = self.read_exit(attempt).await;
-                let fix = format!(
-                    "job {}: the shim of attempt {attempt} had ended unreported ({}); its end is handled now",
+        let unreported = match &self.running {
+            Some(running) => running.ended_unreported().await,
+            None => None,
+        };
+        if let Some(ended) = unreported {
+            let attempt = self.current_attempt();
+            let status = ended.status.map_or("no exit record".into(), describe_status);
+            let fix = match self.running.as_ref().and_then(Running::handle) {
+                Some(crate::store::records::Handle::Slurm { job_id, .. }) => format!(
+                    "job {}: attempt {attempt} (Slurm job {}) had ended unreported ({status}); its end is handled now",
                     self.id,
-                    status.map_or("no exit record".into(), describe_status)
-                );
-                self.event("reconciled", fix.clone());
-                fixes.push(fix);
-                self.ended = Some((status, None));
-                if let Err(e) = self.record_end(myself).await {
-                    tracing::warn!(job = %self.id, "the end found by reconciliation is held: {e}");
-                    self.wait_for_store(myself);
-                }
-                return fixes;
+                    job_id.unwrap_or_default(),
+                ),
+                _ => format!(
+                    "job {}: the shim of attempt {attempt} had ended unreported ({status}); its end is handled now",
+                    self.id
+                ),
+            };
+            if let Some(note) = ended.note {
+                self.event("executor", note);
             }
+            self.event("reconciled", fix.clone());
+            fixes.push(fix);
+            self.allocation_ended = ended.allocation_ended;
+            self.ended = Some((ended.status, None));
+            if let Err(e) = self.record_end(myself).await {
+                tracing::warn!(job = %self.id, "the end found by reconciliation is held: {e}");
+                self.wait_for_store(myself);
+            }
+            return fixes;
         }
-        if self.stop_cause.is_none() && self.pgid.is_some() {
+        if self.stop_cause.is_none() && self.started() {
             if let Err(e) = self.tick(myself).await {
                 tracing::warn!(job = %self.id, "reconciliation's heartbeat check: {e}");
             }
@@ -1532,7 +1638,9 @@ impl State {
 
     /// SIGTERM to the group, then SIGKILL after the stop grace.
     fn stop(&mut self, myself: &ActorRef<JobMsg>, cause: StopCause, message: &str) -> Result<(), ActorProcessingErr> {
-        let Some(pgid) = self.pgid else { return Ok(()) };
+        if !self.started() {
+            return Ok(());
+        }
         if self.stop_cause != Some(StopCause::Cancel) {
             self.stop_cause = Some(cause);
         }
@@ -1551,12 +1659,8 @@ impl State {
                 }
             })?;
         }
-        process::signal_group(pgid, libc::SIGTERM)?;
-        // Ranks a launcher started in sessions of their own hear it too, if they handle it.
-        if let Some(shim) = self.identity.as_ref().map(|i| i.shim_pid) {
-            if let Err(e) = process::signal_catchers(shim, libc::SIGTERM, Some(pgid)) {
-                tracing::warn!(job = %self.id, "cannot list the job's processes: {e}");
-            }
+        if let Some(running) = &self.running {
+            running.terminate()?;
         }
         let attempt = self.current_attempt();
         myself.send_after(ms(self.record.spec.timeouts.stop_grace_ms), move || JobMsg::Kill { attempt });
@@ -1567,11 +1671,11 @@ impl State {
         &mut self,
         myself: &ActorRef<JobMsg>,
         by: String,
-        reply: RpcReplyPort<Result<pb::Job, ApiError>>,
+        reply: RpcReplyPort<Result<pb::Job, Refusal>>,
     ) -> Result<(), ActorProcessingErr> {
         let state = self.record.state();
         if is_terminal(state) {
-            let _ = reply.send(Err(ApiError::FailedPrecondition(format!(
+            let _ = reply.send(Err(Refusal::NotNow(format!(
                 "job {} is already {}; there is nothing to cancel",
                 self.id,
                 trainerd_proto::state::state_word(state)
@@ -1579,10 +1683,10 @@ impl State {
             return Ok(());
         }
         self.cancelled_by = Some(by.clone());
-        if self.hooks.cancel_without_stop && self.pgid.is_some() {
+        if self.hooks.cancel_without_stop && self.started() {
             // Test hook: the stop is "lost"; the record says cancelled while the trainer runs on.
             let message = format!("cancelled by {by} (test hook: the trainer was not stopped)");
-            self.pgid = None;
+            self.running = None;
             self.awaiting_exit = false;
             self.transition(JobState::Stopping, Reason::Cancelled, &message, |_| {})?;
             self.finish(myself, JobState::Cancelled, Reason::Cancelled, &message, |r| {
@@ -1591,7 +1695,7 @@ impl State {
             let _ = reply.send(Ok(self.view()));
             return Ok(());
         }
-        if self.pgid.is_some() || self.ended.is_some() {
+        if self.started() || self.ended.is_some() {
             // Answered when the attempt's end is recorded (`finish`).
             self.cancel_replies.push(reply);
             if self.ended.is_some() {
@@ -1641,8 +1745,10 @@ impl State {
         }
         self.live.pid = None;
         self.live.stalled = false;
-        if let Some(pgid) = self.pgid {
-            self.drain_group(pgid).await;
+        if let Some(running) = &self.running {
+            if let Some(survivors) = running.drain().await {
+                self.event("group_survivors", survivors);
+            }
         }
         let now = unix_now();
         let attempt = self.record.attempts.last().cloned();
@@ -1652,6 +1758,7 @@ impl State {
             stopped_by_daemon: self.stop_cause,
             ran_for: self.attempt_started.elapsed(),
             resumed: attempt.as_ref().is_some_and(|a| a.resumed_from.is_some()),
+            allocation_ended: std::mem::take(&mut self.allocation_ended),
         };
         let mut history = History {
             restart_times: self.record.restart_times.clone(),
@@ -1763,35 +1870,10 @@ impl State {
         }
         self.ended = None;
         self.awaiting_exit = false;
-        self.identity = None;
-        self.pgid = None;
+        self.running = None;
         self.stop_cause = None;
         self.tick_generation += 1;
         Ok(())
-    }
-
-    /// SIGKILLs what is left of the attempt's process group and waits (at most 5 s) until no live
-    /// member is left: none may outlive the attempt. Failures are reported, not raised: the end must
-    /// still be recorded.
-    async fn drain_group(&mut self, pgid: u32) {
-        if let Err(e) = process::signal_group(pgid, libc::SIGKILL) {
-            tracing::error!(job = %self.id, "cannot signal process group {pgid}: {e}");
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match process::live_group_members(pgid) {
-                Ok(left) if left.is_empty() => break,
-                Ok(left) if Instant::now() >= deadline => {
-                    self.event("group_survivors", format!("processes {left:?} of group {pgid} survived SIGKILL"));
-                    break;
-                }
-                Ok(_) => tokio::time::sleep(ms(5)).await,
-                Err(e) => {
-                    tracing::error!(job = %self.id, "cannot list process group {pgid}: {e}");
-                    break;
-                }
-            }
-        }
     }
 
     /// A transition that ends the actor's work: terminal states and PAUSED release the slot.
@@ -1808,7 +1890,7 @@ impl State {
         for reply in self.cancel_replies.drain(..) {
             let _ = reply.send(Ok(view.clone()));
         }
-        let _ = self.supervisor.cast(SupervisorMsg::Released { id: self.id });
+        self.parent.send(Report::Released { id: self.id });
         myself.stop(None);
         Ok(())
     }

@@ -9,6 +9,8 @@
 //!   as if the notification were lost: only reconciliation can find it.
 //! - `TRAINERD_TEST_CANCEL_WITHOUT_STOP=1`: a cancel is recorded without stopping the trainer, as if
 //!   the stop were lost: the job is CANCELLED while its trainer runs on.
+//! - `TRAINERD_TEST_ABORT_AFTER_SBATCH=N`: trainerd aborts (as a SIGKILL would end it) once, right
+//!   after `sbatch` accepted attempt N and before its Slurm id is stored.
 //!
 //! Each once-only hook leaves a marker file in the job directory, so it fires once per job across
 //! actor re-creations.
@@ -26,6 +28,7 @@ pub struct Hooks {
     pub wedge_at: Option<u64>,
     pub ignore_shim_exit: Option<u32>,
     pub cancel_without_stop: bool,
+    pub abort_after_sbatch: Option<u32>,
 }
 
 impl Hooks {
@@ -40,6 +43,7 @@ impl Hooks {
             wedge_at: var("TRAINERD_TEST_WEDGE_AT_STEP").and_then(|v| v.parse().ok()),
             ignore_shim_exit: var("TRAINERD_TEST_IGNORE_SHIM_EXIT").and_then(|v| v.parse().ok()),
             cancel_without_stop: var("TRAINERD_TEST_CANCEL_WITHOUT_STOP") == Some("1"),
+            abort_after_sbatch: var("TRAINERD_TEST_ABORT_AFTER_SBATCH").and_then(|v| v.parse().ok()),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! One job's runtime: its directory, the trainer process it starts, and the actor that owns both.
 //!
 //! - [`actor`]: the JobActor (one per active job), child of the Supervisor.
-//! - [`shim`]: the per-attempt shim's files, its start handshake, and waiting for its end.
+//! - [`executor`]: where an attempt runs (this host under a shim, or a Slurm job), behind one interface.
 //! - [`watch`]: the progress-directory watcher that wakes the actor.
 //! - [`hooks`]: fault injection for the tests (`--test-hooks` only).
 //! - [`checkpoints`]: which checkpoint an attempt resumes from (recorded, or found in the directory).
@@ -11,11 +11,11 @@
 
 pub mod actor;
 pub mod checkpoints;
+pub mod executor;
 pub mod guard;
 pub mod hooks;
 pub mod output;
 pub mod resume;
-pub mod shim;
 pub mod stall;
 pub mod watch;
 
@@ -108,13 +108,19 @@ pub struct Launch<'a> {
     pub run_as: Option<RunAs>,
     /// Rollbacks of the job so far (`TRAINERD_ROLLBACK`).
     pub rollbacks: u32,
+    /// Test hook: trainerd aborts right after submitting the attempt to Slurm, before it stores the
+    /// Slurm id.
+    pub abort_after_submit: bool,
 }
 
-/// Starts attempt `launch.attempt` under a new shim, which starts the trainer as the leader of its own
-/// process group, with the protocol's environment and its output appended to the job's log files.
-/// The previous attempt's progress file and shim files are removed first, so nothing it wrote is
-/// mistaken for this one's heartbeat or exit.
-pub async fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<shim::Started> {
+/// Readies the job's directories for attempt `launch.attempt`, whatever runs it: the checkpoint
+/// directory exists and belongs to the user the trainer runs as, and the previous attempt's progress
+/// file is gone, so nothing it wrote is taken for this one's heartbeat. Returns the user to switch to
+/// (`None`: the trainer runs as trainerd).
+pub fn prepare(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<Option<RunAs>> {
+    if spec.command.is_empty() {
+        return Err(std::io::Error::other("empty command"));
+    }
     std::fs::create_dir_all(&launch.paths.checkpoints)?;
     let switch = launch.run_as.filter(|r| r.uid != crate::users::euid());
     if let Some(user) = switch {
@@ -135,15 +141,14 @@ pub async fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<shim:
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    shim::clear(&launch.paths.dir)?;
-    if spec.command.is_empty() {
-        return Err(std::io::Error::other("empty command"));
-    }
-    let stderr = untrusted::open_append(&launch.paths.stderr).map_err(std::io::Error::other)?;
-    let mut cmd = tokio::process::Command::new(launch.shim);
-    let workdir = if spec.workdir.as_os_str().is_empty() { &launch.paths.trainer } else { &spec.workdir };
-    cmd.current_dir(workdir)
-        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+    Ok(switch)
+}
+
+/// The trainer protocol's environment for attempt `launch.attempt` (docs/trainer-protocol.md), on
+/// top of the job's own variables; a trainer run as another user (`switch`) gets that user's HOME,
+/// USER and LOGNAME unless its spec sets them.
+pub fn trainer_env(spec: &JobSpec, launch: &Launch<'_>, switch: Option<RunAs>, cmd: &mut std::process::Command) {
+    cmd.envs(spec.env.iter().map(|(k, v)| (k, v)))
         .env(env::JOB_ID, launch.id.to_string())
         .env(env::PROGRESS_FILE, &launch.paths.progress)
         .env(env::CHECKPOINT_DIR, &launch.paths.checkpoints)
@@ -151,17 +156,12 @@ pub async fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<shim:
         .env(env::ROLLBACK, launch.rollbacks.to_string())
         .env(env::HEARTBEAT_INTERVAL, format!("{}", launch.heartbeat_interval.as_secs_f64()))
         .env(env::STOP_GRACE, format!("{}", launch.stop_grace_ms as f64 / 1000.0))
-        .env_remove(env::RESUME_FROM)
-        .stderr(stderr);
-    if let Some(gpus) = launch.gpus {
-        let list: Vec<String> = gpus.iter().map(u32::to_string).collect();
-        cmd.env("CUDA_VISIBLE_DEVICES", list.join(","));
-    }
+        .env_remove(env::RESUME_FROM);
     if let Some(path) = launch.resume_from {
         cmd.env(env::RESUME_FROM, path);
     }
-    // A trainer run as another user gets that user's HOME, USER and LOGNAME (unless its spec sets them),
-    // not trainerd's: caches under ~ must be its own. A uid with no account gets its trainer dir as HOME.
+    // Caches under ~ must be the user's own, not trainerd's. A uid with no account gets its trainer
+    // dir as HOME.
     if let Some(run_as) = switch {
         let given = |name: &str| spec.env.iter().any(|(k, _)| k == name);
         let (home, name) = match crate::users::user_by_uid(run_as.uid) {
@@ -174,8 +174,6 @@ pub async fn spawn(spec: &JobSpec, launch: &Launch<'_>) -> std::io::Result<shim:
             }
         }
     }
-    let command: Vec<String> = spec.command.iter().chain(launch.extra_args).cloned().collect();
-    shim::start(cmd, &launch.paths.dir, launch.attempt, &launch.paths.stdout, switch, &command).await
 }
 
 /// Makes the job's log paths usable again when something other than a regular file (a FIFO, a link,

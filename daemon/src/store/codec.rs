@@ -12,11 +12,13 @@
 //! - 4: `JobSpec` gained `more`, a JSON object of the settings added since (`SpecMore`), so that
 //!   adding a submission setting no longer needs a format of its own. Format-3 job records decode
 //!   through `legacy::JobRecordV3`.
+//! - 5: `Attempt` gained `more`, a JSON object (`AttemptMore`) holding the executor's handle of the
+//!   attempt (a local shim, or a Slurm job). Format-4 job records decode through `legacy::JobRecordV4`.
 
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The format this build writes.
-pub const FORMAT: u8 = 4;
+pub const FORMAT: u8 = 5;
 
 /// Why a stored value could not be read or written.
 #[derive(Debug, thiserror::Error)]

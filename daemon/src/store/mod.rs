@@ -146,6 +146,7 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobRecord, StoreError> {
             codec::decode::<legacy::JobRecordV2>(&codec::upgrade_job(bytes)).map(JobRecord::from).map_err(what)
         }
         Some(3) => codec::decode::<legacy::JobRecordV3>(bytes).map(JobRecord::from).map_err(what),
+        Some(4) => codec::decode::<legacy::JobRecordV4>(bytes).map(JobRecord::from).map_err(what),
         _ => codec::decode(bytes).map_err(what),
     }
 }

@@ -144,6 +144,32 @@ pub struct SpecMore {
     /// The divergence guard (see `job::guard`); `None`: off.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub divergence: Option<DivergenceRule>,
+    /// Set when the job's attempts run as Slurm jobs (the `slurm` executor); unset: on this host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slurm: Option<SlurmSpec>,
+}
+
+/// What a job run by the Slurm executor asks Slurm for, each attempt one `sbatch`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SlurmSpec {
+    /// `--partition`; empty: the cluster's default.
+    pub partition: String,
+    /// `--account`; empty: none.
+    pub account: String,
+    /// `--nodes`.
+    pub nodes: u32,
+    /// `--ntasks-per-node`: the ranks on each node (one trainer process each).
+    pub tasks_per_node: u32,
+    /// `--gpus-per-node`; 0: none asked for.
+    pub gpus_per_node: u32,
+    /// `--time` in minutes; 0: the partition's limit.
+    pub time_minutes: u32,
+    /// Seconds before the time limit at which the ranks get SIGTERM (`--signal=TERM@S`), to
+    /// checkpoint and exit 75; trainerd then submits the next allocation.
+    pub signal_margin_s: u32,
+    /// More `sbatch` arguments, passed as given.
+    pub args: Vec<String>,
 }
 
 /// What a diverging loss does.
@@ -212,6 +238,30 @@ pub struct Attempt {
     /// The attempt was given a checkpoint at step S and reported a step below S first: it started
     /// over instead of resuming.
     pub resume_ignored: bool,
+    /// Fields added since format 5, as a JSON object (see [`AttemptMore`]).
+    #[serde(with = "json_blob")]
+    pub more: AttemptMore,
+}
+
+/// What an attempt records beyond format 4's fields, kept as one JSON object so that adding one needs
+/// no store format of its own.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AttemptMore {
+    /// How the attempt's executor finds it again (after a restart of trainerd, or by reconciliation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handle: Option<Handle>,
+}
+
+/// An attempt as its executor names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "executor")]
+pub enum Handle {
+    /// On this host, under the shim with this pid and start time (in clock ticks since boot).
+    Local { shim_pid: u32, shim_start_ticks: u64 },
+    /// A Slurm job named `name`. `job_id` is unset between the intent to submit (written before
+    /// `sbatch`) and the id `sbatch` printed: a trainerd that died in between finds the job by name.
+    Slurm { name: String, job_id: Option<u64> },
 }
 
 /// The durable state of one job.

@@ -150,6 +150,7 @@ fn fixture_record() -> JobRecord {
             resumed_step: None,
             first_step: None,
             resume_ignored: false,
+            more: AttemptMore::default(),
         }],
         restart_times: vec![1_790_000_099.0],
         consecutive_failures: 1,
@@ -226,11 +227,33 @@ fn the_committed_format_4_fixture_still_decodes() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/job-record-v4.bin");
     let mut record = format_3_record();
     record.spec.more.progress_timeout_ms = Some(120_000);
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes[0], 4, "the fixture is format 4");
+    assert_eq!(decode_job(&bytes).unwrap(), record);
+}
+
+/// Format 5, whose attempts hold their executor's handle (here a Slurm job, and a job that asks for
+/// Slurm). Regenerate with TRAINERD_WRITE_FIXTURES=1 only when introducing a format.
+#[test]
+fn the_committed_format_5_fixture_still_decodes() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/job-record-v5.bin");
+    let mut record = format_3_record();
+    record.spec.more.progress_timeout_ms = Some(120_000);
+    record.spec.more.slurm = Some(SlurmSpec {
+        partition: "gpu".into(),
+        nodes: 2,
+        tasks_per_node: 8,
+        gpus_per_node: 8,
+        time_minutes: 240,
+        signal_margin_s: 120,
+        ..SlurmSpec::default()
+    });
+    record.attempts[0].more.handle = Some(Handle::Slurm { name: "trainerd-00000000002a-1".into(), job_id: Some(17) });
     if std::env::var_os("TRAINERD_WRITE_FIXTURES").is_some() {
         std::fs::write(&path, codec::encode(&record).unwrap()).unwrap();
     }
     let bytes = std::fs::read(&path).unwrap();
-    assert_eq!(bytes[0], 4, "the fixture is format 4");
+    assert_eq!(bytes[0], 5, "the fixture is format 5");
     assert_eq!(decode_job(&bytes).unwrap(), record);
 }
 
@@ -238,7 +261,8 @@ fn the_committed_format_4_fixture_still_decodes() {
 fn settings_a_newer_trainerd_added_are_ignored_and_missing_ones_take_their_defaults() {
     let mut bytes = codec::encode(&format_3_record()).unwrap();
     let blob = br#"{}"#;
-    let at = bytes.windows(blob.len()).rposition(|w| w == blob).expect("the empty settings object");
+    // The spec's settings come before the attempts' (whose own object is empty too).
+    let at = bytes.windows(blob.len()).position(|w| w == blob).expect("the empty settings object");
     // Same length, so bincode's length prefix still holds: a field this build does not know.
     let newer = br#"{"x":1}"#;
     assert_eq!(newer.len() - blob.len(), 5);

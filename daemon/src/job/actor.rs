@@ -20,7 +20,8 @@
 
 use super::executor::{self, Adopted, Delivered, End, Running};
 use super::hooks::{self, Hooks};
-use super::{cap_log, read_progress_bounded, JobPaths, Launch, ReadError};
+use super::logfiles::{LogCaps, Looked};
+use super::{read_progress_bounded, JobPaths, Launch, ReadError};
 use crate::blocking::{Lane, FILE_DEADLINE};
 use crate::config::ShutdownPolicy;
 use crate::hub::{job_view, LiveFacts};
@@ -163,38 +164,21 @@ pub struct State {
     paths: JobPaths,
     record: JobRecord,
     live: LiveFacts,
-    /// The running attempt, as its executor knows it (a local shim and trainer, or a Slurm job).
-    running: Option<Running>,
+    /// The attempt in flight, or the last one until the next start.
+    run: Run,
     /// An attempt is in flight: its end has not been handled yet.
     awaiting_exit: bool,
     /// Adoption could not tell whether the shim lives (a /proc or pidfd error): reconciliation retries.
     unadopted: bool,
-    attempt_started: Instant,
-    /// The last heartbeat: its sequence number and when we saw it.
-    last_beat: Option<(u64, Instant)>,
-    /// The step and phase last reported, and when they last changed (the progress deadline).
-    last_advance: Option<(u64, super::stall::Phase, Instant)>,
-    /// The attempt's divergence guard, when the job has one.
-    guard: Option<super::guard::Guard>,
-    /// The first diverging step of the divergence this attempt is being stopped for: checkpoints
-    /// from it on are not recorded, and are set aside before the rollback.
-    diverged_at: Option<u64>,
-    stop_cause: Option<StopCause>,
     cancelled_by: Option<String>,
     cancel_replies: Vec<RpcReplyPort<Result<pb::Job, Refusal>>>,
     tick_generation: u64,
     backoff_generation: u64,
-    last_invalid: Option<String>,
-    /// A pause asked for while the trainer had not heartbeated yet: SIGUSR1 goes at the first beat
-    /// (before it, the trainer may not handle the signal, and its default action kills).
-    pause_unsignalled: bool,
     /// When the kernel reported the exit being handled: the exit-detection metric ends at the
     /// transition that records it.
     exit_seen_at: Option<Instant>,
-    /// When the log sizes were last checked, their sizes then, and when to check next.
-    logs_checked: Instant,
-    log_sizes: [u64; 2],
-    logs_every: Duration,
+    /// When the log sizes were last looked at, their sizes then, and when to look next.
+    log_caps: LogCaps,
     _watcher: Option<super::watch::WatchGuard>,
     /// Set by the watcher when it sends `ProgressChanged`, cleared when the actor reads the file: one
     /// rename raises two or three inotify events, and a burst of them needs one read, not three.
@@ -205,19 +189,9 @@ pub struct State {
     ended: Option<(Option<ExitStatus>, Option<Instant>)>,
     /// Messages whose handling needed a store write that failed; handled again on `StoreWritable`.
     held: Vec<JobMsg>,
-    /// The attempt's executor took its allocation back (see `policy`).
-    allocation_ended: bool,
     /// The last checkpoint path refused (it is reported once, not at every progress write).
     refused_checkpoint: Option<PathBuf>,
     hooks: Hooks,
-    /// When the trainer last wrote output (the logs' modification time), for the idle timeout.
-    last_output: Option<Instant>,
-    /// A valid progress file was read this attempt: it wins over progress from output lines.
-    file_progress: bool,
-    /// The attempt's first progress was noted (its step, and whether it ignored its resume).
-    first_step_noted: bool,
-    /// Matches the job's output lines (`progress_regex`), from the attempt's start.
-    scanner: Option<Arc<std::sync::Mutex<super::output::Scanner>>>,
     /// Like `progress_pending`, for log growth.
     output_pending: Arc<AtomicBool>,
     _log_watch: Option<super::watch::WatchGuard>,
@@ -226,8 +200,53 @@ pub struct State {
     logs_generation: u64,
 }
 
-/// The longest wait between two looks at a job's log sizes.
-const LOGS_EVERY_MAX: Duration = Duration::from_secs(10);
+/// What belongs to one attempt, replaced whole when the next one starts.
+struct Run {
+    /// The attempt, as its executor knows it (a local shim and trainer, or a Slurm job); `None` once
+    /// its end is recorded.
+    running: Option<Running>,
+    /// Its start, heartbeats, output and advances (the stall clock's readings).
+    clock: super::stall::Clock,
+    /// Its divergence guard, when the job has one.
+    guard: Option<super::guard::Guard>,
+    /// The first diverging step of the divergence this attempt is being stopped for: checkpoints
+    /// from it on are not recorded, and are set aside before the rollback.
+    diverged_at: Option<u64>,
+    /// Why trainerd stops it, once it does.
+    stop_cause: Option<StopCause>,
+    /// The last reason its progress file was refused (reported once, not at every write).
+    last_invalid: Option<String>,
+    /// A pause asked for while the trainer had not heartbeated yet: SIGUSR1 goes at the first beat
+    /// (before it, the trainer may not handle the signal, and its default action kills).
+    pause_unsignalled: bool,
+    /// A valid progress file was read: it wins over progress from output lines.
+    file_progress: bool,
+    /// Its first progress was noted (its step, and whether it ignored its resume).
+    first_step_noted: bool,
+    /// Matches the job's output lines (`progress_regex`), from the attempt's start.
+    scanner: Option<Arc<std::sync::Mutex<super::output::Scanner>>>,
+    /// Its executor took the allocation back (see `policy`).
+    allocation_ended: bool,
+}
+
+impl Run {
+    /// A new attempt, started now through `running` (None: none yet).
+    fn new(running: Option<Running>, started: Instant) -> Run {
+        Run {
+            running,
+            clock: super::stall::Clock::new(started),
+            guard: None,
+            diverged_at: None,
+            stop_cause: None,
+            last_invalid: None,
+            pause_unsignalled: false,
+            file_progress: false,
+            first_step_noted: false,
+            scanner: None,
+            allocation_ended: false,
+        }
+    }
+}
 
 /// How often a job holding an unrecorded end tries the store again, besides being told it is back.
 const STORE_RETRY: Duration = Duration::from_secs(5);
@@ -306,37 +325,22 @@ impl Actor for JobActor {
             paths,
             record,
             live: LiveFacts { gpus: args.gpus, ..LiveFacts::default() },
-            running: None,
+            run: Run { first_step_noted, ..Run::new(None, Instant::now()) },
             awaiting_exit: false,
             unadopted: false,
-            attempt_started: Instant::now(),
-            last_beat: None,
-            last_advance: None,
-            guard: None,
-            diverged_at: None,
-            stop_cause: None,
             cancelled_by: None,
             cancel_replies: Vec::new(),
             tick_generation: 0,
             backoff_generation: 0,
-            last_invalid: None,
-            pause_unsignalled: false,
             exit_seen_at: None,
-            logs_checked: Instant::now(),
-            log_sizes: [0; 2],
-            logs_every: Duration::from_secs(1),
+            log_caps: LogCaps::default(),
             _watcher: watcher,
             progress_pending,
             lane: Lane::default(),
             ended: None,
             held: Vec::new(),
-            allocation_ended: false,
             refused_checkpoint: None,
             hooks,
-            last_output: None,
-            file_progress: false,
-            first_step_noted,
-            scanner: None,
             output_pending,
             _log_watch: log_watch,
             last_scan: Instant::now(),
@@ -388,7 +392,7 @@ impl State {
             JobMsg::Tick { .. } => {}
             JobMsg::Kill { attempt } => {
                 if state.current_attempt() == attempt && state.ended.is_none() {
-                    if let Some(running) = state.running.as_ref().filter(|r| r.started()) {
+                    if let Some(running) = state.run.running.as_ref().filter(|r| r.started()) {
                         let what = running.kill()?;
                         state.event("killed", what);
                     }
@@ -397,7 +401,7 @@ impl State {
             JobMsg::Exited { attempt, status, allocation_ended, at }
                 if attempt == state.current_attempt() && state.awaiting_exit && state.ended.is_none() =>
             {
-                state.allocation_ended = allocation_ended;
+                state.run.allocation_ended = allocation_ended;
                 state.ended = Some((status, at));
                 state.record_end(&myself).await?
             }
@@ -475,7 +479,7 @@ impl State {
     /// started the trainer, not from the submission), and its progress file.
     async fn poll(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
         if self.live.waiting_for.is_some() {
-            match self.running.as_ref().and_then(Running::waiting_for) {
+            match self.run.running.as_ref().and_then(Running::waiting_for) {
                 None => self.executor_started(myself, "its executor started it")?,
                 Some(waiting) if Some(&waiting) != self.live.waiting_for.as_ref() => {
                     self.live.waiting_for = Some(waiting);
@@ -493,7 +497,7 @@ impl State {
         if self.live.waiting_for.take().is_none() {
             return Ok(());
         }
-        self.attempt_started = Instant::now();
+        self.run.clock.started_at(Instant::now());
         self.event("executor_started", format!("attempt {} started: {how}", self.current_attempt()));
         self.running_once_started()?;
         self.rearm(myself, Instant::now());
@@ -516,11 +520,11 @@ impl State {
         }
     }
 
-    /// The next look at the logs' sizes, `logs_every` from now.
+    /// The next look at the logs' sizes, when `log_caps` says.
     fn arm_logs(&mut self, myself: &ActorRef<JobMsg>) {
         self.logs_generation += 1;
         let generation = self.logs_generation;
-        myself.send_after(self.logs_every, move || JobMsg::CheckLogs { generation });
+        myself.send_after(self.log_caps.every(), move || JobMsg::CheckLogs { generation });
     }
 
     /// What the job's silence is measured against now.
@@ -544,26 +548,9 @@ impl State {
         }
     }
 
-    fn readings(&self) -> super::stall::Readings {
-        super::stall::Readings {
-            started: self.attempt_started,
-            last_beat: self.last_beat.map(|(_, at)| at),
-            last_output: self.last_output,
-            last_advance: self.last_advance.map(|(_, phase, at)| (at, phase)),
-        }
-    }
-
-    /// Notes the step and phase a progress report gave: the progress deadline counts from their last
-    /// change.
-    fn note_advance(&mut self, step: u64, phase: super::stall::Phase, now: Instant) {
-        if self.last_advance.is_none_or(|(s, p, _)| s != step || p != phase) {
-            self.last_advance = Some((step, phase, now));
-        }
-    }
-
     /// Arms the next tick for the stall clock's nearest deadline (none when no rule has one).
     fn rearm(&mut self, myself: &ActorRef<JobMsg>, now: Instant) {
-        let verdict = super::stall::judge(&self.limits(), &self.readings(), now);
+        let verdict = super::stall::judge(&self.limits(), &self.run.clock.readings(), now);
         if let Some(next) = verdict.next {
             self.arm_tick(myself, next.max(ms(1)));
         }
@@ -572,7 +559,7 @@ impl State {
     /// Reads the job's new output lines (off the runtime) and takes the last match as progress: a
     /// heartbeat, and the live step, loss and metrics unless a progress file speaks for the trainer.
     async fn scan_output(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
-        let Some(scanner) = self.scanner.clone() else { return Ok(()) };
+        let Some(scanner) = self.run.scanner.clone() else { return Ok(()) };
         if !self.awaiting_exit {
             return Ok(());
         }
@@ -588,11 +575,9 @@ impl State {
             .flatten();
         let Some(m) = found else { return Ok(()) };
         let now = Instant::now();
-        self.last_output = Some(now);
-        let first = self.last_beat.is_none();
+        self.run.clock.output(now);
         // No sequence number: any progress file that comes next counts as a beat too.
-        self.last_beat = Some((u64::MAX, now));
-        if first {
+        if self.run.clock.alive_at(now) {
             self.arm_tick(myself, ms(1));
         }
         if self.live.stalled {
@@ -600,27 +585,13 @@ impl State {
             self.event("heartbeat_resumed", "a progress line arrived".into());
         }
         self.live.metrics.extend(m.metrics.iter().cloned());
-        if !self.file_progress {
-            let p = self.live.progress.get_or_insert_with(|| Progress::starting(unix_now()));
-            p.state = TrainerState::Running;
-            p.updated_at = unix_now();
-            if let Some(step) = m.step {
-                p.step = step;
-            }
-            if let Some(total) = m.total {
-                p.total_steps = total;
-            }
-            if let Some(epoch) = m.epoch {
-                p.epoch = epoch;
-            }
-            if m.loss.is_some() {
-                p.loss = m.loss;
-            }
+        if !self.run.file_progress {
+            m.apply(self.live.progress.get_or_insert_with(|| Progress::starting(unix_now())), unix_now());
         }
         if let Some(step) = m.step {
             self.note_first_step(step);
-            if !self.file_progress {
-                self.note_advance(step, super::stall::Phase::Running, now);
+            if !self.run.file_progress {
+                self.run.clock.advance(step, super::stall::Phase::Running, now);
             }
         }
         if self.record.state() == JobState::Starting && self.ended.is_none() {
@@ -638,10 +609,10 @@ impl State {
     /// that reports an earlier step started over (`resume_ignored`), which the event log, `get` and
     /// `health` say.
     fn note_first_step(&mut self, step: u64) {
-        if self.first_step_noted {
+        if self.run.first_step_noted {
             return;
         }
-        self.first_step_noted = true;
+        self.run.first_step_noted = true;
         let Some(attempt) = self.record.attempts.last().cloned() else { return };
         let ignored = attempt.resumed_step.is_some_and(|given| step < given);
         let updated = self.shared.store.update(self.id, |r| {
@@ -677,7 +648,7 @@ impl State {
 
     /// Whether the attempt's trainer was started (and its end not yet recorded).
     fn started(&self) -> bool {
-        self.running.as_ref().is_some_and(Running::started)
+        self.run.running.as_ref().is_some_and(Running::started)
     }
 
     fn current_attempt(&self) -> u32 {
@@ -869,14 +840,14 @@ impl State {
         let paths = self.paths.clone();
         let reclaimed = self
             .lane
-            .run("checking the logs", FILE_DEADLINE, move || super::reclaim_logs(&paths))
+            .run("checking the logs", FILE_DEADLINE, move || super::logfiles::reclaim_logs(&paths))
             .await
             .unwrap_or_default();
         for line in reclaimed {
             self.event("log_reclaimed", line);
         }
         // Output lines are read from the logs' ends now: an earlier attempt's lines are not this one's.
-        self.scanner = self.record.spec.progress_regex.as_deref().and_then(|text| {
+        let scanner = self.record.spec.progress_regex.as_deref().and_then(|text| {
             let regex = super::output::compile(text).ok()?;
             Some(Arc::new(std::sync::Mutex::new(super::output::Scanner::new(
                 regex,
@@ -907,17 +878,12 @@ impl State {
             waiting_for: running.waiting_for(),
             ..LiveFacts::default()
         };
-        self.running = Some(running);
+        self.run = Run {
+            guard: self.record.spec.more.divergence.clone().map(super::guard::Guard::new),
+            scanner,
+            ..Run::new(Some(running), Instant::now())
+        };
         self.awaiting_exit = true;
-        self.attempt_started = Instant::now();
-        self.last_beat = None;
-        self.last_advance = None;
-        self.guard = self.record.spec.more.divergence.clone().map(super::guard::Guard::new);
-        self.diverged_at = None;
-        self.last_output = None;
-        self.file_progress = false;
-        self.first_step_noted = false;
-        self.last_invalid = None;
         self.watch_exit(end, number);
         self.arm_poll(myself);
         if self.live.waiting_for.is_none() {
@@ -971,7 +937,7 @@ impl State {
     /// Reads the progress file on a timer, for executors whose trainers write it where inotify does
     /// not see (another node of a network file system); also shows what the attempt waits for.
     fn arm_poll(&self, myself: &ActorRef<JobMsg>) {
-        if let Some(every) = self.running.as_ref().and_then(Running::poll_progress) {
+        if let Some(every) = self.run.running.as_ref().and_then(Running::poll_progress) {
             let attempt = self.current_attempt();
             myself.send_after(every, move || JobMsg::Poll { attempt });
         }
@@ -1020,14 +986,15 @@ impl State {
         };
         self.awaiting_exit = true;
         self.unadopted = false;
-        self.attempt_started = instant_at(attempt.started_at);
+        self.run =
+            Run { first_step_noted: self.run.first_step_noted, ..Run::new(None, instant_at(attempt.started_at)) };
         let ctx = executor::Context { slurm: &self.shared.slurm };
         match executor::adopt(ctx, &self.paths, &attempt).await {
             Adopted::Alive { running, end, what } => {
                 self.record_handle(&running);
                 self.live.pid = running.pid();
                 self.live.waiting_for = running.waiting_for();
-                self.running = Some(running);
+                self.run.running = Some(running);
                 self.watch_exit(end, attempt.number);
                 self.arm_poll(myself);
                 if recreated {
@@ -1038,12 +1005,12 @@ impl State {
                 }
                 self.resume_clock().await;
                 match self.record.state() {
-                    JobState::Pausing if self.last_beat.is_some() => {
+                    JobState::Pausing if self.run.clock.has_beaten() => {
                         self.signal_pause(myself)?;
                         self.arm_pause_timeout(myself);
                     }
                     JobState::Pausing => {
-                        self.pause_unsignalled = true;
+                        self.run.pause_unsignalled = true;
                         self.arm_pause_timeout(myself);
                     }
                     JobState::Stopping => {
@@ -1061,7 +1028,7 @@ impl State {
                     }
                     _ => {}
                 }
-                self.scanner = self.record.spec.progress_regex.as_deref().and_then(|text| {
+                self.run.scanner = self.record.spec.progress_regex.as_deref().and_then(|text| {
                     let regex = super::output::compile(text).ok()?;
                     let logs = [self.paths.stdout.as_path(), self.paths.stderr.as_path()];
                     Some(Arc::new(std::sync::Mutex::new(super::output::Scanner::new(regex, logs))))
@@ -1105,7 +1072,7 @@ impl State {
                         ),
                         None => format!("attempt {} and its shim vanished without an exit record", attempt.number),
                     };
-                    self.running = orphan;
+                    self.run.running = orphan;
                     self.event("lost", message);
                     myself.cast(JobMsg::Exited {
                         attempt: attempt.number,
@@ -1137,10 +1104,10 @@ impl State {
     async fn resume_clock(&mut self) {
         match read_progress_bounded(&self.lane, &self.paths.progress).await {
             Ok(progress) => {
-                self.last_beat = Some((progress.heartbeat_seq, instant_at(progress.updated_at)));
+                self.run.clock.beat_was(progress.heartbeat_seq, instant_at(progress.updated_at));
                 // When the step last changed is not in the file: the deadline counts from now.
                 let phase = super::stall::Phase::of(progress.state, progress.phase_timeout_s);
-                self.note_advance(progress.step, phase, Instant::now());
+                self.run.clock.advance(progress.step, phase, Instant::now());
                 self.live.message = progress.message.clone();
                 self.live.progress = Some(progress);
             }
@@ -1159,7 +1126,7 @@ impl State {
                     .ok()
                     .flatten();
                 // No sequence number was read: any valid file that comes next counts as a beat.
-                self.last_beat = Some((u64::MAX, instant_at(modified.unwrap_or(self.record.updated_at))));
+                self.run.clock.alive_at(instant_at(modified.unwrap_or(self.record.updated_at)));
             }
             Err(_) => {}
         }
@@ -1178,21 +1145,19 @@ impl State {
             Err(ReadError::Missing) => return Ok(()),
             Err(e) => {
                 let text = e.to_string();
-                if self.last_invalid.as_deref() != Some(text.as_str()) {
+                if self.run.last_invalid.as_deref() != Some(text.as_str()) {
                     tracing::warn!(job = %self.id, "{text}");
                     self.event("progress_invalid", format!("{text}; ignored, the last good progress stands"));
-                    self.last_invalid = Some(text);
+                    self.run.last_invalid = Some(text);
                 }
                 return Ok(());
             }
         };
-        self.last_invalid = None;
-        self.file_progress = true;
-        let beat = self.last_beat.is_none_or(|(seq, _)| seq != progress.heartbeat_seq);
+        self.run.last_invalid = None;
+        self.run.file_progress = true;
+        let (beat, first) = self.run.clock.beat(progress.heartbeat_seq, Instant::now());
         if beat {
             self.executor_started(myself, "its first progress arrived")?;
-            let first = self.last_beat.is_none();
-            self.last_beat = Some((progress.heartbeat_seq, Instant::now()));
             if first {
                 // The pending deadline was startup_grace's; from now on the heartbeat timers apply.
                 self.arm_tick(myself, ms(1));
@@ -1208,9 +1173,9 @@ impl State {
             }
         }
         let step = progress.step;
-        self.note_advance(step, super::stall::Phase::of(progress.state, progress.phase_timeout_s), Instant::now());
-        let diverged = match (&mut self.guard, progress.loss) {
-            (Some(guard), Some(loss)) if self.diverged_at.is_none() => guard.observe(step, loss),
+        self.run.clock.advance(step, super::stall::Phase::of(progress.state, progress.phase_timeout_s), Instant::now());
+        let diverged = match (&mut self.run.guard, progress.loss) {
+            (Some(guard), Some(loss)) if self.run.diverged_at.is_none() => guard.observe(step, loss),
             _ => None,
         };
         if progress.state != TrainerState::Starting {
@@ -1235,7 +1200,7 @@ impl State {
         if lag.is_finite() && (0.0..3600.0).contains(&lag) {
             self.shared.metrics.progress_propagation.observe(Duration::from_secs_f64(lag));
         }
-        if self.pause_unsignalled && beat {
+        if self.run.pause_unsignalled && beat {
             self.signal_pause(myself)?;
         }
         if let Some(divergence) = diverged {
@@ -1255,11 +1220,11 @@ impl State {
 
     /// The loss diverged: stop the attempt, to roll back or to fail (see `policy`).
     fn diverged(&mut self, myself: &ActorRef<JobMsg>, d: super::guard::Divergence) -> Result<(), ActorProcessingErr> {
-        if self.stop_cause.is_some() || self.ended.is_some() || self.record.state() == JobState::Stopping {
+        if self.run.stop_cause.is_some() || self.ended.is_some() || self.record.state() == JobState::Stopping {
             return Ok(());
         }
         let rollback = self.may_roll_back();
-        self.diverged_at = Some(d.first_step);
+        self.run.diverged_at = Some(d.first_step);
         let then = if rollback {
             format!("rolling back to the newest checkpoint before step {}", d.first_step)
         } else {
@@ -1280,27 +1245,7 @@ impl State {
         let found = self
             .lane
             .run("setting diverged checkpoints aside", FILE_DEADLINE, move || {
-                let mut before: Option<(u64, PathBuf)> = None;
-                for (step, path) in super::checkpoints::all_in(&dir) {
-                    if step >= first_step {
-                        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-                            let _ = std::fs::rename(&path, dir.join(format!(".diverged-{name}")));
-                        }
-                    } else if before.as_ref().is_none_or(|(s, _)| step > *s)
-                        && untrusted::checkpoint_usable(&path).is_ok()
-                    {
-                        before = Some((step, path));
-                    }
-                }
-                let recorded = recorded
-                    .into_iter()
-                    .filter(|c| c.step < first_step && untrusted::checkpoint_usable(&c.path).is_ok())
-                    .max_by_key(|c| c.step);
-                match (before, recorded) {
-                    (Some((step, _)), Some(r)) if r.step >= step => Some(r),
-                    (Some((step, path)), _) => Some(CheckpointRef { path, step, epoch: 0 }),
-                    (None, r) => r,
-                }
+                super::checkpoints::set_aside_from(&dir, first_step, recorded)
             })
             .await;
         found.ok().flatten()
@@ -1311,7 +1256,7 @@ impl State {
     /// and a non-empty regular file or directory. Anything else is refused with an event, once.
     async fn note_checkpoint(&mut self, checkpoint: CheckpointRef) {
         // Written while the loss had diverged (a stop's last checkpoint): never resumed from.
-        if self.diverged_at.is_some_and(|first| checkpoint.step >= first) {
+        if self.run.diverged_at.is_some_and(|first| checkpoint.step >= first) {
             return;
         }
         let path = checkpoint.path.clone();
@@ -1324,14 +1269,7 @@ impl State {
                 if !workdir.as_os_str().is_empty() {
                     roots.push(workdir.as_path());
                 }
-                if !untrusted::lies_under(&path, &roots) {
-                    return Err(format!(
-                        "{} is not under the job's directories ({}); only the job's own files are resumed from",
-                        path.display(),
-                        roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
-                    ));
-                }
-                untrusted::checkpoint_usable(&path).map_err(|e| e.to_string())
+                super::checkpoints::admissible(&path, &roots)
             })
             .await
             .map_err(|e| e.to_string())
@@ -1379,17 +1317,17 @@ impl State {
     /// stalled trainer, flag a late one, and arm the next deadline.
     async fn tick(&mut self, myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
         // A job still waiting in its executor's queue has no trainer to be late yet.
-        if !self.started() || self.stop_cause.is_some() || self.ended.is_some() || self.live.waiting_for.is_some() {
+        if !self.started() || self.run.stop_cause.is_some() || self.ended.is_some() || self.live.waiting_for.is_some() {
             return Ok(());
         }
         if self.record.spec.idle_timeout_ms.is_some() {
             self.read_output_time().await;
         }
-        let mut verdict = super::stall::judge(&self.limits(), &self.readings(), Instant::now());
+        let mut verdict = super::stall::judge(&self.limits(), &self.run.clock.readings(), Instant::now());
         if verdict.stall.is_some() {
             self.progress_changed(myself).await?;
             self.scan_output(myself).await?;
-            verdict = super::stall::judge(&self.limits(), &self.readings(), Instant::now());
+            verdict = super::stall::judge(&self.limits(), &self.run.clock.readings(), Instant::now());
         }
         if let (Some((rule, silence)), None) = (verdict.stall, self.ended) {
             let message = match rule {
@@ -1399,7 +1337,7 @@ impl State {
                 super::stall::Rule::ProgressTimeout => format!(
                     "no progress for {:.1} s at step {} ({}; heartbeats went on): stopping the trainer",
                     silence.as_secs_f64(),
-                    self.last_advance.map_or(0, |(step, _, _)| step),
+                    self.run.clock.step(),
                     rule.word()
                 ),
                 _ => format!("no heartbeat for {:.1} s ({}): stopping the trainer", silence.as_secs_f64(), rule.word()),
@@ -1440,8 +1378,8 @@ impl State {
             .await
             .ok()
             .flatten();
-        if let Some(at) = newest.map(instant_at).filter(|at| *at > self.attempt_started) {
-            self.last_output = Some(self.last_output.map_or(at, |o| o.max(at)));
+        if let Some(at) = newest.map(instant_at).filter(|at| *at > self.run.clock.started()) {
+            self.run.clock.output(at);
         }
     }
 
@@ -1449,8 +1387,8 @@ impl State {
     /// trainer and each rank a launcher started, never a launcher or helper that would die of it;
     /// under Slurm: the job's steps). See docs/trainer-protocol.md, "Multi-process jobs".
     fn signal_pause(&mut self, _myself: &ActorRef<JobMsg>) -> Result<(), ActorProcessingErr> {
-        let Some(running) = self.running.as_ref().filter(|r| r.started()) else { return Ok(()) };
-        self.pause_unsignalled = false;
+        let Some(running) = self.run.running.as_ref().filter(|r| r.started()) else { return Ok(()) };
+        self.run.pause_unsignalled = false;
         match running.pause() {
             Ok(Delivered::Processes(sent)) if sent.is_empty() => self.event(
                 "pause_unheard",
@@ -1483,7 +1421,7 @@ impl State {
             ))));
         }
         match self.record.state() {
-            JobState::Running if self.started() && self.last_beat.is_some() => {
+            JobState::Running if self.started() && self.run.clock.has_beaten() => {
                 self.transition(JobState::Pausing, Reason::Paused, &message, |_| {})?;
                 self.signal_pause(myself)?;
                 self.arm_pause_timeout(myself);
@@ -1492,7 +1430,7 @@ impl State {
             // kills): the signal goes at the first beat.
             JobState::Starting | JobState::Running if self.started() => {
                 self.transition(JobState::Pausing, Reason::Paused, &message, |_| {})?;
-                self.pause_unsignalled = true;
+                self.run.pause_unsignalled = true;
                 self.arm_pause_timeout(myself);
             }
             JobState::Backoff => {
@@ -1551,14 +1489,14 @@ impl State {
             }
             return fixes;
         }
-        let unreported = match &self.running {
+        let unreported = match &self.run.running {
             Some(running) => running.ended_unreported().await,
             None => None,
         };
         if let Some(ended) = unreported {
             let attempt = self.current_attempt();
             let status = ended.status.map_or("no exit record".into(), describe_status);
-            let fix = match self.running.as_ref().and_then(Running::handle) {
+            let fix = match self.run.running.as_ref().and_then(Running::handle) {
                 Some(crate::store::records::Handle::Slurm { job_id, .. }) => format!(
                     "job {}: attempt {attempt} (Slurm job {}) had ended unreported ({status}); its end is handled now",
                     self.id,
@@ -1574,7 +1512,7 @@ impl State {
             }
             self.event("reconciled", fix.clone());
             fixes.push(fix);
-            self.allocation_ended = ended.allocation_ended;
+            self.run.allocation_ended = ended.allocation_ended;
             self.ended = Some((ended.status, None));
             if let Err(e) = self.record_end(myself).await {
                 tracing::warn!(job = %self.id, "the end found by reconciliation is held: {e}");
@@ -1582,7 +1520,7 @@ impl State {
             }
             return fixes;
         }
-        if self.stop_cause.is_none() && self.started() {
+        if self.run.stop_cause.is_none() && self.started() {
             if let Err(e) = self.tick(myself).await {
                 tracing::warn!(job = %self.id, "reconciliation's heartbeat check: {e}");
             }
@@ -1590,50 +1528,27 @@ impl State {
         fixes
     }
 
-    /// Rotates a log over its cap. How soon to look again follows how fast the logs grow: a quiet
-    /// trainer's are looked at every 10 s, a flooding one's within the time it takes to fill half
-    /// its remaining room (at least every 100 ms), so a thousand jobs cost few `statx` calls and a
-    /// flood still meets its cap. The looking and the copying run on the job's lane.
+    /// Rotates a log over its cap, as often as `log_caps` says; the looking and the copying run on the
+    /// job's lane.
     async fn check_logs(&mut self) {
-        let since = self.logs_checked.elapsed();
-        if since < self.logs_every {
-            return;
-        }
-        self.logs_checked = Instant::now();
+        let Some(since) = self.log_caps.due() else { return };
         let cap = self.shared.config().log_cap;
         let paths = [self.paths.stdout.clone(), self.paths.stderr.clone()];
-        let before = self.log_sizes;
-        let looked = self
-            .lane
-            .run("checking the log sizes", FILE_DEADLINE, move || {
-                paths.map(|path| {
-                    let size = std::fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    let rotated = if size > cap { Some(cap_log(&path, cap).map_err(|e| (path, e))) } else { None };
-                    (size, rotated)
-                })
-            })
-            .await;
-        let Ok(looked) = looked else { return };
-        let mut next = LOGS_EVERY_MAX;
-        for (i, (mut size, rotated)) in looked.into_iter().enumerate() {
-            let grew = size.saturating_sub(before[i]);
-            match rotated {
-                Some(Ok(_)) => {
-                    let path = [&self.paths.stdout, &self.paths.stderr][i].display().to_string();
-                    self.event("log_rotated", format!("{path} reached its cap; older output is in .1"));
-                    size = 0;
+        let Ok(looked) =
+            self.lane.run("checking the log sizes", FILE_DEADLINE, move || LogCaps::look(paths, cap)).await
+        else {
+            return;
+        };
+        self.log_caps.took(&looked, since, cap);
+        for (_, what) in looked {
+            match what {
+                Looked::Rotated(path) => {
+                    self.event("log_rotated", format!("{} reached its cap; older output is in .1", path.display()))
                 }
-                Some(Err((path, e))) => tracing::warn!(job = %self.id, "cannot rotate {}: {e}", path.display()),
-                None => {}
-            }
-            self.log_sizes[i] = size;
-            if grew > 0 {
-                let room = cap.saturating_sub(size) as f64;
-                let fill_half = since.as_secs_f64() * room / (2.0 * grew as f64);
-                next = next.min(Duration::from_secs_f64(fill_half.clamp(0.1, LOGS_EVERY_MAX.as_secs_f64())));
+                Looked::Failed(path, e) => tracing::warn!(job = %self.id, "cannot rotate {}: {e}", path.display()),
+                Looked::Fine => {}
             }
         }
-        self.logs_every = next;
     }
 
     /// SIGTERM to the group, then SIGKILL after the stop grace.
@@ -1641,8 +1556,8 @@ impl State {
         if !self.started() {
             return Ok(());
         }
-        if self.stop_cause != Some(StopCause::Cancel) {
-            self.stop_cause = Some(cause);
+        if self.run.stop_cause != Some(StopCause::Cancel) {
+            self.run.stop_cause = Some(cause);
         }
         let reason = match cause {
             StopCause::Cancel => Reason::Cancelled,
@@ -1659,7 +1574,7 @@ impl State {
                 }
             })?;
         }
-        if let Some(running) = &self.running {
+        if let Some(running) = &self.run.running {
             running.terminate()?;
         }
         let attempt = self.current_attempt();
@@ -1686,7 +1601,7 @@ impl State {
         if self.hooks.cancel_without_stop && self.started() {
             // Test hook: the stop is "lost"; the record says cancelled while the trainer runs on.
             let message = format!("cancelled by {by} (test hook: the trainer was not stopped)");
-            self.running = None;
+            self.run.running = None;
             self.awaiting_exit = false;
             self.transition(JobState::Stopping, Reason::Cancelled, &message, |_| {})?;
             self.finish(myself, JobState::Cancelled, Reason::Cancelled, &message, |r| {
@@ -1745,7 +1660,7 @@ impl State {
         }
         self.live.pid = None;
         self.live.stalled = false;
-        if let Some(running) = &self.running {
+        if let Some(running) = &self.run.running {
             if let Some(survivors) = running.drain().await {
                 self.event("group_survivors", survivors);
             }
@@ -1755,20 +1670,21 @@ impl State {
         let end = AttemptEnd {
             exit: status,
             trainer_state: self.live.progress.as_ref().map(|p| p.state),
-            stopped_by_daemon: self.stop_cause,
-            ran_for: self.attempt_started.elapsed(),
+            stopped_by_daemon: self.run.stop_cause,
+            ran_for: self.run.clock.started().elapsed(),
             resumed: attempt.as_ref().is_some_and(|a| a.resumed_from.is_some()),
-            allocation_ended: std::mem::take(&mut self.allocation_ended),
+            allocation_ended: std::mem::take(&mut self.run.allocation_ended),
         };
         let mut history = History {
             restart_times: self.record.restart_times.clone(),
             consecutive_failures: self.record.consecutive_failures,
         };
         let decision = policy::decide(&self.record.spec.restart, &mut history, &end, now, jitter());
-        let rolled_back = match (&decision, self.stop_cause) {
+        let rolled_back = match (&decision, self.run.stop_cause) {
             (Decision::Restart { reason: Reason::Diverged, .. }, _) => {
                 // Unknown after a restart of trainerd: the latest recorded checkpoint bounds it.
                 let first = self
+                    .run
                     .diverged_at
                     .or(self.record.latest_checkpoint.as_ref().map(|c| c.step.saturating_add(1)))
                     .unwrap_or(u64::MAX);
@@ -1870,8 +1786,8 @@ impl State {
         }
         self.ended = None;
         self.awaiting_exit = false;
-        self.running = None;
-        self.stop_cause = None;
+        self.run.running = None;
+        self.run.stop_cause = None;
         self.tick_generation += 1;
         Ok(())
     }

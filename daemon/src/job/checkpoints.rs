@@ -9,10 +9,13 @@
 //! regular file or directory, reached without a link. Hidden names and `.tmp`/`.partial` names are
 //! never taken: a checkpoint is renamed to its `step-N` name only when complete.
 //!
+//! Also here: which checkpoints a rollback sets aside, and which named checkpoints are admissible.
+//!
 //! Blocking: reads the trainer's directory through `untrusted`. Run it on the job's lane.
 
 use crate::untrusted;
 use std::path::{Path, PathBuf};
+use trainerd_proto::trainer::CheckpointRef;
 
 /// How many directory entries are looked at, at most (a trainer could fill its directory).
 const MAX_ENTRIES: usize = 100_000;
@@ -51,6 +54,45 @@ pub fn newest_in(dir: &Path) -> Option<(u64, PathBuf)> {
     let mut found = all_in(dir);
     found.sort_by_key(|(step, _)| std::cmp::Reverse(*step));
     found.into_iter().find(|(_, path)| untrusted::checkpoint_usable(path).is_ok())
+}
+
+/// Before a rollback: sets aside (renames to `.diverged-NAME`) the checkpoints in `dir` from step
+/// `first_step` on, so that nothing resumes from them, and returns the newest usable checkpoint before
+/// it, from the directory or else from `recorded` (the job's recorded ones).
+pub fn set_aside_from(dir: &Path, first_step: u64, recorded: Vec<CheckpointRef>) -> Option<CheckpointRef> {
+    let mut before: Option<(u64, PathBuf)> = None;
+    for (step, path) in all_in(dir) {
+        if step >= first_step {
+            if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                let _ = std::fs::rename(&path, dir.join(format!(".diverged-{name}")));
+            }
+        } else if before.as_ref().is_none_or(|(s, _)| step > *s) && untrusted::checkpoint_usable(&path).is_ok() {
+            before = Some((step, path));
+        }
+    }
+    let recorded = recorded
+        .into_iter()
+        .filter(|c| c.step < first_step && untrusted::checkpoint_usable(&c.path).is_ok())
+        .max_by_key(|c| c.step);
+    match (before, recorded) {
+        (Some((step, _)), Some(r)) if r.step >= step => Some(r),
+        (Some((step, path)), _) => Some(CheckpointRef { path, step, epoch: 0 }),
+        (None, r) => r,
+    }
+}
+
+/// Whether a checkpoint a trainer named may be handed back to it: under the job's own directories
+/// (`roots`: the trainer's directory, the job's workdir), reached without a link, and a non-empty
+/// regular file or directory. The error says why not.
+pub fn admissible(path: &Path, roots: &[&Path]) -> Result<(), String> {
+    if !untrusted::lies_under(path, roots) {
+        return Err(format!(
+            "{} is not under the job's directories ({}); only the job's own files are resumed from",
+            path.display(),
+            roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    untrusted::checkpoint_usable(path).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! - [`checkpoints`]: which checkpoint an attempt resumes from (recorded, or found in the directory).
 //! - [`resume`]: resuming an unchanged script from a glob of its own checkpoints (`--resume-arg`).
 //! - [`output`]: progress from output lines (`--progress-regex`).
+//! - [`logfiles`]: the job's log files: reclaimed when something took their place, kept under their cap.
 //! - [`stall`]: the stall clock, a pure verdict from the job's limits and its last signs of life.
 
 pub mod actor;
@@ -14,6 +15,7 @@ pub mod checkpoints;
 pub mod executor;
 pub mod guard;
 pub mod hooks;
+pub mod logfiles;
 pub mod output;
 pub mod resume;
 pub mod stall;
@@ -21,7 +23,6 @@ pub mod watch;
 
 use crate::store::records::{JobId, JobSpec, RunAs};
 use crate::untrusted;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use trainerd_proto::trainer::{env, Progress, ProgressError, MAX_PROGRESS_BYTES};
 
@@ -173,84 +174,5 @@ pub fn trainer_env(spec: &JobSpec, launch: &Launch<'_>, switch: Option<RunAs>, c
                 cmd.env(var, value);
             }
         }
-    }
-}
-
-/// Makes the job's log paths usable again when something other than a regular file (a FIFO, a link,
-/// a socket a trainer put there) took their place: the logs are trainerd's, so whatever is there is
-/// removed, and the next attempt's logs start afresh. Returns one line per path reclaimed.
-pub fn reclaim_logs(paths: &JobPaths) -> Vec<String> {
-    let mut reclaimed = Vec::new();
-    for path in [&paths.stdout, &paths.stderr] {
-        match untrusted::kind(path) {
-            Ok(untrusted::Kind::Regular) | Err(untrusted::Refused::Missing(_)) => {}
-            Ok(kind) => {
-                let removed = std::fs::remove_file(path).or_else(|_| std::fs::remove_dir_all(path));
-                reclaimed.push(match removed {
-                    Ok(()) => format!("{} was {}, not a log; removed, a new log begins", path.display(), kind.words()),
-                    Err(e) => format!("{} is {}, not a log, and cannot be removed: {e}", path.display(), kind.words()),
-                });
-            }
-            Err(e) => reclaimed.push(e.to_string()),
-        }
-    }
-    reclaimed
-}
-
-/// Keeps a log file under `cap` bytes by copy-truncate: the newest half of its content moves to
-/// `NAME.1` (replacing the older rotation) and the file is truncated. The trainer writes with
-/// O_APPEND, so its next write lands at the new end. Returns whether it rotated.
-pub fn cap_log(path: &Path, cap: u64) -> std::io::Result<bool> {
-    use std::io::{Seek, SeekFrom};
-    let len = match std::fs::symlink_metadata(path) {
-        Ok(m) => m.len(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    if len <= cap {
-        return Ok(false);
-    }
-    let keep = cap / 2;
-    let mut file = untrusted::open_read_write(path).map_err(std::io::Error::other)?;
-    file.seek(SeekFrom::Start(len - keep))?;
-    let mut rotated = path.as_os_str().to_owned();
-    rotated.push(".1");
-    // Replaced, never opened as found: whatever is at NAME.1 (a FIFO, a link) is removed first, and
-    // a new regular file created exclusively.
-    match std::fs::remove_file(&rotated) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
-    let mut out = {
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o640)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&rotated)?
-    };
-    std::io::copy(&mut (&mut file).take(keep), &mut out)?;
-    file.set_len(0)?;
-    Ok(true)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    #[test]
-    fn a_log_over_its_cap_keeps_its_newest_half_and_the_writer_goes_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("stdout.log");
-        let mut writer = std::fs::OpenOptions::new().create(true).append(true).open(&path).unwrap();
-        writer.write_all(&[b'a'; 600]).unwrap();
-        writer.write_all(&[b'b'; 600]).unwrap();
-        assert!(!cap_log(&path, 2000).unwrap());
-        assert!(cap_log(&path, 1000).unwrap());
-        assert_eq!(std::fs::read(dir.path().join("stdout.log.1")).unwrap(), vec![b'b'; 500]);
-        writer.write_all(b"next").unwrap();
-        assert_eq!(std::fs::read(&path).unwrap(), b"next", "an O_APPEND writer continues at the new end");
     }
 }

@@ -52,6 +52,17 @@ pub struct Match {
 }
 
 impl Match {
+    /// The progress this line shows, over `p` (the trainer's last; a new one when none): running, at
+    /// `now`, with the step, total, epoch and loss the line gave.
+    pub fn apply(&self, p: &mut trainerd_proto::trainer::Progress, now: f64) {
+        p.state = trainerd_proto::trainer::TrainerState::Running;
+        p.updated_at = now;
+        p.step = self.step.unwrap_or(p.step);
+        p.total_steps = self.total.unwrap_or(p.total_steps);
+        p.epoch = self.epoch.unwrap_or(p.epoch);
+        p.loss = self.loss.or(p.loss);
+    }
+
     /// `later`'s values over this one's.
     fn merge(&mut self, later: Match) {
         self.step = later.step.or(self.step);

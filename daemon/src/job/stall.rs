@@ -1,7 +1,7 @@
 //! The stall clock: whether a running attempt is stalled, late, or fine, and when to look again. A
-//! pure function of the job's limits and three instants (the attempt's start, its last heartbeat, its
-//! last output): no clock of its own, no I/O, tested as a table. The job actor reads the instants
-//! and carries the verdict out.
+//! pure function of the job's limits and the attempt's instants (its start, its last heartbeat, its
+//! last output, its last advance), kept in a [`Clock`] value: no clock of its own, no I/O, tested as
+//! a table. The job actor notes what it observes on the clock and carries the verdict out.
 //!
 //! The rules (docs/trainer-protocol.md):
 //! - heartbeats (a new progress file, or a line matching `progress_regex`): silence for
@@ -104,6 +104,93 @@ impl Phase {
     }
 }
 
+/// One attempt's stall clock: the instants the verdict is judged on, kept as the actor observes
+/// them (a new attempt gets a new clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    started: Instant,
+    /// The last heartbeat: its sequence number (`u64::MAX` when not read: an output line, or a file
+    /// only dated) and when it was seen.
+    last_beat: Option<(u64, Instant)>,
+    last_output: Option<Instant>,
+    /// The step and phase last reported, and when they last changed.
+    last_advance: Option<(u64, Phase, Instant)>,
+}
+
+impl Clock {
+    /// The clock of an attempt started at `started`.
+    pub fn new(started: Instant) -> Clock {
+        Clock { started, last_beat: None, last_output: None, last_advance: None }
+    }
+
+    /// When the attempt started (for the startup grace and its run time).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The trainer started later than the attempt did (it waited in its executor's queue): the
+    /// startup grace counts from `at`.
+    pub fn started_at(&mut self, at: Instant) {
+        self.started = at;
+    }
+
+    /// A heartbeat numbered `seq` seen at `at`. Returns whether it is new, and whether it is the first.
+    pub fn beat(&mut self, seq: u64, at: Instant) -> (bool, bool) {
+        let first = self.last_beat.is_none();
+        let new = self.last_beat.is_none_or(|(last, _)| last != seq);
+        if new {
+            self.last_beat = Some((seq, at));
+        }
+        (new, first)
+    }
+
+    /// A sign of life with no sequence number (an output line, a progress file only dated) at `at`:
+    /// any progress file read next counts as a new beat. Returns whether it is the first.
+    pub fn alive_at(&mut self, at: Instant) -> bool {
+        let first = self.last_beat.is_none();
+        self.last_beat = Some((u64::MAX, at));
+        first
+    }
+
+    /// The heartbeat a progress file read after a restart of trainerd shows: numbered `seq`, written at
+    /// `at` (a trainer silent for an hour before the restart is an hour late now).
+    pub fn beat_was(&mut self, seq: u64, at: Instant) {
+        self.last_beat = Some((seq, at));
+    }
+
+    /// Whether any heartbeat was seen.
+    pub fn has_beaten(&self) -> bool {
+        self.last_beat.is_some()
+    }
+
+    /// Output (a log write) at `at`; an earlier one than already seen changes nothing.
+    pub fn output(&mut self, at: Instant) {
+        self.last_output = Some(self.last_output.map_or(at, |o| o.max(at)));
+    }
+
+    /// A report of `step` in `phase` at `at`: the progress deadline counts from its last change.
+    pub fn advance(&mut self, step: u64, phase: Phase, at: Instant) {
+        if self.last_advance.is_none_or(|(s, p, _)| s != step || p != phase) {
+            self.last_advance = Some((step, phase, at));
+        }
+    }
+
+    /// The step last reported (0 before any).
+    pub fn step(&self) -> u64 {
+        self.last_advance.map_or(0, |(step, _, _)| step)
+    }
+
+    /// The readings the verdict is judged on.
+    pub fn readings(&self) -> Readings {
+        Readings {
+            started: self.started,
+            last_beat: self.last_beat.map(|(_, at)| at),
+            last_output: self.last_output,
+            last_advance: self.last_advance.map(|(_, phase, at)| (at, phase)),
+        }
+    }
+}
+
 fn since(now: Instant, then: Instant) -> Duration {
     now.saturating_duration_since(then)
 }
@@ -172,6 +259,32 @@ pub fn judge(limits: &Limits, r: &Readings, now: Instant) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clock_counts_new_heartbeats_only_and_signs_of_life_always() {
+        let t0 = Instant::now();
+        let mut c = Clock::new(t0);
+        assert!(!c.has_beaten());
+        assert_eq!(c.beat(1, t0 + s(1)), (true, true), "the first beat");
+        assert_eq!(c.beat(1, t0 + s(2)), (false, false), "the same file read again is no beat");
+        assert_eq!(c.readings().last_beat, Some(t0 + s(1)));
+        assert_eq!(c.beat(2, t0 + s(3)), (true, false));
+        assert!(!c.alive_at(t0 + s(4)), "an output line after beats");
+        assert_eq!(c.readings().last_beat, Some(t0 + s(4)));
+        assert_eq!(c.beat(2, t0 + s(5)), (true, false), "after a sign of life, any file is a beat");
+        c.advance(7, Phase::Running, t0 + s(5));
+        c.advance(7, Phase::Running, t0 + s(6));
+        assert_eq!(
+            (c.step(), c.readings().last_advance),
+            (7, Some((t0 + s(5), Phase::Running))),
+            "no change, no advance"
+        );
+        c.output(t0 + s(9));
+        c.output(t0 + s(8));
+        assert_eq!(c.readings().last_output, Some(t0 + s(9)), "an older output time changes nothing");
+        c.started_at(t0 + s(10));
+        assert_eq!(c.started(), t0 + s(10));
+    }
 
     fn s(secs: u64) -> Duration {
         Duration::from_secs(secs)

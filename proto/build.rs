@@ -24,6 +24,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "#[derive(serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
         )
         .type_attribute(
+            "trainerd.v1.GetMetricsRequest",
+            "#[derive(serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
+        )
+        .type_attribute(
             "trainerd.v1.RemoveJobsRequest",
             "#[derive(serde::Deserialize)] #[serde(default, deny_unknown_fields)]",
         )

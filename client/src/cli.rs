@@ -56,6 +56,26 @@ pub enum Command {
     },
     /// Show a job's event log.
     Events { id: String },
+    /// A job's metric history (loss, val_loss, lr, and every metric its trainer reports), one row
+    /// per step; older spans are folded (their mean, marked ~). --csv for a spreadsheet.
+    Metrics {
+        id: String,
+        /// Only this metric (repeatable) [default: all].
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// From this step.
+        #[arg(long, default_value_t = 0)]
+        from_step: u64,
+        /// To this step [default: the latest].
+        #[arg(long)]
+        to_step: Option<u64>,
+        /// At most this many rows per metric (downsampled by trainerd, extremes kept).
+        #[arg(long, default_value_t = 1000)]
+        max_points: u32,
+        /// Comma-separated values: step, then one column per metric.
+        #[arg(long, conflicts_with = "json")]
+        csv: bool,
+    },
     /// Cancel a job: SIGTERM to its process group, SIGKILL after its stop grace; returns once no
     /// process of the job is left.
     Cancel { id: String },

@@ -194,6 +194,76 @@ pub fn watch_line(job: &pb::Job) -> String {
     )
 }
 
+/// A small chart of `values` in one line of block characters (lowest ▁, highest █); non-finite
+/// values show as `!`.
+pub fn sparkline(values: &[f64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let finite = values.iter().copied().filter(|v| v.is_finite());
+    let (lo, hi) = finite.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    values
+        .iter()
+        .map(|v| match v {
+            v if !v.is_finite() => '!',
+            _ if hi <= lo => BARS[0],
+            v => BARS[(((v - lo) / (hi - lo)) * 7.0).round().clamp(0.0, 7.0) as usize],
+        })
+        .collect()
+}
+
+/// `trainctl metrics`: one row per step, one column per metric (a folded span's mean marked `~`), or
+/// comma-separated values.
+pub fn metrics_table(m: &pb::GetMetricsResponse, csv: bool) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    let names: Vec<&str> = m.series.iter().map(|s| s.name.as_str()).collect();
+    let mut rows: BTreeMap<u64, Vec<Option<(f64, bool)>>> = BTreeMap::new();
+    for (i, series) in m.series.iter().enumerate() {
+        for sample in &series.samples {
+            rows.entry(sample.step).or_insert_with(|| vec![None; names.len()])[i] =
+                Some((sample.value, sample.min.is_some()));
+        }
+    }
+    let mut out = String::new();
+    if csv {
+        let _ = writeln!(out, "step,{}", names.join(","));
+        for (step, cells) in &rows {
+            let cells: Vec<String> = cells.iter().map(|c| c.map(|(v, _)| v.to_string()).unwrap_or_default()).collect();
+            let _ = writeln!(out, "{step},{}", cells.join(","));
+        }
+        return out;
+    }
+    if rows.is_empty() {
+        let _ = writeln!(out, "no metrics recorded (the trainer reports loss, lr or metrics with its progress)");
+        return out;
+    }
+    let _ = write!(out, "{:>10}", "STEP");
+    for name in &names {
+        let _ = write!(out, "  {name:>12}");
+    }
+    out.push('\n');
+    for (step, cells) in &rows {
+        let _ = write!(out, "{step:>10}");
+        for cell in cells {
+            let text = match cell {
+                Some((v, folded)) => format!("{}{}", if *folded { "~" } else { "" }, short(*v)),
+                None => String::new(),
+            };
+            let _ = write!(out, "  {text:>12}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// A number in at most about 10 characters.
+fn short(v: f64) -> String {
+    if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e6) {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.5}")
+    }
+}
+
 fn human_secs(s: f64) -> String {
     if s < 120.0 {
         format!("{s:.0}s")

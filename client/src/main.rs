@@ -216,6 +216,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
             }
         }
+        Command::Metrics { id, names, from_step, to_step, max_points, csv } => {
+            let req = pb::GetMetricsRequest { id, names, from_step, to_step, max_points };
+            let metrics = client.get_metrics(req).await?.into_inner();
+            if json {
+                print_json(&trainerd_proto::json::metrics_json(&metrics));
+            } else {
+                print!("{}", format::metrics_table(&metrics, csv));
+            }
+        }
         Command::Df => {
             let usage = client.disk_usage(pb::DiskUsageRequest {}).await?.into_inner();
             if json {
@@ -394,14 +403,33 @@ async fn watch(client: &mut trainctl::Client, id: &str, json: bool) -> Result<Ex
     let mut stream = client.watch_job(pb::WatchJobRequest { id: id.into() }).await?.into_inner();
     let tty = std::io::stdout().is_terminal() && !json;
     let mut last: Option<pb::Job> = None;
+    // The loss's recent history, for the sparkline: what is stored, then what each update brings.
+    let mut losses: Vec<f64> = Vec::new();
+    if tty {
+        let req =
+            pb::GetMetricsRequest { id: id.into(), names: vec!["loss".into()], max_points: 40, ..Default::default() };
+        if let Ok(m) = client.get_metrics(req).await {
+            losses = m.into_inner().series.into_iter().flat_map(|s| s.samples).map(|s| s.value).collect();
+        }
+    }
     while let Some(update) = stream.next().await {
-        let Some(job) = update?.job else { continue };
+        let update = update?;
+        if let Some(loss) = update.point.as_ref().and_then(|p| p.values.get("loss")) {
+            losses.push(*loss);
+            if losses.len() > 40 {
+                losses.remove(0);
+            }
+        }
+        let Some(job) = update.job else { continue };
         if json {
             let mut value = trainerd_proto::json::job_json(&job);
             value["update"] = update_kind(&job, last.as_ref()).into();
+            if let Some(point) = &update.point {
+                value["point"] = trainerd_proto::json::point_json(point);
+            }
             print_json(&value);
         } else if tty {
-            print!("\r\x1b[2K{}", format::watch_line(&job));
+            print!("\r\x1b[2K{} {}", format::watch_line(&job), format::sparkline(&losses));
             let _ = std::io::stdout().flush();
         } else if last.as_ref().is_none_or(|l| l.state != job.state || l.step != job.step || l.epoch != job.epoch) {
             println!("{}", format::watch_line(&job));

@@ -55,12 +55,17 @@ impl Hub {
     /// Publishes a job's new view to its watchers. A terminal or paused view is the last: the channel
     /// closes after it, which ends every watch stream (a resumed job gets a new channel).
     pub fn publish(&self, job: pb::Job, kind: &str) {
+        self.publish_with(job, kind, None)
+    }
+
+    /// [`Hub::publish`], with the metric values recorded with this update.
+    pub fn publish_with(&self, job: pb::Job, kind: &str, point: Option<pb::MetricValues>) {
         let id = parse_id(&job.id);
         let terminal = ends_watch(job.state());
         let mut jobs = lock(&self.jobs);
         let live = jobs.entry(id).or_insert_with(|| Live { latest: job.clone(), tx: broadcast::channel(BACKLOG).0 });
         live.latest = job.clone();
-        let _ = live.tx.send(pb::JobUpdate { job: Some(job), kind: kind.into() });
+        let _ = live.tx.send(pb::JobUpdate { job: Some(job), kind: kind.into(), point });
         if terminal {
             jobs.remove(&id);
         }

@@ -113,6 +113,50 @@ pub fn health_json(h: &pb::HealthResponse) -> Value {
     })
 }
 
+/// A number as JSON: finite ones as numbers, the others as the protocol's strings (`"NaN"`,
+/// `"Infinity"`, `"-Infinity"`): JSON has no NaN, and a diverged loss must stay visible.
+pub fn number(value: f64) -> Value {
+    match value {
+        v if v.is_nan() => json!("NaN"),
+        v if v.is_infinite() && v > 0.0 => json!("Infinity"),
+        v if v.is_infinite() => json!("-Infinity"),
+        v => json!(v),
+    }
+}
+
+/// The stable JSON form of a job's metric history: `{"names": [...], "series": {"loss": [{"step",
+/// "value", "min", "max", "at", "attempt"}, ...]}}`.
+pub fn metrics_json(m: &pb::GetMetricsResponse) -> Value {
+    let series: serde_json::Map<String, Value> = m
+        .series
+        .iter()
+        .map(|s| {
+            let samples: Vec<Value> = s
+                .samples
+                .iter()
+                .map(|p| {
+                    json!({
+                        "step": p.step,
+                        "value": number(p.value),
+                        "min": p.min.map(number),
+                        "max": p.max.map(number),
+                        "at": p.at,
+                        "attempt": p.attempt,
+                    })
+                })
+                .collect();
+            (s.name.clone(), Value::Array(samples))
+        })
+        .collect();
+    json!({"names": m.names, "series": series})
+}
+
+/// The JSON form of one progress report's metric values (a watch update's `point`).
+pub fn point_json(p: &pb::MetricValues) -> Value {
+    let values: serde_json::Map<String, Value> = p.values.iter().map(|(k, v)| (k.clone(), number(*v))).collect();
+    json!({"step": p.step, "at": p.at, "attempt": p.attempt, "values": values})
+}
+
 /// A reason as a lowercase word (`stalled`, `crashed`, ...); empty when unspecified.
 pub fn reason_word(reason: pb::Reason) -> &'static str {
     match reason {

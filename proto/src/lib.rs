@@ -28,4 +28,4 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("trai
 
 /// The API's version, `MAJOR.MINOR`: the major is the proto package's (`trainerd.v1`), the minor
 /// counts compatible additions (docs/api.md, "Compatibility"). DaemonInfo reports it.
-pub const API_VERSION: &str = "1.6";
+pub const API_VERSION: &str = "1.7";

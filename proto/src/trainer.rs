@@ -167,6 +167,37 @@ pub struct Progress {
     /// advance again, when the job has a progress deadline; without it the phase gets the deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_timeout_s: Option<f64>,
+    /// Any other named scalars (accuracy, grad_norm, tokens_per_sec, ...), kept in the job's metric
+    /// history with loss, val_loss, lr and samples_per_sec. Names of `[A-Za-z0-9_./-]`, at most 64
+    /// bytes; non-finite values as for `loss`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty", with = "metric_values")]
+    pub metrics: std::collections::BTreeMap<String, f64>,
+}
+
+/// The `metrics` object: values as for a loss (a number, or `"NaN"`, `"Infinity"`, `"-Infinity"`).
+mod metric_values {
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::collections::BTreeMap;
+
+    #[derive(serde::Serialize)]
+    struct Value(#[serde(with = "super::loss_value")] Option<f64>);
+
+    #[derive(Deserialize)]
+    struct Read(#[serde(with = "super::loss_value")] Option<f64>);
+
+    pub fn serialize<S: Serializer>(values: &BTreeMap<String, f64>, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(values.len()))?;
+        for (name, value) in values {
+            map.serialize_entry(name, &Value(Some(*value)))?;
+        }
+        map.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+        let read = BTreeMap::<String, Read>::deserialize(d)?;
+        Ok(read.into_iter().filter_map(|(name, Read(value))| Some((name, value?))).collect())
+    }
 }
 
 /// A loss as JSON: a number, or for a non-finite one the string `"NaN"`, `"Infinity"` or
@@ -246,6 +277,7 @@ impl Progress {
             message: None,
             weights_sha256: None,
             phase_timeout_s: None,
+            metrics: Default::default(),
         }
     }
 

@@ -98,6 +98,9 @@ try:
     raise AssertionError("a completed job was retried")
 except trainerd.FailedPrecondition as e:
     assert "never runs again" in e.message, e
+# The fake trainer reports no metrics: an empty history, asked for by name too.
+assert client.metrics(job.id) == {} and client.metrics(job.id, names=["loss"], max_points=5) == {}
+assert list(client.metrics_response(job.id).names) == []
 usage = client.disk_usage()
 assert usage.total_bytes > 0 and any(j.id == job.id for j in usage.jobs), usage
 removed = client.remove(job.id)

@@ -376,7 +376,7 @@ async fn bad_requests_get_exact_errors_and_trainerd_keeps_serving_with_nothing_l
     let hint = "; send one JSON object per line, like {\"op\":\"list\"}";
     let json_cases: Vec<(&[u8], &str, String)> = vec![
         (b"hello", "invalid_argument", format!("request: expected value at line 1 column 1{hint}")),
-        (b"{\"op\":\"explode\"}", "invalid_argument", format!("request: unknown variant `explode`, expected one of `submit`, `get`, `list`, `watch`, `events`, `logs`, `cancel`, `pause`, `resume`, `retry`, `rm`, `df`, `health`, `reconcile`, `info` at line 1 column 15{hint}")),
+        (b"{\"op\":\"explode\"}", "invalid_argument", format!("request: unknown variant `explode`, expected one of `submit`, `get`, `list`, `watch`, `events`, `logs`, `cancel`, `pause`, `resume`, `retry`, `rm`, `df`, `metrics`, `health`, `reconcile`, `info` at line 1 column 15{hint}")),
         (b"{\"id\":\"1\"}", "invalid_argument", format!("request: missing field `op` at line 1 column 10{hint}")),
         (b"{\"op\":\"get\"}", "invalid_argument", format!("request: missing field `id`{hint}")),
         (b"{\"op\":\"health\",\"x\":1}", "invalid_argument", format!("request: unknown field `x`, there are no fields{hint}")),

@@ -7,6 +7,7 @@ mod full_disk;
 mod hostile;
 mod interfaces;
 mod lifecycle;
+mod metrics;
 mod pause_queue;
 mod python;
 mod reconcile;

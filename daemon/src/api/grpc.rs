@@ -250,6 +250,13 @@ impl Trainerd for GrpcService {
         Ok(Response::new(self.api.disk_usage().await?))
     }
 
+    async fn get_metrics(
+        &self,
+        req: Request<pb::GetMetricsRequest>,
+    ) -> Result<Response<pb::GetMetricsResponse>, Status> {
+        Ok(Response::new(self.api.metrics(req.into_inner()).await?))
+    }
+
     async fn pause_job(&self, req: Request<pb::PauseJobRequest>) -> Result<Response<pb::Job>, Status> {
         let by = caller(&req).to_string();
         Ok(Response::new(self.api.pause(&req.into_inner().id, by).await?))

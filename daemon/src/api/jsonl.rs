@@ -43,6 +43,8 @@ enum Request {
     /// RemoveJobsRequest's fields by their names (`ids`).
     Rm(pb::RemoveJobsRequest),
     Df(Empty),
+    /// GetMetricsRequest's fields by their names.
+    Metrics(pb::GetMetricsRequest),
     Health(Empty),
     Reconcile(Empty),
     Info(Empty),
@@ -240,6 +242,11 @@ async fn handle(
             value["ok"] = true.into();
             value
         }),
+        Request::Metrics(req) => api.metrics(req).await.map(|m| {
+            let mut value = trainerd_proto::json::metrics_json(&m);
+            value["ok"] = true.into();
+            value
+        }),
         Request::Health(Empty {}) => api.health().map(|h| {
             let mut value = trainerd_proto::json::health_json(&h);
             value["ok"] = true.into();
@@ -265,7 +272,11 @@ async fn watch(api: &Arc<Api>, id: &str, write: &mut (impl AsyncWriteExt + Unpin
     };
     while let Some(update) = updates.next().await {
         let job = update.job.unwrap_or_default();
-        send(write, &json!({"ok": true, "update": update.kind, "job": job_json(&job)})).await?;
+        let mut line = json!({"ok": true, "update": update.kind, "job": job_json(&job)});
+        if let Some(point) = &update.point {
+            line["point"] = trainerd_proto::json::point_json(point);
+        }
+        send(write, &line).await?;
     }
     Ok(())
 }

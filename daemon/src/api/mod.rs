@@ -525,7 +525,7 @@ impl Api {
         let (snapshot, rx) = self.subscribe(id)?;
         let rx = if ends_watch(snapshot.state()) { None } else { rx };
         let id = snapshot.id.clone();
-        let first = pb::JobUpdate { job: Some(snapshot), kind: "snapshot".into() };
+        let first = pb::JobUpdate { job: Some(snapshot), kind: "snapshot".into(), point: None };
         Ok(Updates { api: self.clone(), id, first: Some(first), rx })
     }
 
@@ -673,6 +673,49 @@ impl Api {
         Ok(out)
     }
 
+    /// A job's metric history: the names asked for (all when none), in a step range, each downsampled
+    /// to at most `max_points` samples with the extremes and the newest kept.
+    pub async fn metrics(&self, req: pb::GetMetricsRequest) -> Result<pb::GetMetricsResponse, ApiError> {
+        let id = self.resolve(&req.id)?;
+        let max = match req.max_points {
+            0 => 1000,
+            n if n > 100_000 => return Err(invalid("max_points", format!("{n}: give at most 100000"))),
+            n => n as usize,
+        };
+        let to = req.to_step.unwrap_or(u64::MAX);
+        if to < req.from_step {
+            return Err(invalid("to_step", format!("{to} is before from_step {}", req.from_step)));
+        }
+        if let Some(bad) = req.names.iter().find(|n| !crate::store::metrics::valid_name(n)) {
+            return Err(invalid("names", format!("{bad:?} is not a metric name (letters, digits, _ . / -)")));
+        }
+        let store = self.store.clone();
+        let from = req.from_step;
+        let all = tokio::task::spawn_blocking(move || store.metrics(id, from, to))
+            .await
+            .map_err(|e| ApiError::Internal(format!("reading the metrics failed: {e}")))??;
+        let names: Vec<String> = all.keys().cloned().collect();
+        let series = all
+            .into_iter()
+            .filter(|(name, _)| req.names.is_empty() || req.names.contains(name))
+            .map(|(name, samples)| pb::MetricSeries {
+                name,
+                samples: crate::store::metrics::downsample(&samples, max)
+                    .into_iter()
+                    .map(|s| pb::MetricSample {
+                        step: s.step,
+                        value: s.value,
+                        min: s.min,
+                        max: s.max,
+                        at: s.at,
+                        attempt: s.attempt,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(pb::GetMetricsResponse { series, names })
+    }
+
     /// The disk each job's directory uses, largest first.
     pub async fn disk_usage(&self) -> Result<pb::DiskUsageResponse, ApiError> {
         let records: Vec<JobRecord> = self.store.records().collect::<Result<_, _>>()?;
@@ -795,7 +838,7 @@ impl Updates {
                 match rx.recv().await {
                     Ok(update) => update,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        pb::JobUpdate { job: Some(self.api.get(&self.id).ok()?), kind: "snapshot".into() }
+                        pb::JobUpdate { job: Some(self.api.get(&self.id).ok()?), kind: "snapshot".into(), point: None }
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 }

@@ -28,6 +28,7 @@ use crate::hub::{job_view, LiveFacts};
 use crate::policy::{self, AttemptEnd, Decision, History, StopCause};
 use crate::refusal::{not_pausable, Refusal};
 use crate::shared::Shared;
+use crate::store::metrics;
 use crate::store::records::Protocol;
 use crate::store::records::{Attempt, AttemptMore, ExitStatus, JobId, JobRecord};
 use crate::store::StoreError;
@@ -183,6 +184,12 @@ pub struct State {
     /// Set by the watcher when it sends `ProgressChanged`, cleared when the actor reads the file: one
     /// rename raises two or three inotify events, and a burst of them needs one read, not three.
     progress_pending: Arc<AtomicBool>,
+    /// The metric names this actor has recorded for the job (at most `NAMES_MAX`), and whether a
+    /// refused name was reported.
+    metric_names: std::collections::HashSet<String>,
+    names_refused: bool,
+    /// The last metric point recorded: a report that repeats it is not recorded again.
+    last_point: Option<(u64, Vec<(String, f64)>)>,
     /// Where this job's blocking file work runs (see `crate::blocking`).
     lane: Lane,
     /// The attempt ended (its status, and when the kernel said so) and its end is not recorded yet.
@@ -337,6 +344,9 @@ impl Actor for JobActor {
             _watcher: watcher,
             progress_pending,
             lane: Lane::default(),
+            metric_names: Default::default(),
+            names_refused: false,
+            last_point: None,
             ended: None,
             held: Vec::new(),
             refused_checkpoint: None,
@@ -588,19 +598,23 @@ impl State {
         if !self.run.file_progress {
             m.apply(self.live.progress.get_or_insert_with(|| Progress::starting(unix_now())), unix_now());
         }
+        let mut point = None;
         if let Some(step) = m.step {
             self.note_first_step(step);
             if !self.run.file_progress {
                 self.run.clock.advance(step, super::stall::Phase::Running, now);
+                // Without a progress file, the lines' values are the job's metrics.
+                let values = m.loss.map(|loss| ("loss".to_string(), loss)).into_iter().chain(m.metrics.iter().cloned());
+                point = self.record_point(step, values.collect());
             }
         }
         if self.record.state() == JobState::Starting && self.ended.is_none() {
             match self.transition(JobState::Running, Reason::Unspecified, "first progress line", |_| {}) {
-                Err(e) if store_unavailable(&e) => self.publish("progress"),
+                Err(e) if store_unavailable(&e) => self.shared.hub.publish_with(self.view(), "progress", point),
                 other => other?,
             }
         } else {
-            self.publish("progress");
+            self.shared.hub.publish_with(self.view(), "progress", point);
         }
         Ok(())
     }
@@ -624,6 +638,22 @@ impl State {
         match updated {
             Ok(record) => self.record = record,
             Err(e) => tracing::warn!(job = %self.id, "the attempt's first step is not recorded: {e}"),
+        }
+        // The attempt continues from `step`: what earlier attempts reported after it is not what the
+        // final model went through, so the history after it is replaced by this attempt's.
+        if attempt.number > 1 {
+            match self.shared.store.rewind_metrics(self.id, step) {
+                Ok(0) => {}
+                Ok(n) => self.event(
+                    "metrics_rewound",
+                    format!(
+                        "attempt {} continues from step {step}: {n} metric point(s) of earlier attempts after step \
+                         {step} are replaced by its own",
+                        attempt.number
+                    ),
+                ),
+                Err(e) => tracing::warn!(job = %self.id, "the metric history is not rewound: {e}"),
+            }
         }
         if ignored {
             let given = attempt.resumed_step.unwrap_or_default();
@@ -661,6 +691,49 @@ impl State {
 
     fn publish(&self, kind: &str) {
         self.shared.hub.publish(self.view(), kind);
+    }
+
+    /// Records one report's metric values in the job's history (when they differ from the last one
+    /// recorded), and returns them for the watchers. Names that are not metric names, and names past
+    /// the job's [`NAMES_MAX`], are not recorded (said once).
+    fn record_point(&mut self, step: u64, values: Vec<(String, f64)>) -> Option<pb::MetricValues> {
+        let mut kept = Vec::with_capacity(values.len());
+        for (name, value) in values {
+            let known = self.metric_names.contains(&name);
+            if known || (metrics::valid_name(&name) && self.metric_names.len() < metrics::NAMES_MAX) {
+                if !known {
+                    self.metric_names.insert(name.clone());
+                }
+                kept.push((name, value));
+            } else if !self.names_refused {
+                self.names_refused = true;
+                self.event(
+                    "metric_refused",
+                    format!(
+                        "metric {name:?} is not recorded: names are letters, digits and _ . / - (at most {} bytes), \
+                         at most {} per job",
+                        metrics::NAME_MAX,
+                        metrics::NAMES_MAX
+                    ),
+                );
+            }
+        }
+        let same = self.last_point.as_ref().is_some_and(|(s, v)| *s == step && *v == kept);
+        if kept.is_empty() || same {
+            return None;
+        }
+        let point = metrics::Point { step, at: unix_now(), attempt: self.current_attempt(), values: kept };
+        if let Err(e) = self.shared.store.append_point(self.id, &point) {
+            tracing::warn!(job = %self.id, "metric point at step {step} not recorded: {e}");
+            return None;
+        }
+        self.last_point = Some((step, point.values.clone()));
+        Some(pb::MetricValues {
+            step,
+            at: point.at,
+            attempt: point.attempt,
+            values: point.values.into_iter().collect(),
+        })
     }
 
     fn event(&self, kind: &str, message: String) {
@@ -1178,10 +1251,15 @@ impl State {
             (Some(guard), Some(loss)) if self.run.diverged_at.is_none() => guard.observe(step, loss),
             _ => None,
         };
-        if progress.state != TrainerState::Starting {
-            // A trainer's first records may say step 0 before it has loaded its checkpoint.
-            self.note_first_step(step);
-        }
+        // A trainer's first records may say step 0 before it has loaded its checkpoint: neither its
+        // first step nor its metrics count until it says it runs.
+        let point = match progress.state {
+            TrainerState::Starting => None,
+            _ => {
+                self.note_first_step(step);
+                self.record_point(step, reported_values(&progress))
+            }
+        };
         let written_at = progress.updated_at;
         self.live.message = progress.message.clone();
         self.live.progress = Some(progress);
@@ -1189,12 +1267,12 @@ impl State {
             match self.transition(JobState::Running, Reason::Unspecified, "first heartbeat", |_| {}) {
                 Err(e) if store_unavailable(&e) => {
                     tracing::warn!(job = %self.id, "RUNNING not recorded yet: {e}");
-                    self.publish("progress");
+                    self.shared.hub.publish_with(self.view(), "progress", point);
                 }
                 other => other?,
             }
         } else {
-            self.publish("progress");
+            self.shared.hub.publish_with(self.view(), "progress", point);
         }
         let lag = unix_now() - written_at;
         if lag.is_finite() && (0.0..3600.0).contains(&lag) {
@@ -1810,6 +1888,16 @@ impl State {
         myself.stop(None);
         Ok(())
     }
+}
+
+/// The named scalars a progress report carries: the protocol's own (loss, val_loss, lr,
+/// samples_per_sec) and its `metrics`.
+fn reported_values(p: &Progress) -> Vec<(String, f64)> {
+    let own = [("loss", p.loss), ("val_loss", p.val_loss), ("lr", p.lr), ("samples_per_sec", p.samples_per_sec)];
+    own.into_iter()
+        .filter_map(|(name, value)| Some((name.to_string(), value?)))
+        .chain(p.metrics.iter().map(|(name, value)| (name.clone(), *value)))
+        .collect()
 }
 
 fn describe_status(status: ExitStatus) -> String {

@@ -385,3 +385,45 @@ fn a_store_failed_by_an_io_error_is_reopened_at_once_and_waiters_hear_of_failure
     assert_eq!(store.recover(0, 100), Recovery::Recovered, "not a lack of space: no room needed");
     store.flush().unwrap();
 }
+
+#[test]
+fn a_long_metric_history_stays_bounded_keeps_its_extremes_and_its_last_value_and_rewinds() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (job, _) = store.create(spec("m", None), None, 1.0).unwrap();
+    let n = 12_000u64;
+    for step in 1..=n {
+        let loss = if step == 77 {
+            1e9
+        } else if step == 5_555 {
+            -1.0
+        } else {
+            1.0 / step as f64
+        };
+        let point = metrics::Point { step, at: step as f64, attempt: 1, values: vec![("loss".into(), loss)] };
+        store.append_point(job.id, &point).unwrap();
+    }
+    let t = store.trees().unwrap();
+    let raw = t.points.scan_prefix(job.id.0.to_be_bytes()).count();
+    let buckets = t.buckets.scan_prefix(job.id.0.to_be_bytes()).count();
+    assert!(raw <= metrics::RAW_MAX && buckets <= metrics::BUCKETS_MAX, "{raw} points, {buckets} buckets");
+    let all = store.metrics(job.id, 0, u64::MAX).unwrap();
+    let loss = &all["loss"];
+    assert!(loss.windows(2).all(|w| w[0].step < w[1].step), "in step order");
+    assert_eq!(loss.last().unwrap().step, n, "the newest point is kept at full resolution");
+    let high = loss.iter().map(|s| s.max.unwrap_or(s.value)).fold(f64::MIN, f64::max);
+    let low = loss.iter().map(|s| s.min.unwrap_or(s.value)).fold(f64::MAX, f64::min);
+    assert_eq!((high, low), (1e9, -1.0), "a folded span keeps its extremes");
+    // A later attempt continues from step 10,000: what came after is replaced.
+    let removed = store.rewind_metrics(job.id, 10_000).unwrap();
+    assert_eq!(removed, 2_000);
+    assert_eq!(store.metrics(job.id, 0, u64::MAX).unwrap()["loss"].last().unwrap().step, 10_000);
+    // Survives a reopen; a removed job takes its history with it.
+    drop(t);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.metrics(job.id, 9_990, 10_000).unwrap()["loss"].len(), 11);
+    store.transition(job.id, JobState::Cancelled, Reason::Cancelled, 2.0, "", |_| {}).unwrap();
+    store.delete(job.id).unwrap();
+    assert!(store.metrics(job.id, 0, u64::MAX).unwrap().is_empty());
+}

@@ -93,6 +93,19 @@ class SdkApiTest(unittest.TestCase):
         self.assertIn('"loss":"NaN"', text)
         json.loads(text, parse_constant=lambda c: self.fail("bare %s is not JSON" % c))
 
+    def test_numbers_beyond_the_protocol_fields_are_metrics_and_anything_else_is_refused(self):
+        run = self.run_obj()
+        run.step(loss=0.5, lr=1e-3, accuracy=0.9, grad_norm=float("inf"))
+        run.report(state="evaluating", val_loss=0.6, val_accuracy=1)
+        run.reporter.write()
+        with open(os.path.join(self.dir.name, "run", "progress.json")) as f:
+            progress = json.loads(f.read())
+        self.assertEqual((progress["loss"], progress["lr"], progress["val_loss"]), (0.5, 1e-3, 0.6))
+        self.assertEqual(progress["metrics"], {"accuracy": 0.9, "grad_norm": "Infinity", "val_accuracy": 1.0})
+        self.assertNotIn("accuracy", progress)
+        with self.assertRaises(TypeError):
+            run.step(note="not a number")
+
     def test_slurm_and_mpi_ranks_are_read_too_and_without_torch_distributed_a_rank_agrees_with_itself(self):
         for name, value in [("SLURM_PROCID", "3"), ("SLURM_NTASKS", "4")]:
             os.environ[name] = value

@@ -286,6 +286,20 @@ class Client:
         ``state_dir_free_bytes``)."""
         return self._call("DiskUsage", pb.DiskUsageRequest())
 
+    def metrics(self, id, names=(), from_step=0, to_step=None, max_points=0):
+        """A job's metric history as ``{name: [(step, value), ...]}`` in step order (a folded span of
+        older steps gives its mean), at most ``max_points`` per name (0: trainerd's 1000), extremes
+        kept. ``GetMetricsResponse`` itself: ``metrics_response``."""
+        response = self.metrics_response(id, names, from_step, to_step, max_points)
+        return {s.name: [(p.step, p.value) for p in s.samples] for s in response.series}
+
+    def metrics_response(self, id, names=(), from_step=0, to_step=None, max_points=0):
+        """``GetMetrics``: the samples with their attempt, time and, for folded spans, min and max."""
+        request = pb.GetMetricsRequest(id=id, names=list(names), from_step=from_step, max_points=max_points)
+        if to_step is not None:
+            request.to_step = to_step
+        return self._call("GetMetrics", request)
+
     def health(self):
         """trainerd's ``HealthResponse`` (``status`` ok, divergent or degraded, with the cause)."""
         return self._call("Health", pb.HealthRequest())

@@ -10,6 +10,28 @@ MAX_PROGRESS_BYTES = 64 * 1024
 FINAL_STATES = ("paused", "stopped", "completed", "failed")
 
 
+# The progress file's own fields (protocol section 2); any other number a loop reports is a metric.
+PROTOCOL_FIELDS = frozenset((
+    "protocol", "state", "step", "total_steps", "epoch", "total_epochs", "loss", "val_loss", "lr",
+    "samples_per_sec", "heartbeat_seq", "heartbeat_interval", "updated_at", "latest_checkpoint", "message",
+    "weights_sha256", "phase_timeout_s", "metrics",
+))
+
+
+def _split(fields):
+    """The protocol's fields, and the other numbers (accuracy=..., grad_norm=...) as metrics."""
+    own, metrics = {}, {}
+    for key, value in fields.items():
+        if key in PROTOCOL_FIELDS:
+            own[key] = value
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            metrics[key] = float(value)
+        else:
+            raise TypeError(f"{key}={value!r}: a metric must be a number (the progress file's own fields are "
+                            f"{', '.join(sorted(PROTOCOL_FIELDS))})")
+    return own, metrics
+
+
 def _finite(fields):
     """The fields with non-finite floats as the protocol's strings ("NaN", "Infinity", "-Infinity"):
     JSON has no NaN, and a diverged loss must still reach trainerd."""
@@ -56,17 +78,27 @@ class Reporter:
             self.write()
 
     def update(self, **fields):
-        """Sets fields for the next write (no I/O)."""
+        """Sets fields for the next write (no I/O). Numbers that are not the protocol's own fields
+        (``accuracy``, ``grad_norm``, ...) are metrics: kept in the job's metric history."""
+        own, metrics = _split(fields)
         with self._lock:
-            self._fields.update(fields)
+            self._fields.update(own)
+            if metrics:
+                self._fields.setdefault("metrics", {}).update(metrics)
 
     def write(self, fsync=False, **fields):
         """Writes the file now: temp file in the same directory, then rename over the old one."""
+        own, metrics = _split(fields)
         with self._lock:
-            self._fields.update(fields)
+            self._fields.update(own)
+            if metrics:
+                self._fields.setdefault("metrics", {}).update(metrics)
             self._fields["heartbeat_seq"] += 1
             self._fields["updated_at"] = time.time()
-            data = json.dumps(_finite(self._fields), separators=(",", ":"), allow_nan=False).encode()
+            out = _finite(self._fields)
+            if "metrics" in out:
+                out["metrics"] = _finite(out["metrics"])
+            data = json.dumps(out, separators=(",", ":"), allow_nan=False).encode()
             if len(data) > MAX_PROGRESS_BYTES:
                 raise ValueError(f"progress file would be {len(data)} bytes; the protocol allows {MAX_PROGRESS_BYTES}")
             tmp = f"{self.path}.tmp"

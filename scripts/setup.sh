@@ -54,5 +54,28 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
     echo "setup: Slurm is missing and cannot be installed here (needs root and apt-get): the Slurm tests skip" >&2
   fi
 fi
+# Headless Chromium and its WebDriver for the web page's browser test (tests/e2e/browser.rs).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing chromium chromium-driver (for the web page's browser test; once)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "setup: chromium is missing and cannot be installed here (needs root and apt-get): the browser test skips" >&2
+  fi
+fi
+# Go and grpc-go from Debian's packages, for the Go client test (tests/e2e/clients.rs).
+if ! command -v go >/dev/null || ! command -v protoc-gen-go-grpc >/dev/null || [ ! -d /usr/share/gocode/src/google.golang.org/grpc ] \
+  || ! dpkg -s golang-github-golang-protobuf-1-5-dev >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "setup: installing golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc (for the Go client test; once)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-google-grpc-dev golang-google-protobuf-dev \
+      golang-github-golang-protobuf-1-5-dev \
+      protoc-gen-go protoc-gen-go-grpc >/dev/null
+  else
+    echo "setup: Go is missing and cannot be installed here (needs root and apt-get): the Go client test skips" >&2
+  fi
+fi
 torch_dir=$(.venv/bin/python -c 'import importlib.util, os; print(os.path.dirname(importlib.util.find_spec("torch").origin))')
 ln -sfn "$torch_dir" .venv/libtorch

@@ -113,6 +113,14 @@ pub enum Command {
     Reconcile,
     /// What the daemon is: version, uptime, slots, state dir.
     Info,
+    /// Serve the web page (jobs, loss curves, events, logs, pause/resume/cancel) on 127.0.0.1,
+    /// talking to trainerd over its unix socket as you; prints the address to open (it carries a
+    /// secret token). Over SSH: `ssh -L 8765:127.0.0.1:8765 host trainctl ui --port 8765`.
+    Ui {
+        /// The loopback port [default: any free one].
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+    },
     /// Print a shell completion script.
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff).

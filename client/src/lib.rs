@@ -33,6 +33,9 @@ pub struct TcpOptions {
     pub ca: Option<Vec<u8>>,
 }
 
+/// The web page (`trainctl ui`).
+pub mod ui;
+
 /// Connects to trainerd's unix socket. The error says where it looked.
 pub async fn connect_unix(path: &Path) -> Result<Client, ConnectError> {
     connect_unix_within(path, None).await

@@ -280,6 +280,26 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 print_reconcile("reconciled", &report);
             }
         }
+        Command::Ui { port } => {
+            if cli.addr.is_some() {
+                return Err(Failure::Usage(
+                    "trainctl ui talks to trainerd over its unix socket (as you); run it on trainerd's host, \
+                     with --socket if need be"
+                        .into(),
+                ));
+            }
+            // trainerd answers before the page is offered: a wrong socket is said now, not in the browser.
+            client.daemon_info(pb::DaemonInfoRequest {}).await?;
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .map_err(|e| Failure::Usage(format!("cannot listen on 127.0.0.1:{port}: {e}")))?;
+            let host = listener.local_addr().map_err(|e| Failure::Usage(e.to_string()))?.to_string();
+            let token = trainctl::ui::new_token().map_err(|e| Failure::Usage(format!("no random token: {e}")))?;
+            println!("http://{host}/?token={token}#/");
+            let _ = std::io::stdout().flush();
+            let ui = std::sync::Arc::new(trainctl::ui::Ui { socket, token, host });
+            trainctl::ui::serve(listener, ui).await.map_err(|e| Failure::Usage(format!("the web page failed: {e}")))?;
+        }
         Command::Info => {
             let info = client.daemon_info(pb::DaemonInfoRequest {}).await?.into_inner();
             if json {

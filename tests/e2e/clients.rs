@@ -1,6 +1,6 @@
 //! Standard gRPC clients with their default options, against the real trainerd: Python's grpcio
 //! (sync and asyncio, unix socket and TCP), the standard health service and reflection, and the
-//! SDK's Python client built from sdk/python as `pip install` builds it. The Python side of each test
+//! SDK's Python client built from sdk/python as `pip install` builds it, and grpc-go (tests/clients/go). The Python side of each test
 //! is a script in tests/clients/ that asserts every answer and exits non-zero on the first wrong one.
 
 use std::io::{BufRead, BufReader};
@@ -151,4 +151,67 @@ fn the_standard_health_watch_reports_serving_then_not_serving_once_shutdown_begi
     assert!(status.success(), "{status}");
     let _ = watcher.kill();
     let _ = watcher.wait();
+}
+
+/// grpc-go, from Debian's packages (Go 1.19, grpc-go 1.33, protobuf-go 1.28, protoc-gen-go and
+/// protoc-gen-go-grpc), built in GOPATH mode from the distribution's sources: nothing is fetched. The
+/// stubs come from the committed proto through the vendored protoc, as a Go user would make them.
+/// Skipped, loudly, where Go is not installed (scripts/setup.sh installs it).
+#[test]
+fn grpc_go_with_default_options_works_over_the_unix_socket_and_tcp() {
+    if Command::new("go").arg("version").output().is_err() {
+        eprintln!("SKIPPED: Go is not installed (apt-get install golang-go golang-google-grpc-dev golang-google-protobuf-dev protoc-gen-go protoc-gen-go-grpc)");
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let gopath = scratch.path().join("gopath");
+    let stubs = gopath.join("src/trainerd/pb");
+    let client = gopath.join("src/goclient");
+    std::fs::create_dir_all(&stubs).unwrap();
+    std::fs::create_dir_all(&client).unwrap();
+    std::fs::copy(repo().join("tests/clients/go/main.go"), client.join("main.go")).unwrap();
+    let protoc = protoc_bin_vendored::protoc_bin_path().expect("the vendored protoc");
+    let out = Command::new(protoc)
+        .arg("-I")
+        .arg(repo().join("proto"))
+        .arg(format!("--go_out={}", stubs.display()))
+        .arg("--go_opt=paths=source_relative,Mtrainerd.proto=trainerd/pb")
+        .arg(format!("--go-grpc_out={}", stubs.display()))
+        .arg("--go-grpc_opt=paths=source_relative,Mtrainerd.proto=trainerd/pb")
+        .arg(repo().join("proto/trainerd.proto"))
+        .output_within()
+        .unwrap();
+    assert!(out.status.success(), "protoc: {}", String::from_utf8_lossy(&out.stderr));
+    // The build cache lives in target/, so only the first run compiles grpc-go.
+    let binary = scratch.path().join("goclient");
+    let out = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&binary)
+        .arg("goclient")
+        .env("GO111MODULE", "off")
+        .env("GOPATH", format!("{}:/usr/share/gocode", gopath.display()))
+        .env("GOCACHE", repo().join("target/go-cache"))
+        .env("GOPROXY", "off")
+        .env("GOFLAGS", "")
+        .output_within()
+        .unwrap();
+    assert!(out.status.success(), "go build: {}", String::from_utf8_lossy(&out.stderr));
+
+    let token = token_file(scratch.path());
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut flags = vec!["--listen", &listen, "--token-file", token.to_str().unwrap()];
+    // SAFETY: geteuid(2) cannot fail. A root trainerd runs TCP submissions as job-user only.
+    if unsafe { libc::geteuid() } == 0 {
+        flags.extend(["--job-user", "nobody"]);
+    }
+    let daemon = Daemon::start(&flags);
+    let out = Command::new(&binary)
+        .arg(format!("unix://{}", daemon.socket().display()))
+        .arg(&listen)
+        .arg(&token)
+        .output_within()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && stdout.contains("grpc-go: all calls as expected"), "{stdout}\n{stderr}");
 }

@@ -2,6 +2,7 @@
 //! One test binary (one link) with a module per area.
 
 mod bad_input;
+mod browser;
 mod clients;
 mod full_disk;
 mod hostile;

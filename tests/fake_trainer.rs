@@ -10,6 +10,7 @@
 //! - `FAKE_PRINT_BYTES=B`: print B bytes to stdout at every step (a flooding trainer);
 //! - `FAKE_START_MS=T`: wait T ms before the first heartbeat (a slow start);
 //! - `FAKE_IGNORE_RESUME=1`: ignore `TRAINERD_RESUME_FROM` and start from step 0 (a resume bug);
+//! - `FAKE_LOSS=1`: report a loss (1 / step) and a metric `acc` (step / steps) at every step;
 //! - `FAKE_STAMP_FILE=PATH`: append `start UNIX_TIME` when main begins, and in hang mode
 //!   `term UNIX_TIME` for each SIGTERM (the benchmarks time restarts and hang detection by them).
 //!
@@ -110,6 +111,10 @@ fn main() {
             let mut p = progress.lock().unwrap();
             p.state = TrainerState::Running;
             p.step = step;
+            if var("FAKE_LOSS", 0) == 1 {
+                p.loss = Some(1.0 / step as f64);
+                p.metrics.insert("acc".into(), step as f64 / steps.max(1) as f64);
+            }
         }
         let stopping = stop.load(Ordering::SeqCst) && fault.as_deref().is_none_or(|f| !f.starts_with("hang"));
         let pausing = pause.load(Ordering::SeqCst) && (every == 0 || step % every == 0);

@@ -1,6 +1,9 @@
 //! Helpers for the end-to-end tests: the built binaries, a real trainerd on a temporary state dir
 //! and socket, and event-driven waits on its WatchJob stream.
 
+/// The WebDriver client the browser test and the benchmark drive the web page with.
+pub mod webdriver;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

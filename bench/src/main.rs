@@ -12,6 +12,7 @@ mod daemon;
 mod measure;
 mod slurm;
 mod stats;
+mod ui;
 
 use daemon::Daemon;
 use std::time::Duration;
@@ -44,6 +45,7 @@ struct Size {
     epochs: u32,
     steps: u32,
     slurm: usize,
+    history: u64,
 }
 
 const FULL: Size = Size {
@@ -59,6 +61,7 @@ const FULL: Size = Size {
     epochs: 4,
     steps: 750,
     slurm: 10,
+    history: 8_000,
 };
 
 const SMOKE: Size = Size {
@@ -74,6 +77,7 @@ const SMOKE: Size = Size {
     epochs: 1,
     steps: 100,
     slurm: 1,
+    history: 200,
 };
 
 fn main() -> std::process::ExitCode {
@@ -106,6 +110,8 @@ fn main() -> std::process::ExitCode {
         let mut daemon = Daemon::start(&["--slots", "1", "--heartbeat-interval", "5"]);
         eprintln!("submissions and trainctl ls over {} jobs ...", size.stored);
         figures.extend(measure::store(&daemon, size.stored).await);
+        eprintln!("the web page over {} jobs ...", size.stored);
+        figures.extend(ui::figures(&daemon, size.stored + 1, size.history, size.gets.max(5)).await);
         daemon.relaunch_with(&["--slots", &slots, "--heartbeat-interval", "5"]);
         eprintln!("{} jobs, scale and recovery ...", size.live);
         figures.extend(measure::scale_and_recovery(&mut daemon, size.burst, size.live, size.window).await);

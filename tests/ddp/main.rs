@@ -139,7 +139,15 @@ async fn a_torchrun_ddp_job_ends_with_the_uninterrupted_weights_through_pause_ki
     }
     let [plain_end, paused_end, killed_end, hung_end] = &ends[..] else { unreachable!() };
     assert_eq!((plain_end.attempt, plain_end.restarts), (1, 0), "re-adopted, never restarted");
-    assert_eq!(paused_end.attempt, 2, "paused once, resumed once");
+    if paused_end.attempt != 2 {
+        let seen = events(&mut client, &paused.id).await;
+        let stderr = std::fs::read_to_string(daemon.job_dir(&paused.id).join("stderr.log")).unwrap_or_default();
+        panic!(
+            "paused once, resumed once, but {} attempts: {seen:?}\nits stderr:\n{}",
+            paused_end.attempt,
+            &stderr[stderr.len().saturating_sub(4000)..]
+        );
+    }
     assert_eq!((killed_end.attempt, killed_end.restarts), (2, 1), "one restart, not a loop");
     assert_eq!((hung_end.attempt, hung_end.restarts), (2, 1), "one restart, not a loop");
     let hung_events = events(&mut client, &hung.id).await;

@@ -111,7 +111,7 @@ fn main() -> std::process::ExitCode {
         eprintln!("submissions and trainctl ls over {} jobs ...", size.stored);
         figures.extend(measure::store(&daemon, size.stored).await);
         eprintln!("the web page over {} jobs ...", size.stored);
-        figures.extend(ui::figures(&daemon, size.stored + 1, size.history, size.gets.max(5)).await);
+        figures.extend(ui::figures(&daemon, size.history, size.gets.max(5)).await);
         daemon.relaunch_with(&["--slots", &slots, "--heartbeat-interval", "5"]);
         eprintln!("{} jobs, scale and recovery ...", size.live);
         figures.extend(measure::scale_and_recovery(&mut daemon, size.burst, size.live, size.window).await);

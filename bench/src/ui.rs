@@ -63,9 +63,11 @@ async fn history(daemon: &Daemon, steps: u64) -> (String, usize) {
     (job.id, stored.series.first().map_or(0, |s| s.samples.len()))
 }
 
-/// The figures, on a daemon whose store holds `jobs` jobs; `steps` for the history job.
-pub async fn figures(daemon: &Daemon, jobs: usize, steps: u64, runs: usize) -> Vec<Figure> {
+/// The figures, on a daemon whose store holds many jobs; `steps` for the history job.
+pub async fn figures(daemon: &Daemon, steps: u64, runs: usize) -> Vec<Figure> {
     let (job, samples) = history(daemon, steps).await;
+    let health = daemon.client().await.health(pb::HealthRequest {}).await.expect("health").into_inner();
+    let jobs: u32 = health.jobs.iter().map(|c| c.count).sum();
     let page = trainerd_tests::webdriver::Page::start(&bin("trainctl"), &daemon.socket());
     let (port, token) = (page.port, page.token.clone());
     let table: Vec<Duration> = (0..runs).map(|_| get(port, &token, "/api/jobs?limit=100")).collect();

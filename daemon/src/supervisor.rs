@@ -30,7 +30,9 @@ use trainerd_proto::v1::{JobState, Reason};
 /// Messages to the Supervisor.
 pub enum SupervisorMsg {
     /// A validated submission; replies with the job and whether it was created.
-    Submit { spec: Box<JobSpec>, run_as: Option<RunAs>, reply: RpcReplyPort<Result<(JobRecord, bool), Refusal>> },
+    Submit { spec: Box<JobSpec>, run_as: Option<RunAs>, reply: RpcReplyPort<Submitted> },
+    /// Flush the submissions written since the last commit, then queue and acknowledge them.
+    Commit,
     /// Cancel a job; the reply comes when it is CANCELLED.
     Cancel { id: JobId, by: String, reply: RpcReplyPort<Result<pb::Job, Refusal>> },
     /// Pause a job (hold it, when queued); the reply comes at once.
@@ -72,6 +74,10 @@ pub enum SupervisorMsg {
 
 /// How long a JobActor has to answer a reconciliation before it is replaced.
 const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What a submission comes to: the job and whether it was created (an idempotency key may name an
+/// existing one), or why not.
+type Submitted = Result<(JobRecord, bool), Refusal>;
 
 /// A queued job.
 #[derive(Debug, Clone, Copy)]
@@ -116,6 +122,8 @@ pub struct State {
     shutdown: Option<Vec<RpcReplyPort<()>>>,
     /// Reconciliations so far.
     reconciliations: u64,
+    /// Submissions written but not yet flushed, with their replies (see `Commit`).
+    uncommitted: Vec<(Submitted, RpcReplyPort<Submitted>)>,
 }
 
 impl Actor for Supervisor {
@@ -143,6 +151,7 @@ impl Actor for Supervisor {
             pending: HashMap::new(),
             shutdown: None,
             reconciliations: 0,
+            uncommitted: Vec::new(),
         };
         let mut restored = Vec::new();
         for record in state.shared.store.records() {
@@ -195,12 +204,30 @@ impl Actor for Supervisor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             SupervisorMsg::Submit { spec, run_as, reply } => {
-                let result = state.shared.store.create(*spec, run_as, unix_now()).map_err(Refusal::from);
-                if let Ok((record, true)) = &result {
-                    state.enqueue(Queued::of(record));
-                    state.publish_queued(record);
+                // Group commit: written now, flushed (and only then queued and acknowledged) by the
+                // Commit message, which comes after every submission already in the mailbox.
+                let result = state.shared.store.create_unflushed(*spec, run_as, unix_now()).map_err(Refusal::from);
+                state.uncommitted.push((result, reply));
+                if state.uncommitted.len() == 1 {
+                    myself.cast(SupervisorMsg::Commit)?;
                 }
-                let _ = reply.send(result);
+            }
+            SupervisorMsg::Commit => {
+                let flushed = state.shared.store.flush();
+                for (result, reply) in std::mem::take(&mut state.uncommitted) {
+                    let result = match (&flushed, result) {
+                        (Ok(()), result) => result,
+                        (Err(e), Ok(_)) => {
+                            Err(Refusal::Store(crate::store::StoreError::Unavailable { cause: e.to_string() }))
+                        }
+                        (Err(_), Err(refused)) => Err(refused),
+                    };
+                    if let Ok((record, true)) = &result {
+                        state.enqueue(Queued::of(record));
+                        state.publish_queued(record);
+                    }
+                    let _ = reply.send(result);
+                }
                 state.admit(&myself).await?;
             }
             SupervisorMsg::Cancel { id, by, reply } => state.cancel(id, by, reply)?,

@@ -41,7 +41,11 @@ async fn a_record_that_says_running_for_a_trainer_that_is_gone_is_resolved_from_
     let req = fake_job("unreported", &[("FAKE_STEPS", "10"), ("TRAINERD_TEST_IGNORE_SHIM_EXIT", "1")]);
     let job = submit(&mut client, req).await;
     let pid = watch_until(&mut client, &job.id, LIMIT, |j| j.pid.is_some()).await.last().unwrap().pid.unwrap();
+    let shim = daemon.shim_pid(&job.id);
     wait_gone(pid, LIMIT);
+    // The shim outlives its trainer a moment (it records the exit, then reaps the group); until it is
+    // gone the attempt is not known to have ended, and reconciliation rightly leaves it.
+    wait_gone(shim, LIMIT);
     let h = divergent(&mut client, 1).await;
     assert_eq!(h.status, "divergent");
     let before = get(&mut client, &job.id).await;

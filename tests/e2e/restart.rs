@@ -453,3 +453,41 @@ async fn after_a_restart_the_stall_clock_counts_from_the_last_heartbeat_not_from
         .unwrap_or_else(|| panic!("{stalled}"));
     assert!(silence >= 3.0, "the silence ({silence} s) includes the time trainerd was down: {stalled}");
 }
+
+/// Concurrent submissions share their flushes (group commit), and still none is acknowledged before
+/// it is on disk: 16 clients submit at once, trainerd is SIGKILLed the moment the last reply arrives,
+/// and every acknowledged job is there after the restart, once, with its own key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_submissions_are_each_durable_before_their_reply() {
+    let mut daemon = Daemon::start(&["--gpus", "none", "--slots", "1"]);
+    let mut tasks = Vec::new();
+    for c in 0..16 {
+        let mut client = daemon.client().await;
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for n in 0..20 {
+                let key = format!("c{c}-n{n}");
+                let mut req = fake_job(&format!("g{c}"), &[("FAKE_STEPS", "100000")]);
+                req.idempotency_key = key.clone();
+                let reply = client.submit_job(req).await.expect("submit").into_inner();
+                assert!(reply.created, "{key} was new");
+                acked.push((key, reply.job.expect("job").id));
+            }
+            acked
+        }));
+    }
+    let mut acked = Vec::new();
+    for task in tasks {
+        acked.extend(task.await.unwrap());
+    }
+    daemon.restart();
+    let mut client = daemon.client().await;
+    let ids: std::collections::HashSet<&String> = acked.iter().map(|(_, id)| id).collect();
+    assert_eq!(ids.len(), 16 * 20, "one job per submission");
+    for (key, id) in &acked {
+        let mut again = fake_job("again", &[]);
+        again.idempotency_key = key.clone();
+        let reply = client.submit_job(again).await.expect("resubmit").into_inner();
+        assert_eq!((reply.created, reply.job.unwrap().id.as_str()), (false, id.as_str()), "{key} survived");
+    }
+}

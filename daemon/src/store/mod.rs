@@ -336,8 +336,21 @@ impl Store {
     }
 
     /// Creates a QUEUED job, or, when `spec.idempotency_key` names an existing job, returns that one.
-    /// The boolean says whether a job was created.
+    /// The boolean says whether a job was created. Flushed before it returns.
     pub fn create(&self, spec: JobSpec, run_as: Option<RunAs>, now: f64) -> Result<(JobRecord, bool), StoreError> {
+        let result = self.create_unflushed(spec, run_as, now)?;
+        self.flush()?;
+        Ok(result)
+    }
+
+    /// [`Store::create`] without its flush: for a caller that commits several submissions with one
+    /// [`Store::flush`] (group commit) and acknowledges none of them, and acts on none, before it.
+    pub fn create_unflushed(
+        &self,
+        spec: JobSpec,
+        run_as: Option<RunAs>,
+        now: f64,
+    ) -> Result<(JobRecord, bool), StoreError> {
         let t = self.writable()?;
         let result = (&t.jobs, &t.events, &t.idempotency, &t.meta)
             .transaction(|(jobs, events, idempotency, meta)| {
@@ -385,9 +398,7 @@ impl Store {
                 Ok((record, true))
             })
             .map_err(flatten);
-        let result = self.note(result)?;
-        self.flush_trees(&t)?;
-        Ok(result)
+        self.note(result)
     }
 
     /// The job an idempotency key names, if any.
@@ -519,9 +530,7 @@ impl Store {
                 Ok((record, true))
             })
             .map_err(flatten);
-        let result = self.note(result)?;
-        self.flush_trees(&t)?;
-        Ok(result)
+        self.note(result)
     }
 
     /// Removes a finished job from the store: its events, its idempotency and retry keys, and last its

@@ -110,6 +110,8 @@ fn main() -> std::process::ExitCode {
         let mut daemon = Daemon::start(&["--slots", "1", "--heartbeat-interval", "5"]);
         eprintln!("submissions and trainctl ls over {} jobs ...", size.stored);
         figures.extend(measure::store(&daemon, size.stored).await);
+        eprintln!("concurrent submissions ...");
+        figures.extend(measure::concurrent_submissions(size.stored).await);
         eprintln!("the web page over {} jobs ...", size.stored);
         figures.extend(ui::figures(&daemon, size.history, size.gets.max(5)).await);
         daemon.relaunch_with(&["--slots", &slots, "--heartbeat-interval", "5"]);

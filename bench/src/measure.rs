@@ -263,25 +263,6 @@ pub async fn store(daemon: &Daemon, jobs: usize) -> Vec<Figure> {
         latencies.push(sent.elapsed());
     }
     let submitting = started.elapsed();
-    // 16 clients at once, each on its own connection: concurrent submissions share their flushes.
-    let clients = 16;
-    let each = (jobs / clients).max(1);
-    let concurrent = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let mut c = daemon.client().await;
-        tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::with_capacity(each);
-            for _ in 0..each {
-                ids.push(submit(&mut c, fake("queued", 1000, &[])).await.id);
-            }
-            ids
-        }));
-    }
-    for task in tasks {
-        ids.extend(task.await.expect("a submitting client"));
-    }
-    let concurrent_rate = (clients * each) as f64 / concurrent.elapsed().as_secs_f64();
     let cancelling = Instant::now();
     for id in ids {
         client.cancel_job(pb::CancelJobRequest { id }).await.expect("cancel");
@@ -305,24 +286,15 @@ pub async fn store(daemon: &Daemon, jobs: usize) -> Vec<Figure> {
         Sample::new(runs).p50()
     };
     let (page, all) = (ls("100"), ls("100000"));
-    let records = jobs + clients * each + 1;
+    let records = jobs + 1;
     let rate = jobs as f64 / submitting.as_secs_f64();
     let l = Sample::new(latencies);
     vec![
         Figure::new(
             "submissions over the unix socket, one sequential client",
-            format!(
-                "{rate:.0}/s ({jobs} jobs; cancels {:.0}/s)",
-                (jobs + clients * each) as f64 / cancelling.as_secs_f64()
-            ),
+            format!("{rate:.0}/s ({jobs} jobs; cancels {:.0}/s)", jobs as f64 / cancelling.as_secs_f64()),
             "≥ 2,000/s",
             rate >= 2000.0,
-        ),
-        Figure::new(
-            "submissions over the unix socket, 16 concurrent clients (each durable before its reply)",
-            format!("{concurrent_rate:.0}/s ({} jobs)", clients * each),
-            "≥ 10,000/s",
-            concurrent_rate >= 10_000.0,
         ),
         Figure::new(
             "state transition written and flushed before the ack (a submission's round trip)",
@@ -337,6 +309,38 @@ pub async fn store(daemon: &Daemon, jobs: usize) -> Vec<Figure> {
             page < Duration::from_millis(100) && all < Duration::from_millis(100),
         ),
     ]
+}
+
+/// Submissions from 16 clients at once, each on its own connection, into a store of its own (so the
+/// other figures' stores keep their size), while one job holds the only slot: concurrent submissions
+/// share their flushes, each still on disk before its reply.
+pub async fn concurrent_submissions(jobs: usize) -> Vec<Figure> {
+    let daemon = Daemon::start(&["--slots", "1", "--heartbeat-interval", "5"]);
+    let mut client = daemon.client().await;
+    let blocker = submit(&mut client, fake("blocker", 1000, &[])).await;
+    let clients = 16;
+    let each = (jobs / clients).max(1);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let mut c = daemon.client().await;
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..each {
+                submit(&mut c, fake("queued", 1000, &[])).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("a submitting client");
+    }
+    let rate = (clients * each) as f64 / started.elapsed().as_secs_f64();
+    let _ = client.cancel_job(pb::CancelJobRequest { id: blocker.id }).await;
+    vec![Figure::new(
+        "submissions over the unix socket, 16 concurrent clients (each durable before its reply)",
+        format!("{rate:.0}/s ({} jobs)", clients * each),
+        "≥ 10,000/s",
+        rate >= 10_000.0,
+    )]
 }
 
 /// Submits `count` long-running jobs and waits until all run; returns the time from the first

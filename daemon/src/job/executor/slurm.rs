@@ -90,11 +90,20 @@ pub fn parse_squeue(text: &str) -> Vec<Row> {
         .collect()
 }
 
+/// The jobs watched, and whether a poller runs for them (both under one lock, so a job added as the
+/// poller finds nothing left to watch is never missed).
+#[derive(Default)]
+struct Watched {
+    jobs: HashMap<u64, watch::Sender<Seen>>,
+    polling: bool,
+}
+
 /// This trainerd's client of the cluster: the jobs it watches and the task that asks `squeue` about
-/// all of them once per poll interval.
+/// all of them once per poll interval. The task ends when no job is left to watch (an idle trainerd
+/// asks Slurm nothing) and starts again with the next.
 pub struct Cluster {
     poll: Duration,
-    watched: Arc<Mutex<HashMap<u64, watch::Sender<Seen>>>>,
+    watched: Arc<Mutex<Watched>>,
     poller: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -104,23 +113,22 @@ impl Cluster {
         Cluster { poll, watched: Arc::default(), poller: Mutex::new(None) }
     }
 
-    /// What Slurm says of job `id` from now on. Starts the poller on first use.
+    /// What Slurm says of job `id` from now on. Starts the poller when none runs.
     fn subscribe(&self, id: u64) -> watch::Receiver<Seen> {
-        let receiver = {
-            let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
-            match watched.get(&id) {
-                Some(sender) => sender.subscribe(),
-                None => {
-                    let (sender, receiver) = watch::channel(Seen::Unknown);
-                    watched.insert(id, sender);
-                    receiver
-                }
+        let mut watched = self.watched.lock().unwrap_or_else(|p| p.into_inner());
+        let receiver = match watched.jobs.get(&id) {
+            Some(sender) => sender.subscribe(),
+            None => {
+                let (sender, receiver) = watch::channel(Seen::Unknown);
+                watched.jobs.insert(id, sender);
+                receiver
             }
         };
-        let mut poller = self.poller.lock().unwrap_or_else(|p| p.into_inner());
-        if poller.as_ref().is_none_or(|p| p.is_finished()) {
-            let (watched, every) = (self.watched.clone(), self.poll);
-            *poller = Some(tokio::spawn(async move { poll(watched, every).await }));
+        if !watched.polling {
+            watched.polling = true;
+            let (shared, every) = (self.watched.clone(), self.poll);
+            *self.poller.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(tokio::spawn(async move { poll(shared, every).await }));
         }
         receiver
     }
@@ -135,32 +143,34 @@ impl Drop for Cluster {
 }
 
 /// The poller: one `squeue` per interval for every watched job; a job whose every watcher is gone
-/// is no longer asked about.
-async fn poll(watched: Arc<Mutex<HashMap<u64, watch::Sender<Seen>>>>, every: Duration) {
+/// is no longer asked about, and with none left the poller ends.
+async fn poll(watched: Arc<Mutex<Watched>>, every: Duration) {
     loop {
         let ids: Vec<u64> = {
             let mut w = watched.lock().unwrap_or_else(|p| p.into_inner());
-            w.retain(|_, sender| sender.receiver_count() > 0);
-            w.keys().copied().collect()
+            w.jobs.retain(|_, sender| sender.receiver_count() > 0);
+            if w.jobs.is_empty() {
+                w.polling = false;
+                return;
+            }
+            w.jobs.keys().copied().collect()
         };
-        if !ids.is_empty() {
-            match squeue().await {
-                Ok(rows) => {
-                    let by_id: HashMap<u64, &Row> = rows.iter().map(|r| (r.id, r)).collect();
-                    let w = watched.lock().unwrap_or_else(|p| p.into_inner());
-                    for id in ids {
-                        let seen = by_id.get(&id).map_or(Seen::Absent, |r| Seen::of(&r.state, &r.reason));
-                        if let Some(sender) = w.get(&id) {
-                            sender.send_if_modified(|old| {
-                                let changed = *old != seen;
-                                *old = seen.clone();
-                                changed
-                            });
-                        }
+        match squeue().await {
+            Ok(rows) => {
+                let by_id: HashMap<u64, &Row> = rows.iter().map(|r| (r.id, r)).collect();
+                let w = watched.lock().unwrap_or_else(|p| p.into_inner());
+                for id in ids {
+                    let seen = by_id.get(&id).map_or(Seen::Absent, |r| Seen::of(&r.state, &r.reason));
+                    if let Some(sender) = w.jobs.get(&id) {
+                        sender.send_if_modified(|old| {
+                            let changed = *old != seen;
+                            *old = seen.clone();
+                            changed
+                        });
                     }
                 }
-                Err(e) => tracing::warn!("squeue failed ({e}); Slurm jobs' states are asked for again in {every:?}"),
             }
+            Err(e) => tracing::warn!("squeue failed ({e}); Slurm jobs' states are asked for again in {every:?}"),
         }
         tokio::time::sleep(every).await;
     }

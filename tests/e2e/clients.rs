@@ -47,6 +47,20 @@ fn token_file(dir: &Path) -> PathBuf {
     token
 }
 
+/// A trainerd on the unix socket and on loopback TCP with a bearer token (in a file under `dir`):
+/// the daemon, its TCP address, and the token file.
+fn tcp_daemon(dir: &Path) -> (Daemon, String, PathBuf) {
+    let token = token_file(dir);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut flags = vec!["--listen", &listen, "--token-file", token.to_str().unwrap()];
+    // SAFETY: geteuid(2) cannot fail. A root trainerd runs TCP submissions as job-user only.
+    if unsafe { libc::geteuid() } == 0 {
+        flags.extend(["--job-user", "nobody"]);
+    }
+    let daemon = Daemon::start(&flags);
+    (daemon, listen, token)
+}
+
 #[test]
 fn grpcio_with_default_options_works_over_the_unix_socket_and_tcp_with_health_and_reflection() {
     let python = python();
@@ -64,21 +78,13 @@ fn grpcio_with_default_options_works_over_the_unix_socket_and_tcp_with_health_an
         .output_within()
         .unwrap();
     assert!(out.status.success(), "protoc: {}", String::from_utf8_lossy(&out.stderr));
-    let token = token_file(scratch.path());
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut flags = vec!["--listen", &listen, "--token-file", token.to_str().unwrap()];
-    // SAFETY: geteuid(2) cannot fail. A root trainerd runs TCP submissions as job-user only.
-    if unsafe { libc::geteuid() } == 0 {
-        flags.extend(["--job-user", "nobody"]);
-    }
-    let daemon = Daemon::start(&flags);
+    let (daemon, listen, token) = tcp_daemon(scratch.path());
     run_python(
         Command::new(&python)
             .arg(repo().join("tests/clients/grpcio_defaults.py"))
             .arg(&stubs)
             .arg(daemon.socket())
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(&listen)
             .arg(&token),
         "grpcio: all calls as expected",
     );
@@ -197,15 +203,7 @@ fn grpc_go_with_default_options_works_over_the_unix_socket_and_tcp() {
         .unwrap();
     assert!(out.status.success(), "go build: {}", String::from_utf8_lossy(&out.stderr));
 
-    let token = token_file(scratch.path());
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut flags = vec!["--listen", &listen, "--token-file", token.to_str().unwrap()];
-    // SAFETY: geteuid(2) cannot fail. A root trainerd runs TCP submissions as job-user only.
-    if unsafe { libc::geteuid() } == 0 {
-        flags.extend(["--job-user", "nobody"]);
-    }
-    let daemon = Daemon::start(&flags);
+    let (daemon, listen, token) = tcp_daemon(scratch.path());
     let out = Command::new(&binary)
         .arg(format!("unix://{}", daemon.socket().display()))
         .arg(&listen)

@@ -49,15 +49,14 @@ impl EndOf {
         .await
         .ok()
         .flatten();
-        let note = match (recorded, said) {
+        match (recorded, said) {
             (None, Some(_)) => {
-                Some(format!("the shim of attempt {attempt} wrote no exit record; its pipe said how the trainer ended"))
+                tracing::warn!(
+                    "the shim of attempt {attempt} wrote no exit record; its pipe said how the trainer ended"
+                )
             }
-            (None, None) => Some(format!("the shim of attempt {attempt} ended without an exit record")),
-            _ => None,
-        };
-        if let Some(note) = &note {
-            tracing::warn!("{note}");
+            (None, None) => tracing::warn!("the shim of attempt {attempt} ended without an exit record"),
+            _ => {}
         }
         Ended { status: recorded.or(said), allocation_ended: false, note: None }
     }

@@ -54,8 +54,10 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-# munge: one daemon for every cluster on the host.
-if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+# munge: one daemon for every cluster on the host. Tests start clusters in parallel, so the check
+# and the start are done under one lock: two munged racing for the socket would fail one cluster.
+start_munge() {
+  munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0
   mkdir -p /run/munge /var/log/munge /var/lib/munge
   chown munge:munge /run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
   if [ ! -s /etc/munge/munge.key ]; then
@@ -63,12 +65,22 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
     chown munge:munge /etc/munge/munge.key
     chmod 400 /etc/munge/munge.key
   fi
-  runuser -u munge -- /usr/sbin/munged --force
-  for _ in $(seq 50); do
-    munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break
+  # A munged started by someone else (the package's init script, just after apt-get install) may
+  # hold the socket and not answer yet: then this one fails to bind, and the wait below is for that one.
+  runuser -u munge -- /usr/sbin/munged --force || true
+  for _ in $(seq 100); do
+    munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0
     sleep 0.1
   done
-fi
+  echo "slurm-cluster.sh: munged started but does not answer; see /var/log/munge/munged.log" >&2
+  return 1
+}
+mkdir -p /run/lock
+exec 9>/run/lock/trainerd-slurm-cluster-munge.lock
+flock 9
+start_munge
+flock -u 9
+exec 9>&-
 
 mkdir -p "$dir/state" "$dir/spool" "$dir/run"
 stop

@@ -6,10 +6,12 @@
 //! scripts/bench.sh            # release build, full size (about two minutes)
 //! scripts/bench.sh --strict   # the same, exiting 1 when any target is missed (a gate for a change)
 //! trainerd-bench --smoke      # a few of each, to check the suite works (the test suite runs this)
+//! scripts/bench.sh --peers    # the side-by-side run with pueue and supervisord (peers.rs)
 //! ```
 
 mod daemon;
 mod measure;
+mod peers;
 mod slurm;
 mod stats;
 mod ui;
@@ -87,7 +89,11 @@ fn main() -> std::process::ExitCode {
         println!("usage: trainerd-bench [--smoke] [--strict]   (see docs/benchmarks.md)");
         println!("  --smoke   a few of each: proves the suite runs; its figures mean nothing");
         println!("  --strict  exit 1 when any figure misses its target");
+        println!("  --peers   trainerd, pueue and supervisord side by side (TRAINERD_PEERS: where they are installed)");
         return std::process::ExitCode::SUCCESS;
+    }
+    if std::env::args().any(|a| a == "--peers") {
+        return side_by_side(smoke);
     }
     let size = if smoke { SMOKE } else { FULL };
     let runtime =
@@ -98,6 +104,7 @@ fn main() -> std::process::ExitCode {
         let daemon = Daemon::start(&["--slots", &slots, "--heartbeat-interval", "5"]);
         eprintln!("exit detection ...");
         figures.extend(measure::exit_detection(&daemon, size.exits, size.gets).await);
+        figures.extend(measure::trainctl_get(&daemon, size.exits).await);
         eprintln!("progress propagation ...");
         figures.extend(measure::propagation(&daemon, size.writes).await);
         eprintln!("hang detection ...");
@@ -132,7 +139,39 @@ fn main() -> std::process::ExitCode {
     std::process::ExitCode::SUCCESS
 }
 
-fn print_table(figures: &[Figure], smoke: bool) {
+/// The side-by-side run: trainerd, pueue and supervisord through the same scenarios.
+fn side_by_side(smoke: bool) -> std::process::ExitCode {
+    if let Err(why) = peers::installed() {
+        eprintln!("trainerd-bench --peers: {why}");
+        return std::process::ExitCode::FAILURE;
+    }
+    let size = if smoke {
+        peers::PeerSize { exits: 2, restarts: 2, bursts: &[5], survivors: 3, idle_window: Duration::from_secs(1) }
+    } else {
+        peers::PeerSize {
+            exits: 20,
+            restarts: 10,
+            bursts: &[200, 500],
+            survivors: 20,
+            idle_window: Duration::from_secs(10),
+        }
+    };
+    let mut all: Vec<Box<dyn peers::Peer>> =
+        vec![Box::new(peers::Trainerd::new()), Box::new(peers::Pueue::new()), Box::new(peers::Supervisord::new())];
+    let rows = peers::compare(&size, &mut all);
+    // A hung trainer (alive, silent): only trainerd knows what progress is.
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    let hang = runtime.block_on(async {
+        let daemon = Daemon::start(&["--heartbeat-interval", "5"]);
+        measure::hang_detection(&daemon, size.exits.min(5), Duration::from_secs(1)).await
+    });
+    print_header(smoke);
+    peers::print(&rows, &hang[0].measured);
+    std::process::ExitCode::SUCCESS
+}
+
+fn print_header(smoke: bool) {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
@@ -149,6 +188,10 @@ fn print_table(figures: &[Figure], smoke: bool) {
         kernel.trim()
     );
     println!();
+}
+
+fn print_table(figures: &[Figure], smoke: bool) {
+    print_header(smoke);
     println!("| figure | measured | target | met |");
     println!("|---|---|---|---|");
     for f in figures {

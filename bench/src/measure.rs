@@ -123,6 +123,44 @@ pub async fn exit_detection(daemon: &Daemon, watch_runs: usize, get_runs: usize)
     ]
 }
 
+/// `trainctl get` of a running job as a new process, spawn to exit, as a script calls it; beside
+/// it `/bin/true` in the same run, the floor any new process pays here.
+pub async fn trainctl_get(daemon: &Daemon, runs: usize) -> Vec<Figure> {
+    let mut client = daemon.client().await;
+    let job = submit(&mut client, fake("get", 1000, &[])).await;
+    let mut updates = watch(&mut client, &job.id).await;
+    until(&mut updates, running).await;
+    let time = |cmd: &mut Command| {
+        let started = Instant::now();
+        let out = cmd.output().expect("spawn");
+        assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        started.elapsed()
+    };
+    let (mut gets, mut trues) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        gets.push(time(
+            Command::new(bin("trainctl")).arg("--socket").arg(daemon.socket()).args(["--json", "get", &job.id]),
+        ));
+        trues.push(time(&mut Command::new("/bin/true")));
+    }
+    let _ = client.cancel_job(pb::CancelJobRequest { id: job.id }).await;
+    let (g, t) = (Sample::new(gets), Sample::new(trues));
+    vec![Figure::new(
+        "`trainctl get` as a new process (spawn → exit)",
+        format!(
+            "p50 {}, p99 {}, max {} (n={}); `/bin/true` in the same run: p50 {}, p99 {}",
+            show(g.p50()),
+            show(g.p99()),
+            show(g.max()),
+            g.len(),
+            show(t.p50()),
+            show(t.p99())
+        ),
+        "p50 < 2 ms",
+        g.p50() < Duration::from_millis(2),
+    )]
+}
+
 /// Writes progress files (temporary file, then rename) for a trainer that has gone quiet, and times
 /// each rename to the WatchJob update that carries its step.
 pub async fn propagation(daemon: &Daemon, runs: usize) -> Vec<Figure> {

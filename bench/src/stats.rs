@@ -28,6 +28,10 @@ impl Sample {
         self.quantile(0.99)
     }
 
+    pub fn max(&self) -> Duration {
+        self.0.last().copied().unwrap_or_default()
+    }
+
     pub fn len(&self) -> usize {
         self.0.len()
     }

@@ -1,9 +1,10 @@
 //! The local executor: each attempt under a `trainerd-shim` on this host. The shim is the trainer's
 //! parent, in a session of its own, so a trainer outlives trainerd; trainerd learns the end from the
-//! shim's exit (tokio's child wait, or a pidfd for a shim an earlier trainerd started) and reads the
-//! exact status from the `exit.json` the shim wrote.
+//! shim's exit (tokio's child wait, or a pidfd for a shim an earlier trainerd started) and the exact
+//! status from the shim's pipe when the shim says (exit code 0) its `exit.json` holds the same, else
+//! from that `exit.json`.
 
-use super::shim::{self, Found, Identity, Waiter};
+use super::shim::{self, Found, Identity, ShimEnd, Waiter};
 use super::{Adopted, End, Ended, Running, Started};
 use crate::blocking::FILE_DEADLINE;
 use crate::job::{JobPaths, Launch};
@@ -31,12 +32,17 @@ pub struct EndOf {
 }
 
 impl EndOf {
-    /// Waits for the shim, then reads the exit record it wrote, or takes what it said on its pipe
-    /// when it could not write one.
+    /// Waits for the shim, then takes what it said on its pipe when it also wrote its exit record,
+    /// else reads that record, else takes the pipe's word alone (a shim that could not write it).
     pub async fn wait(self) -> Ended {
         let attempt = self.attempt;
         let said = match self.waiter.wait().await {
-            Ok(said) => said,
+            // The shim wrote its record and said the same on its pipe: the end is known without a
+            // trip to the blocking pool and the file (this is on the exit-detection path).
+            Ok(ShimEnd { said: Some(status), recorded: true }) => {
+                return Ended { status: Some(status), allocation_ended: false, note: None };
+            }
+            Ok(end) => end.said,
             Err(e) => {
                 tracing::error!("cannot wait for the shim of attempt {attempt}: {e}");
                 None

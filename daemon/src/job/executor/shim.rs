@@ -154,10 +154,18 @@ pub enum Waiter {
     Pidfd(tokio::io::unix::AsyncFd<OwnedFd>),
 }
 
+/// What a shim's end tells without reading its files.
+pub struct ShimEnd {
+    /// The trainer's end as the shim's pipe reported it (only a shim this trainerd started has one).
+    pub said: Option<ExitStatus>,
+    /// The shim's own word (its exit code 0) that its exit record holds the same end: then the
+    /// record need not be read. False where it could not write it, or where nobody heard it.
+    pub recorded: bool,
+}
+
 impl Waiter {
-    /// Waits for the shim's exit, and returns the trainer's end as the shim's pipe reported it (only
-    /// a shim this trainerd started has one). An error means the end could not be observed.
-    pub async fn wait(self) -> io::Result<Option<ExitStatus>> {
+    /// Waits for the shim's exit. An error means the end could not be observed.
+    pub async fn wait(self) -> io::Result<ShimEnd> {
         match self {
             Waiter::Child(started) => {
                 let (mut child, mut report) = *started;
@@ -168,10 +176,10 @@ impl Waiter {
                     said = parse_report(line.trim_end()).or(said);
                     line.clear();
                 }
-                child.wait().await?;
-                Ok(said)
+                let status = child.wait().await?;
+                Ok(ShimEnd { said, recorded: status.code() == Some(0) })
             }
-            Waiter::Pidfd(fd) => fd.readable().await.map(|_| None),
+            Waiter::Pidfd(fd) => fd.readable().await.map(|_| ShimEnd { said: None, recorded: false }),
         }
     }
 }

@@ -461,15 +461,41 @@ pub fn print(rows: &[Row], hang: &str) {
     );
 }
 
+/// A daemon under test, while it runs; killed when dropped, so a run that fails midway leaves none behind.
+struct Spawned(Option<Child>);
+
+impl Spawned {
+    fn pid(&self) -> Option<u32> {
+        self.0.as_ref().map(Child::id)
+    }
+
+    /// Sends `sig` and waits for the exit.
+    fn stop(&mut self, sig: i32) {
+        if let Some(mut child) = self.0.take() {
+            signal(child.id(), sig);
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        self.stop(libc::SIGKILL);
+    }
+}
+
 /// trainerd through trainctl.
 pub struct Trainerd {
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    child: Spawned,
 }
 
 impl Trainerd {
     pub fn new() -> Trainerd {
-        Trainerd { dir: tempfile::Builder::new().prefix("peers-trainerd").tempdir().expect("tempdir"), child: None }
+        Trainerd {
+            dir: tempfile::Builder::new().prefix("peers-trainerd").tempdir().expect("tempdir"),
+            child: Spawned(None),
+        }
     }
 
     fn socket(&self) -> PathBuf {
@@ -480,13 +506,6 @@ impl Trainerd {
         let mut cmd = Command::new(bin("trainctl"));
         cmd.arg("--socket").arg(self.socket());
         cmd
-    }
-}
-
-impl Drop for Trainerd {
-    /// A run that fails midway leaves no daemon behind.
-    fn drop(&mut self) {
-        self.stop(libc::SIGKILL);
     }
 }
 
@@ -523,7 +542,7 @@ impl Peer for Trainerd {
             .stdout(Stdio::null())
             .spawn()
             .expect("spawn trainerd");
-        self.child = Some(child);
+        self.child = Spawned(Some(child));
     }
 
     fn add(&mut self, jobs: &[Job], restart: bool) {
@@ -571,7 +590,7 @@ impl Peer for Trainerd {
     }
 
     fn daemon(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.child.pid()
     }
 
     fn helpers(&self) -> Vec<u32> {
@@ -583,10 +602,7 @@ impl Peer for Trainerd {
     }
 
     fn stop(&mut self, sig: i32) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), sig);
-            let _ = child.wait();
-        }
+        self.child.stop(sig);
     }
 }
 
@@ -600,7 +616,7 @@ fn peers_dir() -> PathBuf {
 /// pueue 4 (`pueued` and its client `pueue`), with `parallel` high enough for every job.
 pub struct Pueue {
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    child: Spawned,
 }
 
 impl Pueue {
@@ -612,20 +628,13 @@ impl Pueue {
         );
         std::fs::create_dir_all(dir.path().join("run")).expect("pueue run dir");
         std::fs::write(dir.path().join("pueue.yml"), config).expect("pueue config");
-        Pueue { dir, child: None }
+        Pueue { dir, child: Spawned(None) }
     }
 
     fn client(&self) -> Command {
         let mut cmd = Command::new(peers_dir().join("bin/pueue"));
         cmd.arg("-c").arg(self.dir.path().join("pueue.yml"));
         cmd
-    }
-}
-
-impl Drop for Pueue {
-    /// A run that fails midway leaves no daemon behind.
-    fn drop(&mut self) {
-        self.stop(libc::SIGKILL);
     }
 }
 
@@ -649,7 +658,7 @@ impl Peer for Pueue {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn pueued");
-        self.child = Some(child);
+        self.child = Spawned(Some(child));
     }
 
     fn add(&mut self, jobs: &[Job], _restart: bool) {
@@ -702,7 +711,7 @@ impl Peer for Pueue {
     }
 
     fn daemon(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.child.pid()
     }
 
     fn helpers(&self) -> Vec<u32> {
@@ -712,10 +721,7 @@ impl Peer for Pueue {
     }
 
     fn stop(&mut self, sig: i32) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), sig);
-            let _ = child.wait();
-        }
+        self.child.stop(sig);
     }
 }
 
@@ -747,7 +753,7 @@ fn children(pid: u32) -> Vec<u32> {
 /// `supervisorctl update` as its users add programs.
 pub struct Supervisord {
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    child: Spawned,
 }
 
 impl Supervisord {
@@ -760,7 +766,7 @@ impl Supervisord {
         std::fs::create_dir_all(dir.path().join("programs")).expect("programs dir");
         std::fs::create_dir_all(dir.path().join("logs")).expect("logs dir");
         std::fs::write(dir.path().join("supervisord.conf"), config).expect("supervisord config");
-        Supervisord { dir, child: None }
+        Supervisord { dir, child: Spawned(None) }
     }
 
     fn conf(&self) -> PathBuf {
@@ -771,13 +777,6 @@ impl Supervisord {
         let mut cmd = Command::new(peers_dir().join("venv/bin/supervisorctl"));
         cmd.arg("-c").arg(self.conf());
         cmd
-    }
-}
-
-impl Drop for Supervisord {
-    /// A run that fails midway leaves no daemon behind.
-    fn drop(&mut self) {
-        self.stop(libc::SIGKILL);
     }
 }
 
@@ -806,7 +805,7 @@ impl Peer for Supervisord {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn supervisord");
-        self.child = Some(child);
+        self.child = Spawned(Some(child));
     }
 
     fn add(&mut self, jobs: &[Job], restart: bool) {
@@ -862,7 +861,7 @@ impl Peer for Supervisord {
     }
 
     fn daemon(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.child.pid()
     }
 
     fn helpers(&self) -> Vec<u32> {
@@ -870,10 +869,7 @@ impl Peer for Supervisord {
     }
 
     fn stop(&mut self, sig: i32) {
-        if let Some(mut child) = self.child.take() {
-            signal(child.id(), sig);
-            let _ = child.wait();
-        }
+        self.child.stop(sig);
     }
 }
 

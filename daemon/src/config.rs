@@ -150,7 +150,7 @@ pub struct Flags {
     /// `human`, `json` (one object per line) or `journal`. The level filter is TRAINERD_LOG. [default: auto].
     #[arg(long, value_enum)]
     pub log_format: Option<crate::logging::LogFormat>,
-    /// The trainerd-shim executable that parents each trainer [default: trainerd-shim beside trainerd].
+    /// A trainerd-shim executable on disk to parent each trainer [default: the one built into trainerd].
     #[arg(long)]
     pub shim: Option<PathBuf>,
     /// Where a job that names none runs its attempts: `local` (under a shim on this host) or `slurm`
@@ -230,8 +230,8 @@ pub struct DaemonConfig {
     pub disk_reserve: u64,
     /// The longest a shutdown may take.
     pub shutdown_timeout: Duration,
-    /// The trainerd-shim executable.
-    pub shim: PathBuf,
+    /// A trainerd-shim on disk (`--shim`); `None`: the one built into trainerd.
+    pub shim: Option<PathBuf>,
     pub test_hooks: bool,
     /// Jobs that name no executor run under Slurm.
     pub default_slurm: bool,
@@ -490,12 +490,7 @@ impl Flags {
         if reconcile < 100 {
             return Err("--reconcile-interval must be at least 0.1 seconds".into());
         }
-        let shim = match self.shim {
-            Some(path) => path,
-            None => std::env::current_exe()
-                .map_err(|e| format!("cannot tell where trainerd is installed ({e}); give --shim PATH"))?
-                .with_file_name("trainerd-shim"),
-        };
+        let shim = self.shim;
         Ok(DaemonConfig {
             state_dir,
             socket,

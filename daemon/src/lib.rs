@@ -27,6 +27,7 @@
 pub mod access;
 pub mod api;
 pub mod blocking;
+pub mod builtin_shim;
 pub mod config;
 pub mod disk;
 pub mod divergence;

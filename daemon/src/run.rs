@@ -27,14 +27,13 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Runs trainerd until a shutdown signal.
 pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     let started = Instant::now();
-    if !config.shim.is_file() {
-        anyhow::bail!(
-            "the shim {} does not exist; install trainerd-shim beside trainerd or give --shim PATH",
-            config.shim.display()
-        );
-    }
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create the state dir {}", config.state_dir.display()))?;
+    let shim = match &config.shim {
+        Some(path) => crate::builtin_shim::Executable::at(path.clone())?,
+        None => crate::builtin_shim::Executable::builtin(&config.state_dir)
+            .context("cannot run the built-in trainerd-shim; give --shim PATH")?,
+    };
     let store = Arc::new(Store::open(&config.state_dir.join("store"))?);
     let listener = bind(&config.socket, config.socket_group)?;
     let control = bind(&config.control_socket, config.socket_group)?;
@@ -56,6 +55,7 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
         progress_watch: crate::job::watch::ProgressWatch::new().context("cannot start the inotify watcher")?,
         removing: Default::default(),
         slurm: crate::job::executor::slurm::Cluster::new(config.slurm.poll_interval),
+        shim,
     });
     let (supervisor, supervisor_done) = Actor::spawn(Some("supervisor".into()), Supervisor, shared.clone())
         .await

@@ -22,6 +22,8 @@ pub struct Shared {
     pub progress_watch: Arc<crate::job::watch::ProgressWatch>,
     /// Finished jobs whose removal is under way: a retry of one is refused meanwhile.
     pub removing: std::sync::Mutex<std::collections::HashSet<JobId>>,
+    /// The shim executable every local attempt runs under (chosen at start; a reload keeps it).
+    pub shim: crate::builtin_shim::Executable,
     /// The Slurm executor's client of the cluster (asks nothing until a Slurm job runs).
     pub slurm: crate::job::executor::slurm::Cluster,
 }

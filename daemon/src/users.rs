@@ -1,6 +1,6 @@
 //! The host's user and group database, through libc (so NSS sources such as LDAP count too). Used
-//! by the configuration (names to ids), the access check (who a peer is) and the shim (the groups a
-//! job's user belongs to).
+//! by the configuration (names to ids), the access check (who a peer is) and the start of an
+//! attempt (the groups its user belongs to, which the shim passes on).
 
 use std::ffi::{CStr, CString};
 
@@ -12,6 +12,15 @@ pub struct User {
     /// The primary group.
     pub gid: u32,
     pub home: std::path::PathBuf,
+}
+
+/// The groups a process of user `uid` with primary group `gid` has: the user's groups in the database
+/// (with `gid` as the primary), or `gid` alone for a uid the database does not know.
+pub fn groups_for(uid: u32, gid: u32) -> Vec<u32> {
+    match user_by_uid(uid) {
+        Some(user) => groups_of(&User { gid, ..user }),
+        None => vec![gid],
+    }
 }
 
 /// A user by name, or by number when `name` is all digits.

@@ -161,7 +161,6 @@ fn the_user_unit_runs_trainerd_as_its_user_whose_jobs_write_where_that_user_can(
     let bins = dir.path().join("bin");
     std::fs::create_dir(&bins).unwrap();
     let trainerd = trainerd_tests::public_bin(&bins, "trainerd");
-    trainerd_tests::public_bin(&bins, "trainerd-shim");
     let trainctl = trainerd_tests::public_bin(&bins, "trainctl");
     trainerd_tests::open_dir(dir.path());
     // What a systemd user manager gives its services: the user's HOME and XDG_RUNTIME_DIR.
@@ -204,7 +203,6 @@ fn the_system_unit_runs_trainerd_as_root_and_each_job_as_its_submitter_writing_w
     let bins = dir.path().join("bin");
     std::fs::create_dir(&bins).unwrap();
     let trainerd = trainerd_tests::public_bin(&bins, "trainerd");
-    trainerd_tests::public_bin(&bins, "trainerd-shim");
     let trainctl = trainerd_tests::public_bin(&bins, "trainctl");
     trainerd_tests::open_dir(dir.path());
     // The unit's flags, and the directories systemd gives it (StateDirectory, RuntimeDirectory).

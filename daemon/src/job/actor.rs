@@ -905,7 +905,7 @@ impl State {
             heartbeat_interval: self.shared.config().heartbeat_interval,
             gpus: (!self.shared.config().gpus.is_empty()).then_some(self.live.gpus.as_slice()),
             stop_grace_ms: self.record.spec.timeouts.stop_grace_ms,
-            shim: &self.shared.config().shim,
+            shim: self.shared.shim.path(),
             run_as: self.record.run_as,
             rollbacks: self.record.rollbacks(),
             abort_after_submit: self.hooks.abort_after_sbatch == Some(number) && hooks::once(&self.paths.dir, "abort"),

@@ -77,6 +77,8 @@ pub async fn start(spec: &JobSpec, launch: &Launch<'_>) -> io::Result<Started> {
     shim::clear(&launch.paths.dir)?;
     let stderr = crate::untrusted::open_append(&launch.paths.stderr).map_err(io::Error::other)?;
     let mut cmd = tokio::process::Command::new(launch.shim);
+    // The built-in shim's path is /proc/self/fd/N: what `ps` shows is its name.
+    cmd.arg0("trainerd-shim");
     let workdir = if spec.workdir.as_os_str().is_empty() { &launch.paths.trainer } else { &spec.workdir };
     cmd.current_dir(workdir).stderr(stderr);
     crate::job::trainer_env(spec, launch, switch, cmd.as_std_mut());

@@ -1,4 +1,4 @@
-//! trainerd's side of the shim (`src/bin/trainerd-shim.rs`): the files it writes in the job
+//! trainerd's side of the shim (`daemon/shim/`, built in: see `builtin_shim`): the files it writes in the job
 //! directory, the start handshake, and waiting for a shim's end whether it is our child (started by
 //! this trainerd) or an adopted one (started by a previous trainerd).
 //!
@@ -110,7 +110,20 @@ pub async fn start(
 ) -> io::Result<Started> {
     cmd.arg(dir).arg(attempt.to_string()).arg(stdout_log);
     if let Some(user) = run_as {
-        cmd.arg(format!("{}:{}", user.uid, user.gid));
+        // The user database may be remote (NSS, LDAP): looked up off the runtime's threads.
+        let groups = tokio::task::spawn_blocking(move || crate::users::groups_for(user.uid, user.gid))
+            .await
+            .map_err(io::Error::other)?;
+        if groups.len() > crate::builtin_shim::MAX_GROUPS {
+            return Err(io::Error::other(format!(
+                "user {} is in {} groups; a trainer can be started with at most {}",
+                user.uid,
+                groups.len(),
+                crate::builtin_shim::MAX_GROUPS
+            )));
+        }
+        let groups: Vec<String> = groups.iter().map(u32::to_string).collect();
+        cmd.arg(format!("{}:{}:{}", user.uid, user.gid, groups.join(",")));
     }
     cmd.arg("--").args(command);
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).kill_on_drop(false);

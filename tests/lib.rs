@@ -388,3 +388,36 @@ pub fn as_user_in<'a>(cmd: &'a mut Command, uid: u32, gid: u32, groups: &[u32]) 
 pub async fn get(client: &mut Client, id: &str) -> pb::Job {
     client.get_job(pb::GetJobRequest { id: id.into() }).await.expect("get").into_inner()
 }
+
+/// The gid of group `name`, creating it (a system group) when it is missing, as systemd-sysusers
+/// would. Needs root.
+pub fn ensure_group(name: &str) -> u32 {
+    let lookup = || getent_id("group", name);
+    if let Some(gid) = lookup() {
+        return gid;
+    }
+    let out = Command::new("groupadd").args(["--system", name]).output_within().unwrap();
+    assert!(out.status.success(), "groupadd {name}: {}", String::from_utf8_lossy(&out.stderr));
+    lookup().expect("the group just added")
+}
+
+/// The uid of user `name`, creating it (a system user without a home, whose supplementary groups are
+/// `groups`) when it is missing. Needs root.
+pub fn ensure_user(name: &str, groups: &[&str]) -> u32 {
+    let lookup = || getent_id("passwd", name);
+    if let Some(uid) = lookup() {
+        return uid;
+    }
+    let out = Command::new("useradd")
+        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--groups", &groups.join(","), name])
+        .output_within()
+        .unwrap();
+    assert!(out.status.success(), "useradd {name}: {}", String::from_utf8_lossy(&out.stderr));
+    lookup().expect("the user just added")
+}
+
+/// The id (third field) of `name` in the `database` getent reads.
+fn getent_id(database: &str, name: &str) -> Option<u32> {
+    let out = Command::new("getent").args([database, name]).output_within().unwrap();
+    String::from_utf8_lossy(&out.stdout).split(':').nth(2).and_then(|id| id.trim().parse().ok())
+}

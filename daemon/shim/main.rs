@@ -115,7 +115,8 @@ fn run(args: &[CStr], envp: *const CStr) -> usize {
         sys::write_all(1, line.bytes());
         return 127;
     }
-    let me = sys::getpid();
+    let pid = sys::getpid();
+    let me = (pid, start_ticks(pid).unwrap_or(0));
     // Written before anything else, so a trainerd that dies before it learns our pid can still find us.
     write_identity(dir, args.attempt, me, None);
     // setsid fails only for a group leader, which trainerd does not make us; then we stay in its
@@ -271,8 +272,11 @@ fn spawn(args: &Args, envp: *const CStr) -> Result<isize, Text<600>> {
 /// the job's user, and execs the trainer. Returns only on failure, with the (negative) errno.
 fn exec_trainer(args: &Args, envp: *const CStr, null: isize, log: isize) -> isize {
     sys::setpgid_self();
-    if sys::dup_to(null, 0) < 0 || sys::dup_to(log, 1) < 0 {
-        return -sys::EACCES;
+    for (from, to) in [(null, 0), (log, 1)] {
+        let rc = sys::dup_to(from, to);
+        if rc < 0 {
+            return rc;
+        }
     }
     sys::unblock_all();
     sys::set_signal(sys::SIGPIPE, false);
@@ -367,8 +371,8 @@ fn kind_words(kind: u16) -> &'static [u8] {
 }
 
 /// `shim.json`, written atomically in the job directory.
-fn write_identity(dir: isize, attempt: u64, shim: isize, trainer: Option<(isize, u64)>) {
-    let ticks = start_ticks(shim).unwrap_or(0);
+/// `shim` is our pid and start time, read once.
+fn write_identity(dir: isize, attempt: u64, (shim, ticks): (isize, u64), trainer: Option<(isize, u64)>) {
     let mut text = Text::<256>::new();
     text.push(b"{\"format\":1,\"attempt\":").num(attempt).push(b",\"shim_pid\":").num(shim as u64);
     text.push(b",\"shim_start_ticks\":").num(ticks);

@@ -161,6 +161,60 @@ fn a_job_runs_as_the_user_who_submitted_it_and_cannot_touch_trainerds_files() {
     });
 }
 
+#[test]
+fn a_job_has_its_users_supplementary_groups_from_the_user_database() {
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: playing another user needs root");
+        return;
+    }
+    // trainerd looks the groups up (getgrouplist) and the shim sets them before exec.
+    let extra = ensure_group("trainerd-test-extra");
+    let uid = ensure_user("trainerd-test-member", &["trainerd-test-extra"]);
+    let passwd = Command::new("getent").args(["passwd", &uid.to_string()]).output_within().unwrap();
+    let gid: u32 = String::from_utf8_lossy(&passwd.stdout).split(':').nth(3).unwrap().trim().parse().unwrap();
+    assert_ne!(gid, extra, "the extra group is a supplementary one");
+    let daemon = Daemon::start(&["--allow-users", &uid.to_string()]);
+    open_dir(daemon.dir.path());
+    std::fs::set_permissions(daemon.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let bins = tempfile::tempdir().unwrap();
+    let workdir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(workdir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = as_user(
+        Command::new(public_bin(bins.path(), "trainctl"))
+            .arg("--socket")
+            .arg(daemon.socket())
+            .args(["--json", "submit", "--name", "member", "--env", "FAKE_FAULT=hang@1", "--workdir"])
+            .arg(workdir.path())
+            .arg("--")
+            .arg(public_bin(bins.path(), "fake-trainer")),
+        uid,
+        gid,
+    )
+    .output_within()
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let submitted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = submitted["id"].as_str().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = daemon.client().await;
+        let running = watch_until(&mut client, &id, Duration::from_secs(30), |j| j.step > 0).await.pop().unwrap();
+        let pid = running.pid.expect("a running job has a pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let groups: Vec<u32> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Groups:"))
+            .unwrap()
+            .split_whitespace()
+            .map(|g| g.parse().unwrap())
+            .collect();
+        assert!(groups.contains(&extra), "the trainer lacks its user's group {extra}: {status}");
+        assert!(groups.contains(&gid), "the trainer lacks its user's primary group {gid}: {status}");
+        let _ = client.cancel_job(pb::CancelJobRequest { id }).await;
+    });
+}
+
 /// A self-signed CA and a server certificate for 127.0.0.1 and localhost, made with openssl.
 fn certificates(dir: &Path) {
     let run = |args: &[&str]| {

@@ -4,7 +4,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 use trainerd_proto::v1::JobState;
 use trainerd_tests::{
-    bin, events, fake_job, first_line_within, get, submit, wait_gone, watch_until, Daemon, OutputWithin,
+    bin, ensure_group, events, fake_job, first_line_within, get, submit, wait_gone, watch_until, Daemon, OutputWithin,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -245,20 +245,6 @@ fn the_system_unit_runs_trainerd_as_root_and_each_job_as_its_submitter_writing_w
     submit_a_job_writing(&trainctl, USER, &[group], &env, &outputs.join("result.txt"));
     let _ = daemon.kill();
     let _ = daemon.wait();
-}
-
-/// The gid of `name`, creating the (system) group when it is missing, as systemd-sysusers would.
-fn ensure_group(name: &str) -> u32 {
-    let lookup = || {
-        let out = std::process::Command::new("getent").args(["group", name]).output_within().unwrap();
-        String::from_utf8_lossy(&out.stdout).split(':').nth(2).and_then(|g| g.trim().parse().ok())
-    };
-    if let Some(gid) = lookup() {
-        return gid;
-    }
-    let out = std::process::Command::new("groupadd").args(["--system", name]).output_within().unwrap();
-    assert!(out.status.success(), "groupadd {name}: {}", String::from_utf8_lossy(&out.stderr));
-    lookup().expect("the group just added")
 }
 
 #[tokio::test]

@@ -25,11 +25,19 @@ pub struct Figure {
     measured: String,
     target: String,
     met: bool,
+    /// The number the target is about (a p50, a rate, a share), for the spread across runs.
+    headline: Option<(f64, &'static str)>,
 }
 
 impl Figure {
     pub fn new(name: &str, measured: String, target: &str, met: bool) -> Figure {
-        Figure { name: name.into(), measured, target: target.into(), met }
+        Figure { name: name.into(), measured, target: target.into(), met, headline: None }
+    }
+
+    /// The figure's headline number and its unit (`ms`, `/s`, `%`, `MiB`...).
+    pub fn headline(mut self, value: f64, unit: &'static str) -> Figure {
+        self.headline = Some((value, unit));
+        self
     }
 }
 
@@ -48,6 +56,8 @@ struct Size {
     steps: u32,
     slurm: usize,
     history: u64,
+    /// How long the daemon with idle queued jobs is watched.
+    idle: Duration,
 }
 
 const FULL: Size = Size {
@@ -64,6 +74,7 @@ const FULL: Size = Size {
     steps: 750,
     slurm: 10,
     history: 8_000,
+    idle: Duration::from_secs(35),
 };
 
 const SMOKE: Size = Size {
@@ -80,13 +91,15 @@ const SMOKE: Size = Size {
     steps: 100,
     slurm: 1,
     history: 200,
+    idle: Duration::from_secs(1),
 };
 
 fn main() -> std::process::ExitCode {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let strict = std::env::args().any(|a| a == "--strict");
     if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("usage: trainerd-bench [--smoke] [--strict]   (see docs/benchmarks.md)");
+        println!("usage: trainerd-bench [--smoke] [--strict] [--runs N]   (see docs/benchmarks.md)");
+        println!("  --runs N  the suite N times: each row from its median run, with the spread across runs");
         println!("  --smoke   a few of each: proves the suite runs; its figures mean nothing");
         println!("  --strict  exit 1 when any figure misses its target");
         println!("  --peers   trainerd, pueue and supervisord side by side (TRAINERD_PEERS: where they are installed)");
@@ -96,6 +109,33 @@ fn main() -> std::process::ExitCode {
         return side_by_side(smoke);
     }
     let size = if smoke { SMOKE } else { FULL };
+    let runs = runs_asked().unwrap_or(1);
+    let all: Vec<Vec<Figure>> = (1..=runs)
+        .map(|run| {
+            if runs > 1 {
+                eprintln!("run {run} of {runs}");
+            }
+            suite(&size)
+        })
+        .collect();
+    let figures = print_table(all, smoke);
+    let missed: Vec<&str> = figures.iter().filter(|f| !f.met).map(|f| f.name.as_str()).collect();
+    if strict && !missed.is_empty() {
+        eprintln!("trainerd-bench --strict: {} target(s) missed: {}", missed.len(), missed.join(", "));
+        return std::process::ExitCode::FAILURE;
+    }
+    std::process::ExitCode::SUCCESS
+}
+
+/// `--runs N`: the whole suite N times, each row shown from its median run with the spread.
+fn runs_asked() -> Option<usize> {
+    let args: Vec<String> = std::env::args().collect();
+    let at = args.iter().position(|a| a == "--runs")?;
+    args.get(at + 1)?.parse().ok().filter(|n| *n >= 1)
+}
+
+/// One run of every figure.
+fn suite(size: &Size) -> Vec<Figure> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let mut figures = Vec::new();
@@ -113,30 +153,28 @@ fn main() -> std::process::ExitCode {
         figures.extend(measure::restart(&daemon, size.restarts).await);
         drop(daemon);
 
+        eprintln!("durability floors ...");
+        figures.extend(measure::floors(size.exits));
         // One store for the rest: many records first, then the live jobs, then a restart.
         let mut daemon = Daemon::start(&["--slots", "1", "--heartbeat-interval", "5"]);
         eprintln!("submissions and trainctl ls over {} jobs ...", size.stored);
         figures.extend(measure::store(&daemon, size.stored).await);
-        eprintln!("concurrent submissions ...");
-        figures.extend(measure::concurrent_submissions(size.stored).await);
+        eprintln!("concurrent submissions, then idle queued jobs ...");
+        figures.extend(measure::concurrent_submissions(size.stored, size.idle).await);
         eprintln!("the web page over {} jobs ...", size.stored);
         figures.extend(ui::figures(&daemon, size.history, size.gets.max(5)).await);
         daemon.relaunch_with(&["--slots", &slots, "--heartbeat-interval", "5"]);
         eprintln!("{} jobs, scale and recovery ...", size.live);
         figures.extend(measure::scale_and_recovery(&mut daemon, size.burst, size.live, size.window).await);
         drop(daemon);
+        eprintln!("restart with 20 running jobs ...");
+        figures.extend(measure::first_answer(20.min(size.live), size.restarts.min(10)).await);
         eprintln!("Slurm ...");
         figures.extend(slurm::figures(size.slurm).await);
     });
     eprintln!("trainer-proc ...");
     figures.extend(measure::trainer_proc(size.epochs, size.steps));
-    print_table(&figures, smoke);
-    let missed: Vec<&str> = figures.iter().filter(|f| !f.met).map(|f| f.name.as_str()).collect();
-    if strict && !missed.is_empty() {
-        eprintln!("trainerd-bench --strict: {} target(s) missed: {}", missed.len(), missed.join(", "));
-        return std::process::ExitCode::FAILURE;
-    }
-    std::process::ExitCode::SUCCESS
+    figures
 }
 
 /// The side-by-side run: trainerd, pueue and supervisord through the same scenarios.
@@ -190,11 +228,47 @@ fn print_header(smoke: bool) {
     println!();
 }
 
-fn print_table(figures: &[Figure], smoke: bool) {
+/// Prints each row from its median run (by headline) beside the spread of the headline across runs;
+/// returns the rows printed.
+fn print_table(runs: Vec<Vec<Figure>>, smoke: bool) -> Vec<Figure> {
     print_header(smoke);
-    println!("| figure | measured | target | met |");
-    println!("|---|---|---|---|");
-    for f in figures {
-        println!("| {} | {} | {} | {} |", f.name, f.measured, f.target, if f.met { "yes" } else { "**no**" });
+    let count = runs.len();
+    println!("| figure | measured (the median run) | spread over {count} run(s) | target | met |");
+    println!("|---|---|---|---|---|");
+    let rows = runs.first().map(Vec::len).unwrap_or(0);
+    let mut columns: Vec<std::vec::IntoIter<Figure>> = runs.into_iter().map(Vec::into_iter).collect();
+    let mut shown = Vec::new();
+    for _ in 0..rows {
+        let mut row: Vec<Figure> = columns.iter_mut().filter_map(Iterator::next).collect();
+        row.sort_by(|a, b| {
+            let (a, b) = (a.headline.map_or(0.0, |h| h.0), b.headline.map_or(0.0, |h| h.0));
+            a.total_cmp(&b)
+        });
+        let spread = match (row.first().and_then(|f| f.headline), row.last().and_then(|f| f.headline)) {
+            _ if row.len() < 2 => "one run".to_string(),
+            (Some((low, unit)), Some((high, _))) => format!("{} – {} {unit}", number(low), number(high)),
+            _ => "—".to_string(),
+        };
+        let median = row.swap_remove(row.len() / 2);
+        println!(
+            "| {} | {} | {spread} | {} | {} |",
+            median.name,
+            median.measured,
+            median.target,
+            if median.met { "yes" } else { "**no**" }
+        );
+        shown.push(median);
+    }
+    shown
+}
+
+/// A headline number with the digits that matter.
+fn number(value: f64) -> String {
+    if value.abs() >= 100.0 {
+        format!("{value:.0}")
+    } else if value.abs() >= 10.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.2}")
     }
 }

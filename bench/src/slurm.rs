@@ -4,7 +4,7 @@
 //! see the trainer's files (other nodes); on this one node inotify sees the first heartbeat at once.
 
 use crate::daemon::{bin, Daemon};
-use crate::stats::{show, Sample};
+use crate::stats::{ms, summary, Sample};
 use crate::Figure;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -89,16 +89,18 @@ async fn measure(conf: &str, runs: usize) -> Vec<Figure> {
     vec![
         Figure::new(
             STARTED,
-            format!("p50 {} (p99 {}, n={}), from the trainer's main", show(s.p50()), show(s.p99()), s.len()),
+            format!("{}, from the trainer's main", summary(&s)),
             "p50 < 1.1 s (a poll interval)",
             s.p50() < Duration::from_millis(1_100),
-        ),
+        )
+        .headline(ms(s.p50()), "ms"),
         Figure::new(
             ENDED,
-            format!("p50 {} (p99 {}, n={}), from its last progress write", show(e.p50()), show(e.p99()), e.len()),
+            format!("{}, from its last progress write", summary(&e)),
             "p50 < 1.5 s (a poll interval, and Slurm's own completion)",
             e.p50() < Duration::from_millis(1_500),
-        ),
+        )
+        .headline(ms(e.p50()), "ms"),
     ]
 }
 

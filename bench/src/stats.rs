@@ -48,3 +48,13 @@ pub fn show(d: Duration) -> String {
         format!("{:.1} s", us / 1e6)
     }
 }
+
+/// n, p50, p99 and max of a sample: what every timed row states.
+pub fn summary(s: &Sample) -> String {
+    format!("n={}, p50 {}, p99 {}, max {}", s.len(), show(s.p50()), show(s.p99()), show(s.max()))
+}
+
+/// A duration in milliseconds, for a headline.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

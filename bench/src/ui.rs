@@ -4,7 +4,7 @@
 //! the fold (a run of any length stores at most 5,120 samples a metric: docs/trainer-protocol.md §2).
 
 use crate::daemon::{bin, Daemon};
-use crate::stats::{show, Sample};
+use crate::stats::{ms, summary, Sample};
 use crate::Figure;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -82,16 +82,18 @@ pub async fn figures(daemon: &Daemon, steps: u64, runs: usize) -> Vec<Figure> {
     let mut figures = vec![
         Figure::new(
             &format!("web page: the jobs table's refresh (100 of {jobs} jobs)"),
-            format!("p50 {} (p99 {}, n={})", show(t.p50()), show(t.p99()), t.len()),
+            summary(&t),
             "p50 < 50 ms",
             t.p50() < Duration::from_millis(50),
-        ),
+        )
+        .headline(ms(t.p50()), "ms"),
         Figure::new(
             &format!("web page: a job's data (job, events, {samples} stored loss samples)"),
-            format!("p50 {} (p99 {}, n={})", show(d.p50()), show(d.p99()), d.len()),
+            summary(&d),
             "p50 < 50 ms",
             d.p50() < Duration::from_millis(50),
-        ),
+        )
+        .headline(ms(d.p50()), "ms"),
     ];
     let name = format!("web page in Chromium: a job's page loaded and its chart drawn ({samples} samples)");
     match trainerd_tests::webdriver::Browser::start(Duration::from_secs(60)) {
@@ -112,18 +114,15 @@ pub async fn figures(daemon: &Daemon, steps: u64, runs: usize) -> Vec<Figure> {
                 drawn.push(read("renderMs"));
             }
             let (l, r) = (Sample::new(loaded), Sample::new(drawn));
-            figures.push(Figure::new(
-                &name,
-                format!(
-                    "loaded p50 {} (p99 {}); chart drawn in p50 {} (n={})",
-                    show(l.p50()),
-                    show(l.p99()),
-                    show(r.p50()),
-                    l.len()
-                ),
-                "load < 1 s, draw < 100 ms",
-                l.p50() < Duration::from_secs(1) && r.p50() < Duration::from_millis(100),
-            ));
+            figures.push(
+                Figure::new(
+                    &name,
+                    format!("loaded: {}; chart drawn: {}", summary(&l), summary(&r)),
+                    "load < 1 s, draw < 100 ms",
+                    l.p50() < Duration::from_secs(1) && r.p50() < Duration::from_millis(100),
+                )
+                .headline(ms(l.p50()), "ms"),
+            );
         }
     }
     figures

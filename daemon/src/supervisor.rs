@@ -122,6 +122,9 @@ pub struct State {
     shutdown: Option<Vec<RpcReplyPort<()>>>,
     /// Reconciliations so far.
     reconciliations: u64,
+    /// Finished jobs a reconciliation found with nothing left running: nothing can start under them
+    /// again unless they are retried (which takes them out), so the periodic pass skips them.
+    settled: std::collections::HashSet<JobId>,
     /// Submissions written but not yet flushed, with their replies (see `Commit`).
     uncommitted: Vec<(Submitted, RpcReplyPort<Submitted>)>,
 }
@@ -151,6 +154,7 @@ impl Actor for Supervisor {
             pending: HashMap::new(),
             shutdown: None,
             reconciliations: 0,
+            settled: Default::default(),
             uncommitted: Vec::new(),
         };
         let mut restored = Vec::new();
@@ -185,14 +189,15 @@ impl Actor for Supervisor {
             }
         }
         state.sort_queue();
-        let (checked, fixes) = state.reconcile_records(&myself).await?;
-        state.record_reconciliation(pb::ReconcileResponse { at: unix_now(), checked, fixes, count: 0 });
         state.admit(&myself).await?;
         if let Some(every) = crate::systemd::Notifier::watchdog_interval() {
             myself.send_interval(every, || SupervisorMsg::Watchdog);
         }
-        let every = state.shared.config().reconcile_interval;
-        myself.send_after(every, || SupervisorMsg::Reconcile { reply: None });
+        // The first reconciliation is a full one, as the first message after start-up rather than
+        // part of it: every job it could find out of place was just restored from its record, and
+        // what it looks for beyond that (processes left under finished jobs) is not what clients
+        // are shown, so it need not delay their first answer. It schedules the periodic ones.
+        let _ = myself.cast(SupervisorMsg::Reconcile { reply: None });
         Ok(state)
     }
 
@@ -361,16 +366,29 @@ impl State {
     async fn reconcile_records(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
+        full: bool,
     ) -> Result<(u32, Vec<String>), ActorProcessingErr> {
         let (mut checked, mut fixes) = (0, Vec::new());
         let state_dir = self.shared.config().state_dir.clone();
         let queued: std::collections::HashSet<JobId> = self.queue.iter().map(|q| q.id).collect();
-        for record in self.shared.store.records() {
-            let record = record?;
-            let id = record.id;
+        if full {
+            // Rebuilt from what this pass finds: removed jobs leave the set here.
+            self.settled.clear();
+        }
+        for id in self.shared.store.ids() {
+            let id = id?;
+            let has_actor = self.actors.contains_key(&id);
+            // The periodic pass decodes only the records this Supervisor holds no live view of: a
+            // job in its queue or with an actor is checked by that view (and the actor's own Check),
+            // and a settled one cannot change. A full pass (the first, and `trainctl reconcile`)
+            // reads every record.
+            if !full && (has_actor || queued.contains(&id) || self.settled.contains(&id)) {
+                checked += u32::from(!self.settled.contains(&id));
+                continue;
+            }
+            let Some(record) = self.shared.store.get(id)? else { continue };
             let job_state = record.state();
             checked += u32::from(!is_terminal(job_state));
-            let has_actor = self.actors.contains_key(&id);
             let fix = if job_state == JobState::Queued && !has_actor && !queued.contains(&id) {
                 self.enqueue(Queued::of(&record));
                 Some(format!("job {id} is queued but was not in the queue; queued again in its order"))
@@ -380,6 +398,9 @@ impl State {
                 Some(format!("job {id} is {} but had no actor; one now watches it", state_word(job_state)))
             } else if (is_terminal(job_state) || job_state == JobState::Paused) && !has_actor {
                 let what = crate::divergence::Leftovers::of(&record, &state_dir).stop();
+                if what.is_none() && is_terminal(job_state) {
+                    self.settled.insert(id);
+                }
                 what.map(|what| format!("job {id} is {} but {what} still ran; stopped", state_word(job_state)))
             } else {
                 None
@@ -395,14 +416,16 @@ impl State {
         Ok((checked, fixes))
     }
 
-    /// A full reconciliation: the records here, then each JobActor checks its own process in a task
+    /// A reconciliation: the records here, then each JobActor checks its own process in a task
     /// (so this loop never waits on an actor), which reports back with `ReconcileDone`.
     async fn reconcile(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         reply: Option<RpcReplyPort<pb::ReconcileResponse>>,
     ) -> Result<(), ActorProcessingErr> {
-        let (checked, mut fixes) = self.reconcile_records(myself).await?;
+        // The first reconciliation and every one a client asks for read every record.
+        let full = reply.is_some() || self.reconciliations == 0;
+        let (checked, mut fixes) = self.reconcile_records(myself, full).await?;
         self.admit(myself).await?;
         let actors: Vec<(JobId, ActorRef<JobMsg>)> = self.actors.iter().map(|(id, a)| (*id, a.clone())).collect();
         let supervisor = myself.clone();
@@ -469,6 +492,7 @@ impl State {
     /// Adds a job to the queue in its order (a binary search, not a sort: submissions come by the
     /// thousand).
     fn enqueue(&mut self, job: Queued) {
+        self.settled.remove(&job.id);
         let key = QueueView::key(job.priority, job.id.0);
         let at = self.queue.partition_point(|q| QueueView::key(q.priority, q.id.0) < key);
         self.queue.insert(at, job);

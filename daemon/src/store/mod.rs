@@ -431,6 +431,29 @@ impl Store {
         self.trees().map(|t| t.jobs.len()).unwrap_or(0)
     }
 
+    /// Every job's id, oldest first, without decoding any record. (A key that is not 8 bytes names
+    /// no job; it is passed over.)
+    pub fn ids(&self) -> impl Iterator<Item = Result<JobId, StoreError>> + Send + 'static {
+        let mut keys = Some(self.trees().map(|t| t.jobs.iter().keys()));
+        std::iter::from_fn(move || loop {
+            match keys.as_mut()? {
+                Ok(iter) => match iter.next()? {
+                    Ok(key) => match <[u8; 8]>::try_from(key.as_ref()) {
+                        Ok(bytes) => return Some(Ok(JobId(u64::from_be_bytes(bytes)))),
+                        Err(_) => continue,
+                    },
+                    Err(e) => return Some(Err(e.into())),
+                },
+                Err(_) => {
+                    return match keys.take() {
+                        Some(Err(e)) => Some(Err(e)),
+                        _ => None,
+                    }
+                }
+            }
+        })
+    }
+
     /// Every job, oldest first, decoded one at a time: a pass over a large store (reconciliation)
     /// holds one record, not all of them.
     pub fn records(&self) -> impl Iterator<Item = Result<JobRecord, StoreError>> + Send + 'static {

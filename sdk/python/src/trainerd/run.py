@@ -48,6 +48,19 @@ def _distributed():
         return None
     return dist
 
+
+def _leave_together(code):
+    """Exits with ``code`` after every rank got here. The process group is taken down first: left to
+    the interpreter's exit, gloo's threads can be destroyed while a peer's socket closes under them,
+    and one rank dies with SIGABRT ("terminate called without an active exception"), which makes
+    the launcher fail the whole attempt instead of pausing it."""
+    dist = _distributed()
+    if dist is not None:
+        dist.barrier()
+        dist.destroy_process_group()
+    sys.exit(code)
+
+
 OK = 0
 """Completed, or paused when the progress file says so."""
 RETRY = 75
@@ -175,10 +188,10 @@ class Run:
         pause, stop = self.agree()
         if stop:
             self.reporter.finish("stopped", message=f"stopped on request after epoch {epoch}")
-            sys.exit(RETRY)
+            _leave_together(RETRY)
         if pause:
             self.reporter.finish("paused", message=f"paused after epoch {epoch}")
-            sys.exit(OK)
+            _leave_together(OK)
 
     def agree(self):
         """``(pause, stop)`` as every rank sees them: each is asked for if any rank was asked. A

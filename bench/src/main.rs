@@ -98,10 +98,11 @@ fn main() -> std::process::ExitCode {
     let smoke = std::env::args().any(|a| a == "--smoke");
     let strict = std::env::args().any(|a| a == "--strict");
     if std::env::args().any(|a| a == "--help" || a == "-h") {
-        println!("usage: trainerd-bench [--smoke] [--strict] [--runs N]   (see docs/benchmarks.md)");
+        println!("usage: trainerd-bench [--smoke] [--strict] [--runs N] [--only PARTS]   (see docs/benchmarks.md)");
         println!("  --runs N  the suite N times: each row from its median run, with the spread across runs");
         println!("  --smoke   a few of each: proves the suite runs; its figures mean nothing");
         println!("  --strict  exit 1 when any figure misses its target");
+        println!("  --only    a comma-separated list of parts: {} and trainer-proc", PARTS.join(", "));
         println!("  --peers   trainerd, pueue and supervisord side by side (TRAINERD_PEERS: where they are installed)");
         return std::process::ExitCode::SUCCESS;
     }
@@ -109,13 +110,20 @@ fn main() -> std::process::ExitCode {
         return side_by_side(smoke);
     }
     let size = if smoke { SMOKE } else { FULL };
+    let only = match parts_asked() {
+        Ok(only) => only,
+        Err(why) => {
+            eprintln!("trainerd-bench: {why}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let runs = runs_asked().unwrap_or(1);
     let all: Vec<Vec<Figure>> = (1..=runs)
         .map(|run| {
             if runs > 1 {
                 eprintln!("run {run} of {runs}");
             }
-            suite(&size)
+            suite(&size, only.as_deref())
         })
         .collect();
     let figures = print_table(all, smoke);
@@ -134,46 +142,102 @@ fn runs_asked() -> Option<usize> {
     args.get(at + 1)?.parse().ok().filter(|n| *n >= 1)
 }
 
-/// One run of every figure.
-fn suite(size: &Size) -> Vec<Figure> {
+/// The parts of the suite, by the name `--only` takes.
+const PARTS: [&str; 12] = [
+    "exit",
+    "get",
+    "propagation",
+    "hang",
+    "restart",
+    "floors",
+    "store",
+    "concurrent",
+    "web",
+    "scale",
+    "first-answer",
+    "slurm",
+];
+
+/// `--only a,b`: the parts of the suite to run (all when absent; `trainer-proc` is a part too).
+fn parts_asked() -> Result<Option<Vec<String>>, String> {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(at) = args.iter().position(|a| a == "--only") else { return Ok(None) };
+    let list = args.get(at + 1).ok_or("--only needs a list of parts, e.g. --only scale,exit")?;
+    let parts: Vec<String> = list.split(',').map(str::to_string).collect();
+    match parts.iter().find(|p| !PARTS.contains(&p.as_str()) && *p != "trainer-proc") {
+        Some(bad) => Err(format!("--only: no part {bad:?}; the parts are {} and trainer-proc", PARTS.join(", "))),
+        None => Ok(Some(parts)),
+    }
+}
+
+/// One run of every figure (of the parts asked for).
+fn suite(size: &Size, only: Option<&[String]>) -> Vec<Figure> {
+    let want = |part: &str| only.is_none_or(|parts| parts.iter().any(|p| p == part));
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
     let mut figures = Vec::new();
     runtime.block_on(async {
         let slots = (size.live + 10).to_string();
-        let daemon = Daemon::start(&["--slots", &slots, "--heartbeat-interval", "5"]);
-        eprintln!("exit detection ...");
-        figures.extend(measure::exit_detection(&daemon, size.exits, size.gets).await);
-        figures.extend(measure::trainctl_get(&daemon, size.exits).await);
-        eprintln!("progress propagation ...");
-        figures.extend(measure::propagation(&daemon, size.writes).await);
-        eprintln!("hang detection ...");
-        figures.extend(measure::hang_detection(&daemon, size.hangs, Duration::from_secs(1)).await);
-        eprintln!("restart ...");
-        figures.extend(measure::restart(&daemon, size.restarts).await);
-        drop(daemon);
-
-        eprintln!("durability floors ...");
-        figures.extend(measure::floors(size.exits));
-        // One store for the rest: many records first, then the live jobs, then a restart.
-        let mut daemon = Daemon::start(&["--slots", "1", "--heartbeat-interval", "5"]);
-        eprintln!("submissions and trainctl ls over {} jobs ...", size.stored);
-        figures.extend(measure::store(&daemon, size.stored).await);
-        eprintln!("concurrent submissions, then idle queued jobs ...");
-        figures.extend(measure::concurrent_submissions(size.stored, size.idle).await);
-        eprintln!("the web page over {} jobs ...", size.stored);
-        figures.extend(ui::figures(&daemon, size.history, size.gets.max(5)).await);
-        daemon.relaunch_with(&["--slots", &slots, "--heartbeat-interval", "5"]);
-        eprintln!("{} jobs, scale and recovery ...", size.live);
-        figures.extend(measure::scale_and_recovery(&mut daemon, size.burst, size.live, size.window).await);
-        drop(daemon);
-        eprintln!("restart with 20 running jobs ...");
-        figures.extend(measure::first_answer(20.min(size.live), size.restarts.min(10)).await);
-        eprintln!("Slurm ...");
-        figures.extend(slurm::figures(size.slurm).await);
+        if ["exit", "get", "propagation", "hang", "restart"].iter().any(|p| want(p)) {
+            let daemon = Daemon::start(&["--slots", &slots, "--heartbeat-interval", "5"]);
+            if want("exit") {
+                eprintln!("exit detection ...");
+                figures.extend(measure::exit_detection(&daemon, size.exits, size.gets).await);
+            }
+            if want("get") {
+                figures.extend(measure::trainctl_get(&daemon, size.exits).await);
+            }
+            if want("propagation") {
+                eprintln!("progress propagation ...");
+                figures.extend(measure::propagation(&daemon, size.writes).await);
+            }
+            if want("hang") {
+                eprintln!("hang detection ...");
+                figures.extend(measure::hang_detection(&daemon, size.hangs, Duration::from_secs(1)).await);
+            }
+            if want("restart") {
+                eprintln!("restart ...");
+                figures.extend(measure::restart(&daemon, size.restarts).await);
+            }
+        }
+        if want("floors") {
+            eprintln!("durability floors ...");
+            figures.extend(measure::floors(size.exits));
+        }
+        if ["store", "concurrent", "web", "scale"].iter().any(|p| want(p)) {
+            // One store for the rest: many records first, then the live jobs, then a restart.
+            let mut daemon = Daemon::start(&["--slots", "1", "--heartbeat-interval", "5"]);
+            if want("store") {
+                eprintln!("submissions and trainctl ls over {} jobs ...", size.stored);
+                figures.extend(measure::store(&daemon, size.stored).await);
+            }
+            if want("concurrent") {
+                eprintln!("concurrent submissions, then idle queued jobs ...");
+                figures.extend(measure::concurrent_submissions(size.stored, size.idle).await);
+            }
+            if want("web") {
+                eprintln!("the web page over {} jobs ...", size.stored);
+                figures.extend(ui::figures(&daemon, size.history, size.gets.max(5)).await);
+            }
+            if want("scale") {
+                daemon.relaunch_with(&["--slots", &slots, "--heartbeat-interval", "5"]);
+                eprintln!("{} jobs, scale and recovery ...", size.live);
+                figures.extend(measure::scale_and_recovery(&mut daemon, size.burst, size.live, size.window).await);
+            }
+        }
+        if want("first-answer") {
+            eprintln!("restart with 20 running jobs ...");
+            figures.extend(measure::first_answer(20.min(size.live), size.restarts.min(10)).await);
+        }
+        if want("slurm") {
+            eprintln!("Slurm ...");
+            figures.extend(slurm::figures(size.slurm).await);
+        }
     });
-    eprintln!("trainer-proc ...");
-    figures.extend(measure::trainer_proc(size.epochs, size.steps));
+    if want("trainer-proc") {
+        eprintln!("trainer-proc ...");
+        figures.extend(measure::trainer_proc(size.epochs, size.steps));
+    }
     figures
 }
 

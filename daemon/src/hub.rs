@@ -21,8 +21,9 @@ const BACKLOG: usize = 16;
 /// for the jobs ahead).
 #[derive(Debug, Default)]
 pub struct QueueView {
-    /// `key(priority, id)` of each queued job, ascending: the admission order.
-    pub order: Vec<(std::cmp::Reverse<i32>, u64)>,
+    /// `key(priority, id)` of each queued job, ascending: the admission order (a deque: jobs join at
+    /// the back and leave at the front).
+    pub order: std::collections::VecDeque<(std::cmp::Reverse<i32>, u64)>,
     /// What the first job waits for.
     pub head: String,
 }
@@ -87,11 +88,35 @@ impl Hub {
         *lock(&self.queue) = queue;
     }
 
+    /// A job joined the queue with sort key `key` (see [`QueueView::key`]).
+    pub fn queue_insert(&self, key: (std::cmp::Reverse<i32>, u64)) {
+        let mut queue = lock(&self.queue);
+        let at = queue.order.partition_point(|k| *k < key);
+        queue.order.insert(at, key);
+    }
+
+    /// The job with sort key `key` left the queue.
+    pub fn queue_remove(&self, key: (std::cmp::Reverse<i32>, u64)) {
+        let mut queue = lock(&self.queue);
+        if let Ok(at) = queue.order.binary_search(&key) {
+            queue.order.remove(at);
+        }
+    }
+
+    /// What the queue's head waits for now.
+    pub fn set_queue_head(&self, head: String) {
+        lock(&self.queue).head = head;
+    }
+
     /// The 1-based queue position of a job (0 when it is not queued) and what it waits for. A binary
     /// search: `trainctl ls` asks this for every job it lists.
     pub fn queue_position(&self, record: &JobRecord) -> (u32, String) {
+        self.position(record.spec.priority, record.id.0)
+    }
+
+    fn position(&self, priority: i32, id: u64) -> (u32, String) {
         let queue = lock(&self.queue);
-        match queue.order.binary_search(&QueueView::key(record.spec.priority, record.id.0)) {
+        match queue.order.binary_search(&QueueView::key(priority, id)) {
             Ok(0) => (1, queue.head.clone()),
             Ok(ahead) => (ahead as u32 + 1, format!("{ahead} job(s) ahead in the queue")),
             Err(_) => (0, String::new()),
@@ -200,4 +225,28 @@ pub fn job_view(record: &JobRecord, live: &LiveFacts, queue: (u32, String)) -> p
         job.stalled = false;
     }
     job
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_order_follows_single_joins_and_leaves() {
+        let hub = Hub::default();
+        for (id, priority) in [(1, 0), (2, 0), (3, 5), (4, 0)] {
+            hub.queue_insert(QueueView::key(priority, id));
+        }
+        hub.set_queue_head("a free slot".into());
+        let position = |id, priority| hub.position(priority, id);
+        assert_eq!(position(3, 5), (1, "a free slot".to_string()), "higher priority first");
+        assert_eq!(position(1, 0).0, 2);
+        assert_eq!(position(4, 0), (4, "3 job(s) ahead in the queue".to_string()));
+        hub.queue_remove(QueueView::key(5, 3));
+        hub.queue_remove(QueueView::key(0, 2));
+        hub.queue_remove(QueueView::key(0, 99));
+        assert_eq!(position(1, 0).0, 1);
+        assert_eq!(position(4, 0).0, 2);
+        assert_eq!(position(2, 0).0, 0, "a job that left is not queued");
+    }
 }

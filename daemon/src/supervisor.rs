@@ -113,7 +113,7 @@ pub struct State {
     jobs_by_actor: HashMap<ActorId, JobId>,
     /// Queued jobs in admission order: higher priority first, FIFO (by id) within a priority; with
     /// the GPUs each needs.
-    queue: Vec<Queued>,
+    queue: std::collections::VecDeque<Queued>,
     gpus: GpuPool,
     /// Messages for a job whose actor is being re-created.
     pending: HashMap<JobId, Vec<JobMsg>>,
@@ -149,7 +149,7 @@ impl Actor for Supervisor {
             actors: HashMap::new(),
             elsewhere: Default::default(),
             jobs_by_actor: HashMap::new(),
-            queue: Vec::new(),
+            queue: std::collections::VecDeque::new(),
             gpus: GpuPool::new(&shared_gpus),
             pending: HashMap::new(),
             shutdown: None,
@@ -162,7 +162,7 @@ impl Actor for Supervisor {
             let record = record?;
             let job_state = record.state();
             if job_state == JobState::Queued {
-                state.queue.push(Queued::of(&record));
+                state.queue.push_back(Queued::of(&record));
             } else if job_state == JobState::Backoff {
                 state.spawn_actor(&myself, Queued::of(&record), Mode::Admitted).await?;
             } else if has_process(job_state) {
@@ -485,8 +485,10 @@ impl State {
     }
 
     fn sort_queue(&mut self) {
-        self.queue.sort_by_key(|q| QueueView::key(q.priority, q.id.0));
-        self.publish_queue();
+        self.queue.make_contiguous().sort_by_key(|q| QueueView::key(q.priority, q.id.0));
+        let order = self.queue.iter().map(|q| QueueView::key(q.priority, q.id.0)).collect();
+        self.shared.hub.set_queue(QueueView { order, head: String::new() });
+        self.publish_head();
     }
 
     /// Adds a job to the queue in its order (a binary search, not a sort: submissions come by the
@@ -496,19 +498,30 @@ impl State {
         let key = QueueView::key(job.priority, job.id.0);
         let at = self.queue.partition_point(|q| QueueView::key(q.priority, q.id.0) < key);
         self.queue.insert(at, job);
-        self.publish_queue();
+        // The hub's copy of the order changes by the same one entry: copying the whole queue at each
+        // submission made a submission's cost grow with the queue.
+        self.shared.hub.queue_insert(key);
+        self.publish_head();
     }
 
-    /// Tells the hub the queue order and what its head waits for.
-    fn publish_queue(&self) {
+    /// Takes job `id` off the queue, if it is there.
+    fn dequeue(&mut self, id: JobId) {
+        if let Some(at) = self.queue.iter().position(|q| q.id == id) {
+            if let Some(job) = self.queue.remove(at) {
+                self.shared.hub.queue_remove(QueueView::key(job.priority, job.id.0));
+            }
+        }
+    }
+
+    /// Tells the hub what the queue's head waits for.
+    fn publish_head(&self) {
         let slots = self.shared.config().slots as usize;
-        let head = match self.queue.first() {
+        let head = match self.queue.front() {
             None => String::new(),
             Some(_) if self.busy() >= slots => format!("a free slot ({} of {slots} busy)", self.busy()),
             Some(q) => format!("{} GPU(s) ({} free)", q.gpus, self.gpus.free()),
         };
-        let order = self.queue.iter().map(|q| QueueView::key(q.priority, q.id.0)).collect();
-        self.shared.hub.set_queue(QueueView { order, head });
+        self.shared.hub.set_queue_head(head);
     }
 
     fn publish_queued(&self, record: &JobRecord) {
@@ -557,23 +570,24 @@ impl State {
             return Ok(());
         }
         // Jobs Slurm runs wait in Slurm's queue, not ours: admitted at once, whatever the slots.
-        let (elsewhere, here): (Vec<Queued>, Vec<Queued>) = self.queue.drain(..).partition(|q| q.elsewhere);
-        self.queue = here;
+        let elsewhere: Vec<Queued> = self.queue.iter().filter(|q| q.elsewhere).copied().collect();
         for job in elsewhere {
+            self.dequeue(job.id);
             self.start_admitted(myself, job, "admitted (Slurm queues it; it takes no slot of this host)".into())
                 .await?;
         }
         // Strict FIFO within a priority: the head waits for its GPUs rather than being overtaken.
         while self.busy() < self.shared.config().slots as usize {
-            let Some(head) = self.queue.first().copied() else { break };
+            let Some(head) = self.queue.front().copied() else { break };
             if head.gpus as usize > self.gpus.free() {
                 break;
             }
-            self.queue.remove(0);
+            self.queue.pop_front();
+            self.shared.hub.queue_remove(QueueView::key(head.priority, head.id.0));
             let message = format!("given a slot ({} of {} busy before)", self.busy(), self.shared.config().slots);
             self.start_admitted(myself, head, message).await?;
         }
-        self.publish_queue();
+        self.publish_head();
         Ok(())
     }
 
@@ -718,8 +732,8 @@ impl State {
             return Err(refuse(id, from));
         }
         let record = self.shared.store.transition(id, to, reason, unix_now(), message, edit)?;
-        self.queue.retain(|q| q.id != id);
-        self.publish_queue();
+        self.dequeue(id);
+        self.publish_head();
         let view = job_view(&record, &LiveFacts::default(), (0, String::new()));
         self.shared.hub.publish(view.clone(), "state");
         Ok(view)

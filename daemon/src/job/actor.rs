@@ -192,6 +192,12 @@ pub struct State {
     last_point: Option<(u64, Vec<(String, f64)>)>,
     /// Where this job's blocking file work runs (see `crate::blocking`).
     lane: Lane,
+    /// The trainer's directory held open when it is on a local disk: its progress file is read
+    /// inline from it instead of on the lane (`None`: on the lane).
+    progress_dir: Option<crate::untrusted::LocalDir>,
+    /// The job's own directory held open when it is on a local disk: the log sizes are looked at
+    /// inline from it (`None`: on the lane).
+    job_dir: Option<crate::untrusted::LocalDir>,
     /// The attempt ended (its status, and when the kernel said so) and its end is not recorded yet.
     ended: Option<(Option<ExitStatus>, Option<Instant>)>,
     /// Messages whose handling needed a store write that failed; handled again on `StoreWritable`.
@@ -290,6 +296,13 @@ impl Actor for JobActor {
         let record = args.shared.store.get(args.id)?.ok_or_else(|| format!("job {} is not in the store", args.id))?;
         let paths = args.shared.config().job_paths(args.id, record.spec.more.slurm.is_some());
         std::fs::create_dir_all(&paths.trainer)?;
+        let held = |dir: &std::path::Path| {
+            crate::untrusted::LocalDir::open(dir).unwrap_or_else(|e| {
+                tracing::warn!(job = %args.id, "{} is read on the blocking pool: {e}", dir.display());
+                None
+            })
+        };
+        let (progress_dir, job_dir) = (held(&paths.trainer), held(&paths.dir));
         let me = myself.clone();
         let progress_pending = Arc::new(AtomicBool::new(false));
         let pending = progress_pending.clone();
@@ -344,6 +357,8 @@ impl Actor for JobActor {
             _watcher: watcher,
             progress_pending,
             lane: Lane::default(),
+            progress_dir,
+            job_dir,
             metric_names: Default::default(),
             names_refused: false,
             last_point: None,
@@ -1169,13 +1184,22 @@ impl State {
             .flatten()
     }
 
+    /// The progress file: read inline from the trainer's directory on a local disk, else on the
+    /// job's lane under the file deadline.
+    async fn read_progress(&self) -> Result<Progress, ReadError> {
+        match &self.progress_dir {
+            Some(dir) => super::read_progress_in(dir),
+            None => read_progress_bounded(&self.lane, &self.paths.progress).await,
+        }
+    }
+
     /// After adoption, the stall clock starts from the progress file's own time, not from our start:
     /// a trainer silent for an hour before trainerd restarted is an hour late now.
     /// A file that cannot be read now (corrupt, or replaced mid-way) still dates the last beat by its
     /// modification time, for a trainer past its first heartbeat: otherwise the start-up grace would
     /// apply again, and a hung trainer could hide behind a corrupt file for that long.
     async fn resume_clock(&mut self) {
-        match read_progress_bounded(&self.lane, &self.paths.progress).await {
+        match self.read_progress().await {
             Ok(progress) => {
                 self.run.clock.beat_was(progress.heartbeat_seq, instant_at(progress.updated_at));
                 // When the step last changed is not in the file: the deadline counts from now.
@@ -1205,7 +1229,7 @@ impl State {
         }
     }
 
-    /// Reads the progress file (off the runtime, under the file deadline) and acts on it: heartbeats,
+    /// Reads the progress file (see `read_progress`) and acts on it: heartbeats,
     /// the first beat's RUNNING, checkpoints (recorded only when they are the job's own usable files),
     /// the live view. A file that cannot be used is an event, once per distinct reason; a store that
     /// cannot write leaves the record as it was, to be written with a later read.
@@ -1213,7 +1237,7 @@ impl State {
         if !self.awaiting_exit {
             return Ok(());
         }
-        let progress = match read_progress_bounded(&self.lane, &self.paths.progress).await {
+        let progress = match self.read_progress().await {
             Ok(p) => p,
             Err(ReadError::Missing) => return Ok(()),
             Err(e) => {
@@ -1606,11 +1630,23 @@ impl State {
         fixes
     }
 
-    /// Rotates a log over its cap, as often as `log_caps` says; the looking and the copying run on the
-    /// job's lane.
+    /// Rotates a log over its cap, as often as `log_caps` says; a rotation (and any look at a directory
+    /// not on a local disk) runs on the job's lane.
     async fn check_logs(&mut self) {
         let Some(since) = self.log_caps.due() else { return };
         let cap = self.shared.config().log_cap;
+        // The common look (both logs under their cap) is two stats: inline, from the job's directory
+        // on a local disk. A rotation copies, and goes to the lane.
+        if let Some(dir) = &self.job_dir {
+            let size = |path: &std::path::Path| {
+                path.file_name().and_then(|n| n.to_str()).and_then(|n| dir.size_of(n).ok()).unwrap_or(0)
+            };
+            let sizes = [size(&self.paths.stdout), size(&self.paths.stderr)];
+            if sizes.iter().all(|s| *s <= cap) {
+                self.log_caps.took(&sizes.map(|s| (s, Looked::Fine)), since, cap);
+                return;
+            }
+        }
         let paths = [self.paths.stdout.clone(), self.paths.stderr.clone()];
         let Ok(looked) =
             self.lane.run("checking the log sizes", FILE_DEADLINE, move || LogCaps::look(paths, cap)).await

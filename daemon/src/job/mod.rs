@@ -85,6 +85,17 @@ pub fn read_progress(path: &Path) -> Result<Progress, ReadError> {
     }
 }
 
+/// [`read_progress`] of the progress file in `dir`, the trainer's directory held open on a local
+/// disk: safe to run inline (see [`untrusted::LocalDir`]), which spares each progress write two thread
+/// hand-offs.
+pub fn read_progress_in(dir: &untrusted::LocalDir) -> Result<Progress, ReadError> {
+    match dir.read_prefix(PROGRESS_NAME, MAX_PROGRESS_BYTES + 1) {
+        Ok(bytes) => Ok(Progress::parse(&bytes)?),
+        Err(untrusted::Refused::Missing(_)) => Err(ReadError::Missing),
+        Err(e) => Err(ReadError::Refused(e)),
+    }
+}
+
 /// [`read_progress`] on the blocking pool, in the job's lane, under [`crate::blocking::FILE_DEADLINE`].
 pub async fn read_progress_bounded(lane: &crate::blocking::Lane, path: &Path) -> Result<Progress, ReadError> {
     let path = path.to_path_buf();

@@ -89,7 +89,8 @@ fn main() {
             let mut p = progress.lock().unwrap();
             p.heartbeat_seq += 1;
             p.updated_at = unix_now();
-            p.write(std::path::Path::new(&path)).expect("progress write");
+            // A beat or a step: not fsynced, as the protocol allows (final states below are).
+            p.write_unsynced(std::path::Path::new(&path)).expect("progress write");
         }
     };
     write();

@@ -1,5 +1,6 @@
 //! A trainerd for a benchmark: the real binary (beside this one) on a temporary state dir and socket.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -77,6 +78,28 @@ impl Daemon {
 
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
+    }
+
+    /// trainerd's metrics (`--metrics`), each sample by its name with labels; empty when the daemon
+    /// was started without them or cannot be reached.
+    pub fn metrics(&self) -> HashMap<String, f64> {
+        use std::io::{Read, Write};
+        let Some(addr) = self.args.iter().position(|a| a == "--metrics").and_then(|i| self.args.get(i + 1)) else {
+            return HashMap::new();
+        };
+        let mut text = String::new();
+        let fetched = std::net::TcpStream::connect(addr.as_str()).and_then(|mut c| {
+            c.set_read_timeout(Some(Duration::from_secs(2)))?;
+            c.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+            c.read_to_string(&mut text)
+        });
+        if fetched.is_err() {
+            return HashMap::new();
+        }
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
+            .collect()
     }
 
     /// trainerd's pid.

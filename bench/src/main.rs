@@ -179,7 +179,12 @@ fn suite(size: &Size, only: Option<&[String]>) -> Vec<Figure> {
     runtime.block_on(async {
         let slots = (size.live + 10).to_string();
         if ["exit", "get", "propagation", "hang", "restart"].iter().any(|p| want(p)) {
-            let daemon = Daemon::start(&["--slots", &slots, "--heartbeat-interval", "5"]);
+            // Metrics on a free local port: the exit path's breakdown reads them.
+            let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.to_string())
+                .unwrap_or_else(|_| "127.0.0.1:9184".into());
+            let daemon = Daemon::start(&["--slots", &slots, "--heartbeat-interval", "5", "--metrics", &metrics]);
             if want("exit") {
                 eprintln!("exit detection ...");
                 figures.extend(measure::exit_detection(&daemon, size.exits, size.gets).await);

@@ -84,11 +84,57 @@ async fn start_and_kill(client: &mut Client, name: &str) -> (Updates, String, In
 pub async fn exit_detection(daemon: &Daemon, watch_runs: usize, get_runs: usize) -> Vec<Figure> {
     let mut client = daemon.client().await;
     let mut on_watch = Vec::new();
+    // The exit path's parts: the shim's reap (its exit record's own time) after the SIGKILL, and what
+    // trainerd's metrics say of its part (its wake to the recorded, flushed transition) and of flushes.
+    let before = daemon.metrics();
+    let mut reaped = Vec::new();
     for _ in 0..watch_runs {
-        let (mut updates, _, started) = start_and_kill(&mut client, "exit").await;
+        let (mut updates, id, started) = start_and_kill(&mut client, "exit").await;
+        let killed_at = unix_now() - started.elapsed().as_secs_f64();
         let (_, seen) = until(&mut updates, |j| j.state() != JobState::Running).await;
         on_watch.push(seen - started);
+        let record = std::fs::read(daemon.state_dir().join("jobs").join(&id).join("exit.json")).unwrap_or_default();
+        let at = serde_json::from_slice::<serde_json::Value>(&record).ok().and_then(|v| v["at"].as_f64());
+        if let Some(at) = at.filter(|at| *at >= killed_at) {
+            reaped.push(Duration::from_secs_f64(at - killed_at));
+        }
     }
+    let after = daemon.metrics();
+    let mean_of = |name: &str| {
+        let delta = |key: &str| after.get(key).copied().unwrap_or(0.0) - before.get(key).copied().unwrap_or(0.0);
+        let count = delta(&format!("{name}_count"));
+        (count > 0.0).then(|| Duration::from_secs_f64(delta(&format!("{name}_sum")) / count))
+    };
+    let mean = |d: &[Duration]| d.iter().sum::<Duration>() / d.len().max(1) as u32;
+    let breakdown = match (mean_of("trainerd_exit_detection_seconds"), mean_of("trainerd_store_flush_seconds")) {
+        (Some(trainerd), Some(flush)) if !reaped.is_empty() => {
+            let (total, reap) = (mean(&on_watch), mean(&reaped));
+            let rest = total.saturating_sub(reap + trainerd);
+            Some(
+                Figure::new(
+                    "exit path, means: SIGKILL → shim reaps → trainerd wakes, records, flushes → WatchJob update",
+                    format!(
+                        "{} in all (n={}): SIGKILL → the shim's reap {}; trainerd from its wake to the transition \
+                     recorded and flushed {} (of which the flush {}, mean of {} flushes); the rest {} (the shim \
+                     writing its record and exiting, trainerd's wake, the update through gRPC to the client)",
+                        show(total),
+                        on_watch.len(),
+                        show(reap),
+                        show(trainerd),
+                        show(flush),
+                        (after.get("trainerd_store_flush_seconds_count").copied().unwrap_or(0.0)
+                            - before.get("trainerd_store_flush_seconds_count").copied().unwrap_or(0.0))
+                            as u64,
+                        show(rest)
+                    ),
+                    "figure reported",
+                    true,
+                )
+                .headline(ms(trainerd), "ms"),
+            )
+        }
+        _ => None,
+    };
     let mut through_get = Vec::new();
     for _ in 0..get_runs {
         let (_updates, id, started) = start_and_kill(&mut client, "exit-get").await;
@@ -107,7 +153,7 @@ pub async fn exit_detection(daemon: &Daemon, watch_runs: usize, get_runs: usize)
         }
     }
     let (w, g) = (Sample::new(on_watch), Sample::new(through_get));
-    vec![
+    let mut figures = vec![
         Figure::new(
             "exit detection: SIGKILL → WatchJob update",
             summary(&w),
@@ -122,7 +168,9 @@ pub async fn exit_detection(daemon: &Daemon, watch_runs: usize, get_runs: usize)
             g.p50() < Duration::from_millis(3),
         )
         .headline(ms(g.p50()), "ms"),
-    ]
+    ];
+    figures.extend(breakdown);
+    figures
 }
 
 /// `trainctl get` of a running job as a new process, spawn to exit, as a script calls it; beside

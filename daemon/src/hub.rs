@@ -44,8 +44,10 @@ pub struct Hub {
 
 struct Live {
     latest: pb::Job,
-    /// Every update; the receiving ends are the WatchJob streams.
-    tx: broadcast::Sender<pb::JobUpdate>,
+    /// Every update; the receiving ends are the WatchJob streams. Made at the first subscription and
+    /// dropped when the last watcher leaves: a channel holds `BACKLOG` updates from its creation, and
+    /// ten thousand queued jobs nobody watches need none.
+    tx: Option<broadcast::Sender<pb::JobUpdate>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -64,9 +66,22 @@ impl Hub {
         let id = parse_id(&job.id);
         let terminal = ends_watch(job.state());
         let mut jobs = lock(&self.jobs);
-        let live = jobs.entry(id).or_insert_with(|| Live { latest: job.clone(), tx: broadcast::channel(BACKLOG).0 });
-        live.latest = job.clone();
-        let _ = live.tx.send(pb::JobUpdate { job: Some(job), kind: kind.into(), point });
+        let Some(live) = jobs.get_mut(&id) else {
+            if !terminal {
+                jobs.insert(id, Live { latest: job, tx: None });
+            }
+            return;
+        };
+        if live.tx.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
+            live.tx = None;
+        }
+        match &live.tx {
+            Some(tx) => {
+                live.latest = job.clone();
+                let _ = tx.send(pb::JobUpdate { job: Some(job), kind: kind.into(), point });
+            }
+            None => live.latest = job,
+        }
         if terminal {
             jobs.remove(&id);
         }
@@ -80,7 +95,17 @@ impl Hub {
     /// The live view and a receiver of the updates after it, with no gap between the two; None when
     /// the job is not live (read it from the store instead).
     pub fn subscribe(&self, id: u64) -> Option<(pb::Job, broadcast::Receiver<pb::JobUpdate>)> {
-        lock(&self.jobs).get(&id).map(|l| (l.latest.clone(), l.tx.subscribe()))
+        lock(&self.jobs).get_mut(&id).map(|l| {
+            let rx = match &l.tx {
+                Some(tx) => tx.subscribe(),
+                None => {
+                    let (tx, rx) = broadcast::channel(BACKLOG);
+                    l.tx = Some(tx);
+                    rx
+                }
+            };
+            (l.latest.clone(), rx)
+        })
     }
 
     /// Replaces the queue.
@@ -248,5 +273,30 @@ mod tests {
         assert_eq!(position(1, 0).0, 1);
         assert_eq!(position(4, 0).0, 2);
         assert_eq!(position(2, 0).0, 0, "a job that left is not queued");
+    }
+
+    fn job(id: u64, state: pb::JobState, step: u64) -> pb::Job {
+        pb::Job { id: format!("{id:012x}"), state: state as i32, step, ..Default::default() }
+    }
+
+    #[test]
+    fn a_watch_channel_exists_while_someone_watches_and_the_last_view_ends_it() {
+        let hub = Hub::default();
+        assert!(hub.subscribe(7).is_none(), "not live before its first view");
+        hub.publish(job(7, pb::JobState::Queued, 0), "state");
+        assert!(lock(&hub.jobs)[&7].tx.is_none(), "no channel until someone watches");
+        let (seen, mut rx) = hub.subscribe(7).expect("live");
+        assert_eq!(seen.state(), pb::JobState::Queued);
+        hub.publish(job(7, pb::JobState::Running, 3), "progress");
+        assert_eq!(rx.try_recv().unwrap().job.unwrap().step, 3);
+        drop(rx);
+        hub.publish(job(7, pb::JobState::Running, 4), "progress");
+        assert!(lock(&hub.jobs)[&7].tx.is_none(), "dropped with its last watcher");
+        assert_eq!(hub.latest(7).unwrap().step, 4, "the view stays current without watchers");
+        let (_, mut rx) = hub.subscribe(7).expect("live");
+        hub.publish(job(7, pb::JobState::Completed, 5), "state");
+        assert_eq!(rx.try_recv().unwrap().job.unwrap().state(), pb::JobState::Completed);
+        assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Closed)), "the last view ends the watch");
+        assert!(hub.latest(7).is_none());
     }
 }

@@ -239,16 +239,17 @@ impl LocalDir {
             return Ok(None);
         }
         let dir = LocalDir { fd, path: path.to_path_buf(), noatime: std::sync::atomic::AtomicBool::new(true) };
-        // The kernel's support for openat2 is tried once here, on a name that need not exist.
-        match dir.openat2(c".", libc::O_PATH) {
+        // Whether this kernel has openat2 (Linux 5.6) is asked once per process.
+        static OPENAT2: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let supported = *OPENAT2.get_or_init(|| match dir.openat2(c".", libc::O_PATH) {
             Ok(probe) => {
                 // SAFETY: `probe` was just opened and is owned by nothing else.
                 drop(unsafe { OwnedFd::from_raw_fd(probe) });
-                Ok(Some(dir))
+                true
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => Ok(None),
-            Err(e) => Err(Refused::io(path, e)),
-        }
+            Err(e) => e.raw_os_error() != Some(libc::ENOSYS),
+        });
+        Ok(supported.then_some(dir))
     }
 
     /// The directory's path, as opened.

@@ -30,6 +30,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     result
 }
 
+/// Replaces `path` with `bytes` for readers only: a temporary file renamed over `path`, with no fsync.
+/// A reader sees the old content or the new, never a torn file; a power cut may bring back the old
+/// one. For records that are signs of life rather than facts (a heartbeat-only progress write): the
+/// two fsyncs of [`write_atomic`] are most of a write's cost.
+pub fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = parent_dir(path).join(temp_name(path));
+    let result = (|| {
+        {
+            let mut file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            file.write_all(bytes)?;
+        }
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// Fsyncs a directory, making renames and creations inside it durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()

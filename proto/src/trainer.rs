@@ -315,6 +315,14 @@ impl Progress {
         let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
         crate::atomic::write_atomic(path, &bytes)
     }
+
+    /// Replaces the progress file at `path` atomically for readers but without fsync
+    /// ([`crate::atomic::replace`]): for a heartbeat that changes no state and names no new
+    /// checkpoint, where losing the write to a power cut loses nothing.
+    pub fn write_unsynced(&self, path: &Path) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        crate::atomic::replace(path, &bytes)
+    }
 }
 
 /// The current time in Unix seconds, as `updated_at` wants it.

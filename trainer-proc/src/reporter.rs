@@ -3,7 +3,9 @@
 //! The training loop only edits an in-memory [`Progress`] (a mutex and a few stores: this is what keeps
 //! reporting under 1% of training time). A separate thread writes the file when it changed and at
 //! least every heartbeat interval, so a trainer busy in a long evaluation or a slow data load still
-//! beats. State changes are written at once, from the caller's thread, before the call returns.
+//! beats. Its writes are atomic for readers but not fsynced: a heartbeat is a sign of life, and its two
+//! fsyncs were most of reporting's cost. State changes (paused, completed, a checkpoint written) are
+//! written durably at once, from the caller's thread, before the call returns.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -49,6 +51,15 @@ pub struct Stats {
     pub errors: u64,
 }
 
+/// Whether a write must survive a power cut.
+#[derive(Debug, Clone, Copy)]
+enum Durability {
+    /// fsynced file and directory: a state change trainerd must find after any crash.
+    Synced,
+    /// Atomic for readers only: a heartbeat.
+    ForReaders,
+}
+
 fn lock(m: &Mutex<Inner>) -> MutexGuard<'_, Inner> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -76,7 +87,7 @@ impl Reporter {
             wake: Condvar::new(),
             write_lock: Mutex::new(()),
         });
-        shared.write()?;
+        shared.write(Durability::Synced)?;
         let thread = {
             let shared = shared.clone();
             std::thread::Builder::new().name("heartbeat".into()).spawn(move || shared.run())?
@@ -101,7 +112,16 @@ impl Reporter {
     /// see before the trainer acts on them (paused, completed, checkpoint written).
     pub fn update_now(&self, edit: impl FnOnce(&mut Progress)) -> std::io::Result<()> {
         self.update(edit);
-        self.shared.write()
+        self.shared.write(Durability::Synced)
+    }
+
+    /// Edits the progress and writes the file before returning, atomically for readers but without
+    /// an fsync: for what trainerd must see before the trainer goes on but a power cut may lose (a
+    /// checkpoint written: its own files are durable, and trainerd finds the newest in the
+    /// checkpoint directory at the next start).
+    pub fn update_visible(&self, edit: impl FnOnce(&mut Progress)) -> std::io::Result<()> {
+        self.update(edit);
+        self.shared.write(Durability::ForReaders)
     }
 
     /// Stops all writes, heartbeats included: the trainer looks hung from outside (fault injection).
@@ -145,13 +165,13 @@ impl Shared {
                 continue;
             }
             drop(inner);
-            let _ = self.write();
+            let _ = self.write(Durability::ForReaders);
             inner = lock(&self.inner);
         }
     }
 
     /// Writes the current progress with the next `heartbeat_seq`.
-    fn write(&self) -> std::io::Result<()> {
+    fn write(&self, durability: Durability) -> std::io::Result<()> {
         let _serial = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         let snapshot = {
             let mut inner = lock(&self.inner);
@@ -165,7 +185,10 @@ impl Shared {
             inner.progress.clone()
         };
         let started = Instant::now();
-        let result = snapshot.write(&self.path);
+        let result = match durability {
+            Durability::Synced => snapshot.write(&self.path),
+            Durability::ForReaders => snapshot.write_unsynced(&self.path),
+        };
         let mut inner = lock(&self.inner);
         inner.stats.writes += 1;
         inner.stats.write_time += started.elapsed();

@@ -313,9 +313,10 @@ impl<'a> Trainer<'a> {
         }
         let latest = CheckpointRef { path, step: self.state.step, epoch: epoch_of(self.state.step, self.config) };
         self.latest = Some(latest.clone());
-        // Written at once, one atomic write per checkpoint (off the per-step path): a crash right after
-        // the rename still leaves a progress file naming it, so the restart resumes from it.
-        let written = self.reporter.update_now(|p| {
+        // Written at once, one write per checkpoint (off the per-step path): trainerd records it
+        // before the trainer goes on, and a crash of the trainer right after still leaves a progress
+        // file naming it. Not fsynced: after a power cut trainerd finds the checkpoint in its directory.
+        let written = self.reporter.update_visible(|p| {
             p.state = TrainerState::Running;
             p.latest_checkpoint = Some(latest);
         });

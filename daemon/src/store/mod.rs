@@ -19,6 +19,7 @@ use records::{Event, JobId, JobRecord, JobSpec, RunAs};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use trainerd_proto::state::{can_transition, state_word};
 use trainerd_proto::trainer::unix_now;
@@ -94,6 +95,10 @@ struct Trees {
     /// Metric history at full resolution, and folded (see [`metrics`]).
     points: sled::Tree,
     buckets: sled::Tree,
+    /// The next JobId: `meta`'s `next_job`, or one past the newest job if that is further (a crash
+    /// may keep a job whose counter write was lost). Kept here so that a submission needs no
+    /// transaction to take an id.
+    next_id: AtomicU64,
 }
 
 impl Trees {
@@ -105,15 +110,51 @@ impl Trees {
             .cache_capacity(CACHE_BYTES)
             .open()
             .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
+        let (jobs, meta) = (db.open_tree("jobs")?, db.open_tree("meta")?);
+        let stored = meta.get(b"next_job")?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes);
+        let after_newest =
+            jobs.last()?.and_then(|(k, _)| k.as_ref().try_into().ok()).map(|b| u64::from_be_bytes(b) + 1);
+        let next_id = AtomicU64::new(stored.unwrap_or(1).max(after_newest.unwrap_or(1)).max(1));
         Ok(Trees {
-            jobs: db.open_tree("jobs")?,
+            jobs,
             events: db.open_tree("events")?,
             idempotency: db.open_tree("idempotency")?,
-            meta: db.open_tree("meta")?,
+            meta,
             points: db.open_tree("points")?,
             buckets: db.open_tree("buckets")?,
+            next_id,
             db,
         })
+    }
+}
+
+/// A new job's record: queued, nothing run yet.
+fn queued_record(id: JobId, spec: JobSpec, run_as: Option<RunAs>, now: f64) -> JobRecord {
+    JobRecord {
+        id,
+        spec,
+        state: JobState::Queued as i32,
+        reason: Reason::Unspecified as i32,
+        created_at: now,
+        updated_at: now,
+        attempts: Vec::new(),
+        restart_times: Vec::new(),
+        consecutive_failures: 0,
+        next_restart_at: None,
+        latest_checkpoint: None,
+        previous_checkpoint: None,
+        step: 0,
+        total_steps: 0,
+        epoch: 0,
+        total_epochs: 0,
+        loss: None,
+        val_loss: None,
+        exit_code: None,
+        weights_sha256: None,
+        cancelled_by: None,
+        message: None,
+        run_as,
+        restarts_exhausted: false,
     }
 }
 
@@ -352,49 +393,38 @@ impl Store {
         now: f64,
     ) -> Result<(JobRecord, bool), StoreError> {
         let t = self.writable()?;
+        let event =
+            |spec: &JobSpec| Event { at: now, kind: "submitted".into(), message: format!("queued as {}", spec.name) };
+        let Some(key) = spec.idempotency_key.clone() else {
+            // No key to look up: three plain writes, not a transaction (a transaction over four trees was
+            // most of a submission's time in the Supervisor). Nothing of it is acknowledged or acted on
+            // before the flush that follows; a crash before it may keep a prefix of the three, which
+            // a reopen reads as a job (or an id) never acknowledged, as with a transaction.
+            let id = JobId(t.next_id.fetch_add(1, Ordering::SeqCst));
+            let written = (|| {
+                let record = queued_record(id, spec, run_as, now);
+                t.jobs.insert(id.0.to_be_bytes(), encode("job", &record)?)?;
+                t.meta.insert(b"next_job", &(id.0 + 1).to_be_bytes())?;
+                let submitted = event(&record.spec);
+                t.events.insert(event_key(id, t.db.generate_id()?), encode("event", &submitted)?)?;
+                Ok((record, true))
+            })();
+            return self.note(written);
+        };
         let result = (&t.jobs, &t.events, &t.idempotency, &t.meta)
             .transaction(|(jobs, events, idempotency, meta)| {
-                if let Some(key) = &spec.idempotency_key {
-                    if let Some(existing) = idempotency.get(key.as_bytes())? {
-                        let id = u64::from_be_bytes(existing.as_ref().try_into().unwrap_or_default());
-                        return Ok((read_job(jobs, JobId(id))?, false));
-                    }
+                if let Some(existing) = idempotency.get(key.as_bytes())? {
+                    let id = u64::from_be_bytes(existing.as_ref().try_into().unwrap_or_default());
+                    return Ok((read_job(jobs, JobId(id))?, false));
                 }
-                let next = meta.get(b"next_job")?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes);
-                let id = JobId(next.unwrap_or(1));
+                // A retried transaction takes a new id: ids may skip, never repeat.
+                let id = JobId(t.next_id.fetch_add(1, Ordering::SeqCst));
                 meta.insert(b"next_job", &(id.0 + 1).to_be_bytes())?;
-                let record = JobRecord {
-                    id,
-                    spec: spec.clone(),
-                    state: JobState::Queued as i32,
-                    reason: Reason::Unspecified as i32,
-                    created_at: now,
-                    updated_at: now,
-                    attempts: Vec::new(),
-                    restart_times: Vec::new(),
-                    consecutive_failures: 0,
-                    next_restart_at: None,
-                    latest_checkpoint: None,
-                    previous_checkpoint: None,
-                    step: 0,
-                    total_steps: 0,
-                    epoch: 0,
-                    total_epochs: 0,
-                    loss: None,
-                    val_loss: None,
-                    exit_code: None,
-                    weights_sha256: None,
-                    cancelled_by: None,
-                    message: None,
-                    run_as,
-                    restarts_exhausted: false,
-                };
+                let record = queued_record(id, spec.clone(), run_as, now);
                 jobs.insert(&id.0.to_be_bytes(), encode("job", &record).or_else(abort)?)?;
-                if let Some(key) = &spec.idempotency_key {
-                    idempotency.insert(key.as_bytes(), &id.0.to_be_bytes())?;
-                }
-                let event = Event { at: now, kind: "submitted".into(), message: format!("queued as {}", spec.name) };
-                events.insert(&event_key(id, events.generate_id()?), encode("event", &event).or_else(abort)?)?;
+                idempotency.insert(key.as_bytes(), &id.0.to_be_bytes())?;
+                let submitted = event(&record.spec);
+                events.insert(&event_key(id, events.generate_id()?), encode("event", &submitted).or_else(abort)?)?;
                 Ok((record, true))
             })
             .map_err(flatten);

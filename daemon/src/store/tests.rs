@@ -66,6 +66,27 @@ fn ids_count_up_from_one_across_reopening() {
 }
 
 #[test]
+fn an_id_is_never_given_twice_whether_submitted_with_a_key_or_not_and_a_lost_counter_is_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let ids: Vec<JobId> = [None, Some("k"), None, Some("k"), Some("j")]
+            .into_iter()
+            .map(|key| store.create(spec("a", key), None, 1.0).unwrap().0.id)
+            .collect();
+        assert_eq!(ids, [JobId(1), JobId(2), JobId(3), JobId(2), JobId(4)], "a known key names its job again");
+        // A crash that kept the newest job but not the counter's write (the writes are not one
+        // transaction): the counter is rebuilt from the newest job.
+        store.trees().unwrap().meta.insert(b"next_job", &2u64.to_be_bytes()).unwrap();
+        store.flush().unwrap();
+    }
+    let store = reopen(dir.path());
+    assert_eq!(store.create(spec("b", None), None, 1.0).unwrap().0.id, JobId(5));
+    let kinds: Vec<_> = store.events(JobId(5)).unwrap().into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, ["submitted"]);
+}
+
+#[test]
 fn the_same_idempotency_key_returns_the_same_job() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();

@@ -267,6 +267,32 @@ mod tests {
         assert!(lock(&watch.wakers).is_empty());
     }
 
+    #[tokio::test]
+    async fn a_busy_watcher_gathering_its_events_still_wakes_every_job_that_wrote() {
+        let watch = ProgressWatch::new().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let dirs: Vec<_> = (0..BUSY_WATCHES + 6).map(|i| root.path().join(i.to_string())).collect();
+        let _guards: Vec<WatchGuard> = dirs
+            .iter()
+            .enumerate()
+            .map(|(i, dir)| {
+                std::fs::create_dir_all(dir).unwrap();
+                let tx = tx.clone();
+                watch.watch(dir, move || drop(tx.send(i))).unwrap()
+            })
+            .collect();
+        // Several rounds, so that events come while the watcher is out of the reactor too.
+        for round in 0..3 {
+            for dir in dirs.iter().skip(round).step_by(7) {
+                trainerd_proto::atomic::write_atomic(&dir.join(PROGRESS_NAME), b"{}").unwrap();
+            }
+            for i in (round..dirs.len()).step_by(7) {
+                woken(&mut rx, i).await;
+            }
+        }
+    }
+
     #[test]
     fn events_are_split_with_their_names_unpadded() {
         let mut buf = Vec::new();

@@ -279,7 +279,11 @@ mod tests {
             .map(|(i, dir)| {
                 std::fs::create_dir_all(dir).unwrap();
                 let tx = tx.clone();
-                watch.watch(dir, move || drop(tx.send(i))).unwrap()
+                watch
+                    .watch(dir, move || {
+                        let _ = tx.send(i);
+                    })
+                    .unwrap()
             })
             .collect();
         // Several rounds, so that events come while the watcher is out of the reactor too.

@@ -78,18 +78,19 @@ pub enum ReadError {
 /// device) is refused without being opened or followed (see [`crate::untrusted`]). Blocking: run it
 /// through [`read_progress_bounded`] on the runtime.
 pub fn read_progress(path: &Path) -> Result<Progress, ReadError> {
-    match untrusted::read_prefix(path, MAX_PROGRESS_BYTES + 1) {
-        Ok(bytes) => Ok(Progress::parse(&bytes)?),
-        Err(untrusted::Refused::Missing(_)) => Err(ReadError::Missing),
-        Err(e) => Err(ReadError::Refused(e)),
-    }
+    progress_of(untrusted::read_prefix(path, MAX_PROGRESS_BYTES + 1))
 }
 
 /// [`read_progress`] of the progress file in `dir`, the trainer's directory held open on a local
 /// disk: safe to run inline (see [`untrusted::LocalDir`]), which spares each progress write two thread
 /// hand-offs.
 pub fn read_progress_in(dir: &untrusted::LocalDir) -> Result<Progress, ReadError> {
-    match dir.read_prefix(PROGRESS_NAME, MAX_PROGRESS_BYTES + 1) {
+    progress_of(dir.read_prefix(PROGRESS_NAME, MAX_PROGRESS_BYTES + 1))
+}
+
+/// The progress record in a capped read of the progress file, or why there is none.
+fn progress_of(read: Result<Vec<u8>, untrusted::Refused>) -> Result<Progress, ReadError> {
+    match read {
         Ok(bytes) => Ok(Progress::parse(&bytes)?),
         Err(untrusted::Refused::Missing(_)) => Err(ReadError::Missing),
         Err(e) => Err(ReadError::Refused(e)),

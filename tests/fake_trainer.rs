@@ -22,7 +22,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use trainerd_proto::trainer::{env, unix_now, CheckpointRef, Progress, TrainerState};
 
 fn var(name: &str, default: u64) -> u64 {
@@ -80,9 +80,15 @@ fn main() {
     initial.heartbeat_interval = Some(interval);
     let progress = Arc::new(Mutex::new(initial));
     let silent = Arc::new(AtomicBool::new(false));
+    // When the last write happened: a beat is due only after an interval without one, as a trainer
+    // whose steps already report in time writes nothing extra (trainer-proc's reporter does the same).
+    let last_write = Arc::new(Mutex::new(Instant::now()));
     let write = {
-        let (progress, silent, path) = (progress.clone(), silent.clone(), progress_path.clone());
+        let (progress, silent, path, last_write) =
+            (progress.clone(), silent.clone(), progress_path.clone(), last_write.clone());
         move || {
+            // Stamped even when silent, so that the beat thread of a hung trainer sleeps.
+            *last_write.lock().unwrap() = Instant::now();
             if silent.load(Ordering::SeqCst) {
                 return;
             }
@@ -96,9 +102,13 @@ fn main() {
     write();
     {
         let write = write.clone();
+        let interval = Duration::from_secs_f64(interval);
         std::thread::spawn(move || loop {
-            std::thread::sleep(Duration::from_secs_f64(interval));
-            write();
+            let since = last_write.lock().unwrap().elapsed();
+            match interval.checked_sub(since) {
+                Some(wait) if !wait.is_zero() => std::thread::sleep(wait),
+                _ => write(),
+            }
         });
     }
     let flood = vec![b'x'; var("FAKE_PRINT_BYTES", 0) as usize];

@@ -44,6 +44,9 @@ pub struct Hub {
 
 struct Live {
     latest: pb::Job,
+    /// Which version of the job's record `latest` was built from (see [`Hub::patch_live`]); 0 when
+    /// no version was given.
+    version: u64,
     /// Every update; the receiving ends are the WatchJob streams. Made at the first subscription and
     /// dropped when the last watcher leaves: a channel holds `BACKLOG` updates from its creation, and
     /// ten thousand queued jobs nobody watches need none.
@@ -63,15 +66,23 @@ impl Hub {
 
     /// [`Hub::publish`], with the metric values recorded with this update.
     pub fn publish_with(&self, job: pb::Job, kind: &str, point: Option<pb::MetricValues>) {
+        self.publish_version(job, 0, kind, point)
+    }
+
+    /// [`Hub::publish_with`], saying which version of the record the view was built from, so that
+    /// the next update from the same record can be a [`Hub::patch_live`]. For a job actor's views,
+    /// built out of the queue (`job_view(record, facts, (0, String::new()))`).
+    pub fn publish_version(&self, job: pb::Job, version: u64, kind: &str, point: Option<pb::MetricValues>) {
         let id = parse_id(&job.id);
         let terminal = ends_watch(job.state());
         let mut jobs = lock(&self.jobs);
         let Some(live) = jobs.get_mut(&id) else {
             if !terminal {
-                jobs.insert(id, Live { latest: job, tx: None });
+                jobs.insert(id, Live { latest: job, version, tx: None });
             }
             return;
         };
+        live.version = version;
         if live.tx.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
             live.tx = None;
         }
@@ -85,6 +96,37 @@ impl Hub {
         if terminal {
             jobs.remove(&id);
         }
+    }
+
+    /// Publishes an update that changed only the live facts (a progress report), by applying them to
+    /// the view held here instead of building a new one: most of a report's cost at a thousand jobs
+    /// was building, moving and dropping whole views. Only when the held view was built from record
+    /// `version` (it carries everything the record says); otherwise it publishes nothing and gives
+    /// the metric values back.
+    pub fn patch_live(
+        &self,
+        id: u64,
+        version: u64,
+        record: &JobRecord,
+        facts: &LiveFacts,
+        kind: &str,
+        point: Option<pb::MetricValues>,
+    ) -> Result<(), Option<pb::MetricValues>> {
+        let mut jobs = lock(&self.jobs);
+        let Some(live) = jobs.get_mut(&id).filter(|l| version != 0 && l.version == version) else { return Err(point) };
+        apply_live(&mut live.latest, record, facts);
+        // A job with an actor is out of the queue: what it waits for is only its executor's word.
+        let waiting = facts.waiting_for.as_deref().unwrap_or_default();
+        if live.latest.waiting_for != waiting {
+            live.latest.waiting_for = waiting.to_string();
+        }
+        if live.tx.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
+            live.tx = None;
+        }
+        if let Some(tx) = &live.tx {
+            let _ = tx.send(pb::JobUpdate { job: Some(live.latest.clone()), kind: kind.into(), point });
+        }
+        Ok(())
     }
 
     /// The latest live view, if the job is live.
@@ -194,7 +236,6 @@ pub fn job_view(record: &JobRecord, live: &LiveFacts, queue: (u32, String)) -> p
         Some(ExitStatus::Signal(s)) => (None, Some(s)),
         None => (None, None),
     };
-    let p = live.progress.as_ref();
     let checkpoint = record.latest_checkpoint.as_ref().map(|c| pb::Checkpoint {
         path: c.path.display().to_string(),
         step: c.step,
@@ -205,13 +246,6 @@ pub fn job_view(record: &JobRecord, live: &LiveFacts, queue: (u32, String)) -> p
         name: record.spec.name.clone(),
         state: record.state,
         reason: record.reason,
-        step: p.map(|p| p.step).unwrap_or(record.step),
-        total_steps: p.map(|p| p.total_steps).filter(|t| *t > 0).unwrap_or(record.total_steps),
-        epoch: p.map(|p| p.epoch).unwrap_or(record.epoch),
-        total_epochs: p.map(|p| p.total_epochs).filter(|t| *t > 0).unwrap_or(record.total_epochs),
-        loss: p.and_then(|p| p.loss).or(record.loss),
-        val_loss: p.and_then(|p| p.val_loss).or(record.val_loss),
-        samples_per_sec: p.and_then(|p| p.samples_per_sec),
         restarts: record.attempts.len().saturating_sub(1) as u32,
         attempt: record.attempts.len() as u32,
         exit_code: record.exit_code.or(exit_code),
@@ -220,41 +254,96 @@ pub fn job_view(record: &JobRecord, live: &LiveFacts, queue: (u32, String)) -> p
         weights_sha256: record.weights_sha256.clone().unwrap_or_default(),
         created_at: record.created_at,
         updated_at: record.updated_at,
-        stalled: live.stalled,
         queue_position,
-        message: live.message.clone().or_else(|| record.message.clone()).unwrap_or_default(),
         command: record.spec.command.clone(),
         gpus: record.spec.gpus,
         next_restart_at: record.next_restart_at,
         cancelled_by: record.cancelled_by.clone().unwrap_or_default(),
-        pid: live.pid,
         waiting_for: match live.waiting_for.clone() {
             Some(executor) if waiting_for.is_empty() => executor,
             _ => waiting_for,
         },
-        assigned_gpus: live.gpus.clone(),
         protocol: record.spec.protocol.word().into(),
         resumed_from: last.map(resumed_from_words).unwrap_or_default(),
         resume_ignored: last.is_some_and(|a| a.resume_ignored),
         restarts_exhausted: record.restarts_exhausted,
-        metrics: live.metrics.clone(),
         rollbacks: record.rollbacks(),
         executor: if record.spec.more.slurm.is_some() { "slurm" } else { "local" }.into(),
         slurm_job_id: last.and_then(|a| match &a.more.handle {
             Some(crate::store::records::Handle::Slurm { job_id, .. }) => *job_id,
             _ => None,
         }),
+        ..Default::default()
     };
+    apply_live(&mut job, record, live);
+    job
+}
+
+/// Sets every field of a view that the live facts decide (with the record's value where the facts
+/// say nothing): the one place both a new view and [`Hub::patch_live`] take them from.
+fn apply_live(job: &mut pb::Job, record: &JobRecord, live: &LiveFacts) {
+    let p = live.progress.as_ref();
+    job.step = p.map(|p| p.step).unwrap_or(record.step);
+    job.total_steps = p.map(|p| p.total_steps).filter(|t| *t > 0).unwrap_or(record.total_steps);
+    job.epoch = p.map(|p| p.epoch).unwrap_or(record.epoch);
+    job.total_epochs = p.map(|p| p.total_epochs).filter(|t| *t > 0).unwrap_or(record.total_epochs);
+    job.loss = p.and_then(|p| p.loss).or(record.loss);
+    job.val_loss = p.and_then(|p| p.val_loss).or(record.val_loss);
+    job.samples_per_sec = p.and_then(|p| p.samples_per_sec);
+    job.stalled = live.stalled;
+    // Reused in place: a report that keeps the message allocates nothing.
+    let message = live.message.as_ref().or(record.message.as_ref());
+    if job.message.as_str() != message.map(String::as_str).unwrap_or_default() {
+        job.message = message.cloned().unwrap_or_default();
+    }
+    job.pid = live.pid;
+    job.assigned_gpus.clone_from(&live.gpus);
+    if job.metrics != live.metrics {
+        job.metrics.clone_from(&live.metrics);
+    }
     if is_terminal(job.state()) {
         job.pid = None;
         job.stalled = false;
     }
-    job
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_view_patched_with_new_live_facts_equals_one_built_from_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(dir.path()).unwrap();
+        let (mut record, _) = store.create(crate::store::tests::spec("patched", None), None, 1.0).unwrap();
+        record.message = Some("from the record".into());
+        let before = LiveFacts { pid: Some(7), gpus: vec![0], ..LiveFacts::default() };
+        let mut progress = Progress::starting(2.0);
+        (progress.step, progress.total_steps, progress.loss) = (40, 100, Some(0.5));
+        progress.message = Some("epoch 2".into());
+        let after = LiveFacts {
+            progress: Some(progress),
+            stalled: true,
+            pid: Some(8),
+            message: Some("epoch 2".into()),
+            gpus: vec![1, 2],
+            metrics: [("acc".to_string(), 0.9)].into(),
+            waiting_for: Some("a node".into()),
+        };
+        let hub = Hub::default();
+        let id = record.id.0;
+        hub.publish_version(job_view(&record, &before, (0, String::new())), 5, "state", None);
+        let (_, mut rx) = hub.subscribe(id).unwrap();
+        assert_eq!(hub.patch_live(id, 6, &record, &after, "progress", None), Err(None), "another version");
+        assert_eq!(hub.latest(id), Some(job_view(&record, &before, (0, String::new()))), "left alone");
+        hub.patch_live(id, 5, &record, &after, "progress", None).unwrap();
+        let built = job_view(&record, &after, (0, String::new()));
+        assert_eq!(hub.latest(id), Some(built.clone()));
+        assert_eq!(rx.recv().await.unwrap().job, Some(built), "watchers get the patched view");
+        // And back: facts that say nothing fall back to the record again.
+        hub.patch_live(id, 5, &record, &before, "progress", None).unwrap();
+        assert_eq!(hub.latest(id), Some(job_view(&record, &before, (0, String::new()))));
+    }
 
     #[test]
     fn the_queue_order_follows_single_joins_and_leaves() {

@@ -164,6 +164,9 @@ pub struct State {
     parent: Parent,
     paths: JobPaths,
     record: JobRecord,
+    /// Changes with every new `record` (see `set_record`), unique in the process: the hub patches
+    /// the view it holds only when it was built from this version.
+    record_version: u64,
     live: LiveFacts,
     /// The attempt in flight, or the last one until the next start.
     run: Run,
@@ -344,6 +347,7 @@ impl Actor for JobActor {
             parent: args.parent,
             paths,
             record,
+            record_version: next_record_version(),
             live: LiveFacts { gpus: args.gpus, ..LiveFacts::default() },
             run: Run { first_step_noted, ..Run::new(None, Instant::now()) },
             awaiting_exit: false,
@@ -401,6 +405,12 @@ impl Actor for JobActor {
             other => other,
         }
     }
+}
+
+/// A version number no record of any job has had before in this process (never 0).
+fn next_record_version() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl State {
@@ -549,7 +559,7 @@ impl State {
     fn arm_logs(&mut self, myself: &ActorRef<JobMsg>) {
         self.logs_generation += 1;
         let generation = self.logs_generation;
-        myself.send_after(self.log_caps.every(), move || JobMsg::CheckLogs { generation });
+        myself.send_after(super::grid::later(self.log_caps.every()), move || JobMsg::CheckLogs { generation });
     }
 
     /// What the job's silence is measured against now.
@@ -625,11 +635,11 @@ impl State {
         }
         if self.record.state() == JobState::Starting && self.ended.is_none() {
             match self.transition(JobState::Running, Reason::Unspecified, "first progress line", |_| {}) {
-                Err(e) if store_unavailable(&e) => self.shared.hub.publish_with(self.view(), "progress", point),
+                Err(e) if store_unavailable(&e) => self.publish_progress(point),
                 other => other?,
             }
         } else {
-            self.shared.hub.publish_with(self.view(), "progress", point);
+            self.publish_progress(point);
         }
         Ok(())
     }
@@ -651,7 +661,7 @@ impl State {
             }
         });
         match updated {
-            Ok(record) => self.record = record,
+            Ok(record) => self.set_record(record),
             Err(e) => tracing::warn!(job = %self.id, "the attempt's first step is not recorded: {e}"),
         }
         // The attempt continues from `step`: what earlier attempts reported after it is not what the
@@ -704,8 +714,24 @@ impl State {
         job_view(&self.record, &self.live, (0, String::new()))
     }
 
+    /// The job's record changed: the view the hub holds no longer carries it.
+    fn set_record(&mut self, record: JobRecord) {
+        self.record = record;
+        self.record_version = next_record_version();
+    }
+
     fn publish(&self, kind: &str) {
-        self.shared.hub.publish(self.view(), kind);
+        self.shared.hub.publish_version(self.view(), self.record_version, kind, None);
+    }
+
+    /// Publishes a progress report: the live facts applied to the view the hub holds when it was built
+    /// from the same record, else a new view.
+    fn publish_progress(&self, point: Option<pb::MetricValues>) {
+        let hub = &self.shared.hub;
+        if let Err(point) = hub.patch_live(self.id.0, self.record_version, &self.record, &self.live, "progress", point)
+        {
+            hub.publish_version(self.view(), self.record_version, "progress", point);
+        }
     }
 
     /// Records one report's metric values in the job's history (when they differ from the last one
@@ -766,7 +792,8 @@ impl State {
         message: &str,
         edit: impl Fn(&mut JobRecord),
     ) -> Result<(), ActorProcessingErr> {
-        self.record = self.shared.store.transition(self.id, to, reason, unix_now(), message, edit)?;
+        let record = self.shared.store.transition(self.id, to, reason, unix_now(), message, edit)?;
+        self.set_record(record);
         // Observed before the publish, so a client that sees the new state also sees it counted.
         if let Some(at) = self.exit_seen_at.take() {
             self.shared.metrics.exit_detection.observe(at.elapsed());
@@ -778,7 +805,7 @@ impl State {
     fn arm_tick(&mut self, myself: &ActorRef<JobMsg>, after: Duration) {
         self.tick_generation += 1;
         let generation = self.tick_generation;
-        myself.send_after(after, move || JobMsg::Tick { generation });
+        myself.send_after(super::grid::earlier(after), move || JobMsg::Tick { generation });
     }
 
     fn arm_backoff(&mut self, myself: &ActorRef<JobMsg>, after: Duration) {
@@ -1017,7 +1044,7 @@ impl State {
             }
         });
         match updated {
-            Ok(record) => self.record = record,
+            Ok(record) => self.set_record(record),
             Err(e) => tracing::warn!(job = %self.id, "the attempt's handle is not recorded: {e}"),
         }
     }
@@ -1291,12 +1318,12 @@ impl State {
             match self.transition(JobState::Running, Reason::Unspecified, "first heartbeat", |_| {}) {
                 Err(e) if store_unavailable(&e) => {
                     tracing::warn!(job = %self.id, "RUNNING not recorded yet: {e}");
-                    self.shared.hub.publish_with(self.view(), "progress", point);
+                    self.publish_progress(point);
                 }
                 other => other?,
             }
         } else {
-            self.shared.hub.publish_with(self.view(), "progress", point);
+            self.publish_progress(point);
         }
         let lag = unix_now() - written_at;
         if lag.is_finite() && (0.0..3600.0).contains(&lag) {
@@ -1394,7 +1421,7 @@ impl State {
         });
         match updated {
             Ok(record) => {
-                self.record = record;
+                self.set_record(record);
                 self.event("checkpoint", format!("step {} at {}", checkpoint.step, checkpoint.path.display()));
             }
             // Not recorded now; the next progress read names it again.

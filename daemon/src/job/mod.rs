@@ -9,10 +9,12 @@
 //! - [`output`]: progress from output lines (`--progress-regex`).
 //! - [`logfiles`]: the job's log files: reclaimed when something took their place, kept under their cap.
 //! - [`stall`]: the stall clock, a pure verdict from the job's limits and its last signs of life.
+//! - [`grid`]: far deadlines moved onto one grid, so that many jobs' timers share a wake-up.
 
 pub mod actor;
 pub mod checkpoints;
 pub mod executor;
+pub mod grid;
 pub mod guard;
 pub mod hooks;
 pub mod logfiles;

@@ -856,4 +856,4 @@ impl<I: Iterator<Item = sled::Result<sled::IVec>>> Iterator for Records<I> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -2,7 +2,7 @@ use super::records::*;
 use super::*;
 use trainerd_proto::trainer::CheckpointRef;
 
-fn spec(name: &str, key: Option<&str>) -> JobSpec {
+pub(crate) fn spec(name: &str, key: Option<&str>) -> JobSpec {
     JobSpec {
         name: name.into(),
         command: vec!["trainer-proc".into(), "--epochs".into(), "3".into()],

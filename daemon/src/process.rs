@@ -145,12 +145,22 @@ struct Stat {
 }
 
 fn stat_fields(pid: u32) -> io::Result<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name (field 2) is in parentheses and may itself contain spaces and ')'.
-    let rest = text.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| io::Error::other("malformed /proc stat"))?;
+    use std::io::Read;
+    // One read(2) into the stack: procfs gives the whole line (a few hundred bytes) to the first read
+    // that has room for it. `read_to_string` also stats the file and reads again to see the end, which
+    // was a visible share of trainerd's CPU when a reconciliation looks at a thousand shims.
+    let mut buf = [0u8; 1024];
+    let n = std::fs::File::open(format!("/proc/{pid}/stat"))?.read(&mut buf)?;
+    let bad = || io::Error::other(format!("malformed /proc/{pid}/stat"));
+    if n == buf.len() {
+        return Err(bad());
+    }
+    // The command name (field 2) is in parentheses and may itself contain spaces, ')' and bytes that
+    // are not UTF-8; what follows it is ASCII.
+    let close = buf[..n].iter().rposition(|b| *b == b')').ok_or_else(bad)?;
+    let rest = std::str::from_utf8(&buf[close + 1..n]).map_err(|_| bad())?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `fields[0]` is field 3 (state), so field N is fields[N - 3].
-    let bad = || io::Error::other(format!("malformed /proc/{pid}/stat"));
     Ok(Stat {
         state: fields.first().and_then(|s| s.chars().next()).ok_or_else(bad)?,
         ppid: fields.get(1).and_then(|s| s.parse().ok()).ok_or_else(bad)?,
@@ -197,6 +207,22 @@ time.sleep(600)' & wait",
         let status = launcher.wait().unwrap();
         assert!(status.success(), "the launcher ends when its worker does, unharmed: {status}");
         assert!(descendants(launcher.id()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_command_name_with_parentheses_spaces_and_bytes_that_are_not_utf8_is_read_past() {
+        // A thread may rename only itself; /proc/TID/stat has the same form as a process's.
+        std::thread::spawn(|| {
+            // SAFETY: PR_SET_NAME with a NUL-terminated name of at most 16 bytes, on this thread.
+            unsafe { libc::prctl(libc::PR_SET_NAME, c"x) 1 2 (\xff".as_ptr()) };
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { libc::gettid() } as u32;
+            let stat = stat_fields(tid).unwrap();
+            assert_eq!((stat.state, stat.ppid), ('R', std::os::unix::process::parent_id()));
+            assert!(stat.start_ticks.is_some());
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -31,6 +31,16 @@ impl Daemon {
     /// Starts trainerd with `args` and extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new().prefix("trainerd-bench").tempdir().expect("tempdir");
+        Daemon::start_at(dir, args, env)
+    }
+
+    /// Starts trainerd with `args`, its state dir (and so every job's files) under `root`.
+    pub fn start_under(root: &std::path::Path, args: &[&str]) -> Daemon {
+        let dir = tempfile::Builder::new().prefix("trainerd-bench").tempdir_in(root).expect("tempdir");
+        Daemon::start_at(dir, args, &[])
+    }
+
+    fn start_at(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut daemon = Daemon {
             dir,
             child: None,

@@ -228,6 +228,9 @@ fn suite(size: &Size, only: Option<&[String]>) -> Vec<Figure> {
                 daemon.relaunch_with(&["--slots", &slots, "--heartbeat-interval", "5"]);
                 eprintln!("{} jobs, scale and recovery ...", size.live);
                 figures.extend(measure::scale_and_recovery(&mut daemon, size.burst, size.live, size.window).await);
+                drop(daemon);
+                eprintln!("{} jobs with the state dir in memory ...", size.burst);
+                figures.extend(measure::burst_in_memory(size.burst).await);
             }
         }
         if want("first-answer") {

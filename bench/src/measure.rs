@@ -553,6 +553,40 @@ async fn running_jobs(client: &mut Client, name: &str) -> HashMap<String, u32> {
     jobs.into_iter().filter_map(|j| Some((j.id, j.pid?))).collect()
 }
 
+/// The floor of the burst row: the same `burst` jobs submitted until all run, with trainerd's state
+/// dir, and so every job's directories, logs and progress files, in memory (tmpfs at `/dev/shm`)
+/// rather than on the disk. What the disk run takes beyond this is the disk's file system: creating
+/// the jobs' directories and files, and their flushes. None where `/dev/shm` is not a tmpfs.
+pub async fn burst_in_memory(burst: usize) -> Option<Figure> {
+    let shm = Path::new("/dev/shm");
+    // SAFETY: statfs into a zeroed struct, with a NUL-terminated path.
+    let tmpfs = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c"/dev/shm".as_ptr(), &mut st) == 0 && st.f_type == libc::TMPFS_MAGIC
+    };
+    if !tmpfs {
+        return None;
+    }
+    let daemon = Daemon::start_under(shm, &["--slots", &(burst + 10).to_string(), "--heartbeat-interval", "5"]);
+    let busy_before = system_cpu();
+    let (took, submitted) = start_jobs(&daemon, burst, "burst").await;
+    let busy = busy_share(busy_before, system_cpu());
+    drop(daemon);
+    Some(
+        Figure::new(
+            &format!("floor: {burst} jobs submitted → all running, the state dir in memory (tmpfs)"),
+            format!(
+                "{} (the last submitted after {}; all cores {busy:.0}% busy meanwhile)",
+                show(took),
+                show(submitted)
+            ),
+            "figure reported",
+            true,
+        )
+        .headline(ms(took), "ms"),
+    )
+}
+
 /// `burst` jobs submitted until all run; then `live` in all, each writing progress once a second,
 /// and trainerd's memory and CPU over `window`; the shims' memory; then trainerd killed and
 /// restarted on the same store, until READY, and every live job re-adopted.

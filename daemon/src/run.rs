@@ -29,12 +29,19 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     let started = Instant::now();
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create the state dir {}", config.state_dir.display()))?;
-    let shim = match &config.shim {
-        Some(path) => crate::builtin_shim::Executable::at(path.clone())?,
-        None => crate::builtin_shim::Executable::builtin(&config.state_dir)
-            .context("cannot run the built-in trainerd-shim; give --shim PATH")?,
-    };
-    let store = Arc::new(Store::open(&config.state_dir.join("store"))?);
+    // The shim's check (a process started and waited for, up to a millisecond) overlaps the store's
+    // opening: both come before the first answer after a restart.
+    let (shim, store) = std::thread::scope(|scope| {
+        let shim = scope.spawn(|| match &config.shim {
+            Some(path) => crate::builtin_shim::Executable::at(path.clone()).map_err(anyhow::Error::from),
+            None => crate::builtin_shim::Executable::builtin(&config.state_dir)
+                .context("cannot run the built-in trainerd-shim; give --shim PATH"),
+        });
+        let store = Store::open(&config.state_dir.join("store"));
+        (shim.join(), store)
+    });
+    let shim = shim.map_err(|_| anyhow::anyhow!("the check of the trainerd-shim panicked"))??;
+    let store = Arc::new(store?);
     let listener = bind(&config.socket, config.socket_group)?;
     let control = bind(&config.control_socket, config.socket_group)?;
     let tcp = match config.listen {

@@ -61,17 +61,13 @@ impl Hub {
     /// Publishes a job's new view to its watchers. A terminal or paused view is the last: the channel
     /// closes after it, which ends every watch stream (a resumed job gets a new channel).
     pub fn publish(&self, job: pb::Job, kind: &str) {
-        self.publish_with(job, kind, None)
+        self.publish_version(job, 0, kind, None)
     }
 
-    /// [`Hub::publish`], with the metric values recorded with this update.
-    pub fn publish_with(&self, job: pb::Job, kind: &str, point: Option<pb::MetricValues>) {
-        self.publish_version(job, 0, kind, point)
-    }
-
-    /// [`Hub::publish_with`], saying which version of the record the view was built from, so that
-    /// the next update from the same record can be a [`Hub::patch_live`]. For a job actor's views,
-    /// built out of the queue (`job_view(record, facts, (0, String::new()))`).
+    /// [`Hub::publish`], with the metric values recorded with this update, saying which version of
+    /// the record the view was built from, so that the next update from the same record can be a
+    /// [`Hub::patch_live`]. For a job actor's views, built out of the queue (`job_view(record, facts,
+    /// (0, String::new()))`).
     pub fn publish_version(&self, job: pb::Job, version: u64, kind: &str, point: Option<pb::MetricValues>) {
         let id = parse_id(&job.id);
         let terminal = ends_watch(job.state());

@@ -4,7 +4,8 @@
 //!
 //! Every wait is a message: the attempt's end comes from a task that awaits its shim (tokio's child
 //! wait, or a pidfd for a shim a previous trainerd started; both from the kernel) and reaches us
-//! through the Supervisor; progress comes from the notify watcher; deadlines come from `send_after`.
+//! through the Supervisor; progress comes from the inotify watcher (which applies a steady report
+//! itself and leaves it for us to take in: `super::report`); deadlines come from `send_after`.
 //! No handler awaits anything unbounded.
 //!
 //! A job found at start-up with a process recorded (Mode::Restored) is re-adopted when its shim still
@@ -163,7 +164,9 @@ pub struct State {
     shared: Arc<Shared>,
     parent: Parent,
     paths: JobPaths,
-    record: JobRecord,
+    /// Shared with the watcher's steady view of the job (see `super::report`); replaced, never
+    /// changed in place.
+    record: Arc<JobRecord>,
     /// Changes with every new `record` (see `set_record`), unique in the process: the hub patches
     /// the view it holds only when it was built from this version.
     record_version: u64,
@@ -197,7 +200,10 @@ pub struct State {
     lane: Lane,
     /// The trainer's directory held open when it is on a local disk: its progress file is read
     /// inline from it instead of on the lane (`None`: on the lane).
-    progress_dir: Option<crate::untrusted::LocalDir>,
+    progress_dir: Option<Arc<crate::untrusted::LocalDir>>,
+    /// The cell through which the watcher applies steady reports without this actor (see
+    /// `super::report`).
+    reports: Arc<super::report::Reports>,
     /// The job's own directory held open when it is on a local disk: the log sizes are looked at
     /// inline from it (`None`: on the lane).
     job_dir: Option<crate::untrusted::LocalDir>,
@@ -305,12 +311,13 @@ impl Actor for JobActor {
                 None
             })
         };
-        let (progress_dir, job_dir) = (held(&paths.trainer), held(&paths.dir));
+        let (progress_dir, job_dir) = (held(&paths.trainer).map(Arc::new), held(&paths.dir));
+        let reports = Arc::new(super::report::Reports::new(args.id, args.shared.clone(), progress_dir.clone()));
         let me = myself.clone();
         let progress_pending = Arc::new(AtomicBool::new(false));
-        let pending = progress_pending.clone();
+        let (pending, cell) = (progress_pending.clone(), reports.clone());
         let watcher = match args.shared.progress_watch.watch(&paths.trainer, move || {
-            if !pending.swap(true, Ordering::AcqRel) {
+            if !cell.apply() && !pending.swap(true, Ordering::AcqRel) {
                 let _ = me.cast(JobMsg::ProgressChanged);
             }
         }) {
@@ -346,7 +353,7 @@ impl Actor for JobActor {
             shared: args.shared,
             parent: args.parent,
             paths,
-            record,
+            record: Arc::new(record),
             record_version: next_record_version(),
             live: LiveFacts { gpus: args.gpus, ..LiveFacts::default() },
             run: Run { first_step_noted, ..Run::new(None, Instant::now()) },
@@ -362,6 +369,7 @@ impl Actor for JobActor {
             progress_pending,
             lane: Lane::default(),
             progress_dir,
+            reports,
             job_dir,
             metric_names: Default::default(),
             names_refused: false,
@@ -393,7 +401,14 @@ impl Actor for JobActor {
     async fn handle(&self, myself: ActorRef<JobMsg>, msg: JobMsg, state: &mut State) -> Result<(), ActorProcessingErr> {
         let span = tracing::info_span!("job", id = %state.id);
         let again = msg.again();
-        match state.dispatch(myself.clone(), msg).instrument(span).await {
+        if let Some(applied) = state.reports.take() {
+            state.absorb(applied);
+        }
+        let result = state.dispatch(myself.clone(), msg).instrument(span).await;
+        if state.reports.leave(state.steady()) {
+            state.reports.give(&mut state.live.progress);
+        }
+        match result {
             Err(e) if store_unavailable(&e) => {
                 tracing::warn!(job = %state.id, "held until the store accepts writes: {e}");
                 if let Some(msg) = again {
@@ -706,6 +721,66 @@ impl State {
         self.run.running.as_ref().is_some_and(Running::started)
     }
 
+    /// Takes in the reports the watcher applied while this actor was idle, and its own last report
+    /// back (see `super::report`).
+    fn absorb(&mut self, applied: super::report::Applied) {
+        // The attempt changes only in a handler, so the reports are always this attempt's; the check
+        // keeps another's from ever reaching its clock.
+        let current = applied.attempt == self.current_attempt();
+        if current {
+            if let Some((seq, at)) = applied.beat {
+                self.run.clock.beat(seq, at);
+            }
+            if let Some((step, phase, at)) = applied.advance {
+                self.run.clock.advance(step, phase, at);
+            }
+        }
+        match applied.applied {
+            Some(last_point) if current => {
+                self.live.message = applied.progress.as_ref().and_then(|p| p.message.clone());
+                self.last_point = last_point;
+                self.live.progress = applied.progress;
+            }
+            Some(_) => {}
+            None if applied.progress.is_some() => self.live.progress = applied.progress,
+            None => {}
+        }
+    }
+
+    /// What the watcher may apply without this actor until its next message: only while the attempt
+    /// runs steadily and a running trainer's report would have the actor do nothing but note the
+    /// beat and the step, show it and record its metric point (see `super::report`). A divergence
+    /// guard sees every loss, and test hooks every step: their jobs have every report handled here.
+    fn steady(&self) -> Option<super::report::Leave<'_>> {
+        let progress = self.live.progress.as_ref().filter(|p| p.state == TrainerState::Running)?;
+        let steady = self.awaiting_exit
+            && self.ended.is_none()
+            && self.record.state() == JobState::Running
+            && self.progress_dir.is_some()
+            && self.live.waiting_for.is_none()
+            && !self.live.stalled
+            && self.run.clock.has_beaten()
+            && self.run.file_progress
+            && self.run.first_step_noted
+            && self.run.last_invalid.is_none()
+            && self.run.guard.is_none()
+            && self.run.diverged_at.is_none()
+            && self.run.stop_cause.is_none()
+            && !self.run.pause_unsignalled
+            && self.hooks.panic_at.is_none()
+            && self.hooks.wedge_at.is_none();
+        steady.then_some(super::report::Leave {
+            attempt: self.current_attempt(),
+            version: self.record_version,
+            record: &self.record,
+            facts: &self.live,
+            names: &self.metric_names,
+            last_point: &self.last_point,
+            seq: progress.heartbeat_seq,
+            step: progress.step,
+        })
+    }
+
     fn current_attempt(&self) -> u32 {
         self.record.attempts.last().map(|a| a.number).unwrap_or(0)
     }
@@ -716,7 +791,7 @@ impl State {
 
     /// The job's record changed: the view the hub holds no longer carries it.
     fn set_record(&mut self, record: JobRecord) {
-        self.record = record;
+        self.record = Arc::new(record);
         self.record_version = next_record_version();
     }
 
@@ -1308,7 +1383,7 @@ impl State {
             TrainerState::Starting => None,
             _ => {
                 self.note_first_step(step);
-                self.record_point(step, reported_values(&progress))
+                self.record_point(step, super::report::reported_values(&progress))
             }
         };
         let written_at = progress.updated_at;
@@ -1951,16 +2026,6 @@ impl State {
         myself.stop(None);
         Ok(())
     }
-}
-
-/// The named scalars a progress report carries: the protocol's own (loss, val_loss, lr,
-/// samples_per_sec) and its `metrics`.
-fn reported_values(p: &Progress) -> Vec<(String, f64)> {
-    let own = [("loss", p.loss), ("val_loss", p.val_loss), ("lr", p.lr), ("samples_per_sec", p.samples_per_sec)];
-    own.into_iter()
-        .filter_map(|(name, value)| Some((name.to_string(), value?)))
-        .chain(p.metrics.iter().map(|(name, value)| (name.clone(), *value)))
-        .collect()
 }
 
 fn describe_status(status: ExitStatus) -> String {

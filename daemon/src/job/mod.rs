@@ -19,6 +19,7 @@ pub mod guard;
 pub mod hooks;
 pub mod logfiles;
 pub mod output;
+pub mod report;
 pub mod resume;
 pub mod stall;
 pub mod watch;

@@ -150,3 +150,41 @@ async fn other_metrics_are_recorded_and_bad_names_and_requests_are_refused_with_
     let missing = client.get_metrics(pb::GetMetricsRequest { id: "ffffff".into(), ..Default::default() }).await;
     assert_eq!(missing.unwrap_err().code(), tonic::Code::NotFound);
 }
+
+/// A running job's reports after its first ones need nothing of its actor (`job/report.rs`): each
+/// still reaches a watcher as it is written, with its step and its metric point.
+#[tokio::test]
+async fn each_report_of_a_steadily_running_job_reaches_its_watchers_with_its_point() {
+    let daemon = Daemon::start(&["--heartbeat-interval", "5"]);
+    let mut client = daemon.client().await;
+    let steps = 40;
+    let env = [("FAKE_STEPS", "40"), ("FAKE_STEP_MS", "50"), ("FAKE_CHECKPOINT_EVERY", "0"), ("FAKE_LOSS", "1")];
+    let job = submit(&mut client, fake_job("steady", &env)).await;
+    let mut stream = client.watch_job(pb::WatchJobRequest { id: job.id.clone() }).await.unwrap().into_inner();
+    let (mut running_steps, mut points) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    let end = tokio::time::timeout(LIMIT, async {
+        while let Some(update) = stream.next().await {
+            let update = update.unwrap();
+            points.extend(update.point.map(|p| p.step));
+            let job = update.job.unwrap();
+            if job.state() == JobState::Running {
+                running_steps.insert(job.step);
+            }
+            if is_terminal(job.state()) {
+                return job;
+            }
+        }
+        panic!("the watch ended early");
+    })
+    .await
+    .expect("the job ends");
+    assert_eq!((end.state(), end.step), (JobState::Completed, steps));
+    // Reports written faster than trainerd reads them may be read as one (the newest), so not every
+    // step need show; most must, while the job runs.
+    assert!(running_steps.len() >= steps as usize / 2, "steps seen while running: {running_steps:?}");
+    assert!(points.len() >= steps as usize / 2, "points seen: {points:?}");
+    // Every point reached the history, one per step.
+    let m = history(&mut client, &job.id, 0).await;
+    assert_eq!(series(&m, "loss").len(), steps as usize, "{m:?}");
+    assert_eq!(series(&m, "acc").len(), steps as usize, "{m:?}");
+}

@@ -834,22 +834,14 @@ impl State {
                 );
             }
         }
-        let same = self.last_point.as_ref().is_some_and(|(s, v)| *s == step && *v == kept);
-        if kept.is_empty() || same {
-            return None;
-        }
-        let point = metrics::Point { step, at: unix_now(), attempt: self.current_attempt(), values: kept };
-        if let Err(e) = self.shared.store.append_point(self.id, &point) {
-            tracing::warn!(job = %self.id, "metric point at step {step} not recorded: {e}");
-            return None;
-        }
-        self.last_point = Some((step, point.values.clone()));
-        Some(pb::MetricValues {
+        super::report::record_point(
+            &self.shared.store,
+            self.id,
+            self.current_attempt(),
             step,
-            at: point.at,
-            attempt: point.attempt,
-            values: point.values.into_iter().collect(),
-        })
+            kept,
+            &mut self.last_point,
+        )
     }
 
     fn event(&self, kind: &str, message: String) {

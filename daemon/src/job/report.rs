@@ -17,6 +17,7 @@ use crate::hub::LiveFacts;
 use crate::shared::Shared;
 use crate::store::metrics;
 use crate::store::records::{JobId, JobRecord};
+use crate::store::Store;
 use crate::untrusted::LocalDir;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -194,7 +195,8 @@ impl Reports {
             steady.step = progress.step;
             steady.advance = Some((progress.step, Phase::Running, now));
         }
-        let point = self.record_point(steady, progress.step, values);
+        let point =
+            record_point(&self.shared.store, self.id, steady.attempt, progress.step, values, &mut steady.last_point);
         let written_at = progress.updated_at;
         steady.facts.message.clone_from(&progress.message);
         steady.facts.progress = Some(progress);
@@ -211,26 +213,6 @@ impl Reports {
         }
         true
     }
-
-    /// The actor's `record_point`, for names the job already has.
-    fn record_point(&self, steady: &mut Steady, step: u64, values: Vec<(String, f64)>) -> Option<pb::MetricValues> {
-        let same = steady.last_point.as_ref().is_some_and(|(s, v)| *s == step && *v == values);
-        if values.is_empty() || same {
-            return None;
-        }
-        let point = metrics::Point { step, at: unix_now(), attempt: steady.attempt, values };
-        if let Err(e) = self.shared.store.append_point(self.id, &point) {
-            tracing::warn!(job = %self.id, "metric point at step {step} not recorded: {e}");
-            return None;
-        }
-        steady.last_point = Some((step, point.values.clone()));
-        Some(pb::MetricValues {
-            step,
-            at: point.at,
-            attempt: point.attempt,
-            values: point.values.into_iter().collect(),
-        })
-    }
 }
 
 /// Whether two live views agree on everything but the report they show.
@@ -240,6 +222,30 @@ fn same_facts(a: &LiveFacts, b: &LiveFacts) -> bool {
         && a.gpus == b.gpus
         && a.metrics == b.metrics
         && a.waiting_for == b.waiting_for
+}
+
+/// Records the metric point of `values` at `step` in the job's history, unless it repeats `last`
+/// (which it then becomes), and returns it for the job's watchers. A store that cannot write loses
+/// the point, said in the log.
+pub fn record_point(
+    store: &Store,
+    id: JobId,
+    attempt: u32,
+    step: u64,
+    values: Vec<(String, f64)>,
+    last: &mut LastPoint,
+) -> Option<pb::MetricValues> {
+    let same = last.as_ref().is_some_and(|(s, v)| *s == step && *v == values);
+    if values.is_empty() || same {
+        return None;
+    }
+    let point = metrics::Point { step, at: unix_now(), attempt, values };
+    if let Err(e) = store.append_point(id, &point) {
+        tracing::warn!(job = %id, "metric point at step {step} not recorded: {e}");
+        return None;
+    }
+    *last = Some((step, point.values.clone()));
+    Some(pb::MetricValues { step, at: point.at, attempt: point.attempt, values: point.values.into_iter().collect() })
 }
 
 /// The named scalars a progress report carries: the protocol's own (loss, val_loss, lr,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio_stream::StreamExt;
 use trainerd_proto::state::is_terminal;
 use trainerd_proto::v1::{self as pb, JobState};
-use trainerd_tests::{bin, events, fake_job, submit, trainer_proc_job, Daemon, OutputWithin};
+use trainerd_tests::{bin, events, fake_job, submit, trainer_proc_job, watch_until, Daemon, OutputWithin};
 
 const LIMIT: Duration = Duration::from_secs(120);
 
@@ -187,4 +187,22 @@ async fn each_report_of_a_steadily_running_job_reaches_its_watchers_with_its_poi
     let m = history(&mut client, &job.id, 0).await;
     assert_eq!(series(&m, "loss").len(), steps as usize, "{m:?}");
     assert_eq!(series(&m, "acc").len(), steps as usize, "{m:?}");
+}
+
+/// While the watcher applies a steady job's reports, the job's actor lends it its last report: what
+/// the actor answers later (here a pause, after two messages with no report between them) still
+/// shows the newest step.
+#[tokio::test]
+async fn what_a_steady_jobs_actor_answers_shows_its_newest_step() {
+    let daemon = Daemon::start(&["--heartbeat-interval", "5"]);
+    let mut client = daemon.client().await;
+    let env = [("FAKE_STEPS", "1000"), ("FAKE_STEP_MS", "1000"), ("FAKE_CHECKPOINT_EVERY", "0")];
+    let job = submit(&mut client, fake_job("answers", &env)).await;
+    let running = |j: &pb::Job| j.state() == JobState::Running && j.step >= 3;
+    let seen = watch_until(&mut client, &job.id, LIMIT, running).await.pop().unwrap();
+    for _ in 0..2 {
+        client.reconcile(pb::ReconcileRequest {}).await.expect("Reconcile");
+    }
+    let paused = client.pause_job(pb::PauseJobRequest { id: job.id.clone() }).await.expect("PauseJob").into_inner();
+    assert!(paused.step >= seen.step, "the pause answered step {} after step {} was shown", paused.step, seen.step);
 }

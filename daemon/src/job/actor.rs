@@ -54,7 +54,8 @@ pub enum JobMsg {
     Exited { attempt: u32, status: Option<ExitStatus>, allocation_ended: bool, at: Option<Instant> },
     /// The job directory saw a new progress file.
     ProgressChanged,
-    /// A heartbeat deadline may have passed (stale generations are ignored).
+    /// The job's timer (see `super::wake`): a stall deadline may have passed, or a look at the logs
+    /// be due. What is due is due by the clock, so a stale generation looks too.
     Tick { generation: u64 },
     /// The stop grace ran out: SIGKILL the group if attempt `attempt` still runs.
     Kill { attempt: u32 },
@@ -75,8 +76,6 @@ pub enum JobMsg {
     StoreWritable,
     /// The job's logs grew (only for jobs that read progress from their output).
     OutputChanged,
-    /// Time to look at the logs' sizes (their caps); stale generations are ignored.
-    CheckLogs { generation: u64 },
     /// Time to read attempt `attempt`'s progress file and its executor's word on a timer (executors
     /// whose trainers write where inotify does not see).
     Poll { attempt: u32 },
@@ -179,7 +178,8 @@ pub struct State {
     unadopted: bool,
     cancelled_by: Option<String>,
     cancel_replies: Vec<RpcReplyPort<Result<pb::Job, Refusal>>>,
-    tick_generation: u64,
+    /// The one timer of the stall clock's deadline and the look at the logs (see `super::wake`).
+    wakes: super::wake::Wakes,
     backoff_generation: u64,
     /// When the kernel reported the exit being handled: the exit-detection metric ends at the
     /// transition that records it.
@@ -219,7 +219,6 @@ pub struct State {
     _log_watch: Option<super::watch::WatchGuard>,
     /// When output lines were last scanned (a flood is scanned at most every `MIN_SCAN`).
     last_scan: Instant,
-    logs_generation: u64,
 }
 
 /// What belongs to one attempt, replaced whole when the next one starts.
@@ -361,7 +360,7 @@ impl Actor for JobActor {
             unadopted: false,
             cancelled_by: None,
             cancel_replies: Vec::new(),
-            tick_generation: 0,
+            wakes: super::wake::Wakes::default(),
             backoff_generation: 0,
             exit_seen_at: None,
             log_caps: LogCaps::default(),
@@ -381,7 +380,6 @@ impl Actor for JobActor {
             output_pending,
             _log_watch: log_watch,
             last_scan: Instant::now(),
-            logs_generation: 0,
         };
         let job_state = state.record.state();
         match args.mode {
@@ -422,6 +420,13 @@ impl Actor for JobActor {
     }
 }
 
+/// Arms the job's timer when its deadlines need it (see `super::wake`).
+fn send_wake(myself: &ActorRef<JobMsg>, arm: Option<super::wake::Arm>) {
+    if let Some(super::wake::Arm { generation, after }) = arm {
+        myself.send_after(after, move || JobMsg::Tick { generation });
+    }
+}
+
 /// A version number no record of any job has had before in this process (never 0).
 fn next_record_version() -> u64 {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -438,8 +443,7 @@ impl State {
                 state.progress_pending.store(false, Ordering::Release);
                 state.progress_changed(&myself).await?
             }
-            JobMsg::Tick { generation } if generation == state.tick_generation => state.tick(&myself).await?,
-            JobMsg::Tick { .. } => {}
+            JobMsg::Tick { generation } => state.woke(&myself, generation).await?,
             JobMsg::Kill { attempt } => {
                 if state.current_attempt() == attempt && state.ended.is_none() {
                     if let Some(running) = state.run.running.as_ref().filter(|r| r.started()) {
@@ -507,13 +511,6 @@ impl State {
                 state.output_pending.store(false, Ordering::Release);
                 state.scan_output(&myself).await?;
             }
-            JobMsg::CheckLogs { generation } if generation == state.logs_generation => {
-                if state.awaiting_exit && state.ended.is_none() {
-                    state.check_logs().await;
-                    state.arm_logs(&myself);
-                }
-            }
-            JobMsg::CheckLogs { .. } => {}
             JobMsg::Poll { attempt } => {
                 if attempt == state.current_attempt() && state.awaiting_exit && state.ended.is_none() {
                     state.poll(&myself).await?;
@@ -572,9 +569,9 @@ impl State {
 
     /// The next look at the logs' sizes, when `log_caps` says.
     fn arm_logs(&mut self, myself: &ActorRef<JobMsg>) {
-        self.logs_generation += 1;
-        let generation = self.logs_generation;
-        myself.send_after(super::grid::later(self.log_caps.every()), move || JobMsg::CheckLogs { generation });
+        let (now, every) = (Instant::now(), self.log_caps.every());
+        let arm = self.wakes.logs_at(Some(now + super::grid::later(every)), every / 2, now);
+        send_wake(myself, arm);
     }
 
     /// What the job's silence is measured against now.
@@ -870,9 +867,9 @@ impl State {
     }
 
     fn arm_tick(&mut self, myself: &ActorRef<JobMsg>, after: Duration) {
-        self.tick_generation += 1;
-        let generation = self.tick_generation;
-        myself.send_after(super::grid::earlier(after), move || JobMsg::Tick { generation });
+        let now = Instant::now();
+        let arm = self.wakes.stall_at(Some(now + super::grid::earlier(after)), now);
+        send_wake(myself, arm);
     }
 
     fn arm_backoff(&mut self, myself: &ActorRef<JobMsg>, after: Duration) {
@@ -1508,6 +1505,26 @@ impl State {
         }
     }
 
+    /// The job's timer came: look at the logs when due, and judge the stall clock when its deadline
+    /// passed (a judge that fails keeps its deadline for the message handled again), then arm the
+    /// timer for what is left.
+    async fn woke(&mut self, myself: &ActorRef<JobMsg>, generation: u64) -> Result<(), ActorProcessingErr> {
+        let due = self.wakes.woke(generation, Instant::now());
+        if due.logs && self.awaiting_exit && self.ended.is_none() {
+            self.check_logs().await;
+            self.arm_logs(myself);
+        }
+        if due.stall {
+            let taken = self.wakes.judging();
+            if let Err(e) = self.tick(myself).await {
+                self.wakes.judge_failed(taken);
+                return Err(e);
+            }
+        }
+        send_wake(myself, self.wakes.arm(Instant::now()));
+        Ok(())
+    }
+
     /// A deadline of the stall clock may have passed: judge the readings (read the progress file and
     /// the output again before accusing the trainer: inotify events can be lost under load), stop a
     /// stalled trainer, flag a late one, and arm the next deadline.
@@ -1727,7 +1744,7 @@ impl State {
     /// Rotates a log over its cap, as often as `log_caps` says; a rotation (and any look at a directory
     /// not on a local disk) runs on the job's lane.
     async fn check_logs(&mut self) {
-        let Some(since) = self.log_caps.due() else { return };
+        let since = self.log_caps.looking();
         let cap = self.shared.config().log_cap;
         // The common look (both logs under their cap) is two stats: inline, from the job's directory
         // on a local disk. A rotation copies, and goes to the lane.
@@ -1996,7 +2013,7 @@ impl State {
         self.awaiting_exit = false;
         self.run.running = None;
         self.run.stop_cause = None;
-        self.tick_generation += 1;
+        self.wakes.clear();
         Ok(())
     }
 

@@ -74,7 +74,8 @@ pub fn cap_log(path: &Path, cap: u64) -> std::io::Result<bool> {
 /// When to look at a running job's log sizes, and what the last look found. A quiet trainer's logs
 /// are looked at every 10 s, a flooding one's within the time it takes to fill half their remaining
 /// room (at least every 100 ms), so a thousand jobs cost few `statx` calls and a flood still meets
-/// its cap.
+/// its cap. A look may come up to half that time late (to share the job's timer with its stall
+/// deadline): by then the flood has filled at most three quarters of the room.
 #[derive(Debug, Clone)]
 pub struct LogCaps {
     checked: Instant,
@@ -104,14 +105,12 @@ impl LogCaps {
         self.every
     }
 
-    /// Whether a look is due; if so, it is taken now (the time since the last one is returned).
-    pub fn due(&mut self) -> Option<Duration> {
+    /// A look is taken now (when is the job's timer's to say, `super::wake`): the time since the
+    /// last one.
+    pub fn looking(&mut self) -> Duration {
         let since = self.checked.elapsed();
-        if since < self.every {
-            return None;
-        }
         self.checked = Instant::now();
-        Some(since)
+        since
     }
 
     /// Blocking (run it on the job's lane): the logs' sizes now (before any rotation), each rotated

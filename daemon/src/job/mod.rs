@@ -22,6 +22,7 @@ pub mod output;
 pub mod report;
 pub mod resume;
 pub mod stall;
+pub mod wake;
 pub mod watch;
 
 use crate::store::records::{JobId, JobSpec, RunAs};

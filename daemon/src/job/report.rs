@@ -143,6 +143,7 @@ impl Reports {
         }) {
             (s.seq, s.step, s.open) = (l.seq, l.step, true);
             s.last_point.clone_from(l.last_point);
+            s.facts.message.clone_from(&l.facts.message);
             return true;
         }
         *held = Some(Steady {
@@ -150,8 +151,9 @@ impl Reports {
             attempt: l.attempt,
             version: l.version,
             record: l.record.clone(),
-            // Progress and message are set from each report before the view is patched.
-            facts: LiveFacts { progress: None, message: None, ..l.facts.clone() },
+            // The message the view shows: a report's is shown only when it differs (see
+            // `Hub::patch_report`). The progress is each report's.
+            facts: LiveFacts { progress: None, ..l.facts.clone() },
             names: l.names.clone(),
             last_point: l.last_point.clone(),
             seq: l.seq,
@@ -198,11 +200,15 @@ impl Reports {
         let point =
             record_point(&self.shared.store, self.id, steady.attempt, progress.step, values, &mut steady.last_point);
         let written_at = progress.updated_at;
-        steady.facts.message.clone_from(&progress.message);
+        let message_changed = steady.facts.message != progress.message;
+        let hub = &self.shared.hub;
+        let patched = hub.patch_report(self.id.0, steady.version, &steady.record, &progress, message_changed, point);
+        if message_changed {
+            steady.facts.message.clone_from(&progress.message);
+        }
         steady.facts.progress = Some(progress);
         steady.applied = true;
-        let hub = &self.shared.hub;
-        if hub.patch_live(self.id.0, steady.version, &steady.record, &steady.facts, "progress", point).is_err() {
+        if patched.is_err() {
             // The hub's view is another version's: the actor publishes its own (what was applied
             // here is taken by it first, and reading the same file again changes nothing more).
             return false;

@@ -7,6 +7,7 @@ use crate::Figure;
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::StreamExt;
 use trainerd_proto::trainer::{unix_now, Progress, TrainerState};
@@ -613,6 +614,24 @@ pub async fn scale_and_recovery(daemon: &mut Daemon, burst: usize, live: usize, 
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     let cpu = (cpu_ticks(pid) - before) as f64 / hz / started.elapsed().as_secs_f64() * 100.0;
 
+    // The same with one job watched: while a WatchJob stream is open, reports are read as soon as
+    // its propagation budget asks (`job::watch::GATHER`), not as the unwatched pace allows.
+    let watched = pids.keys().next().cloned().expect("a live job");
+    let mut stream = watch(&mut client, &watched).await;
+    let updates = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let seen = updates.clone();
+    let drain = tokio::spawn(async move {
+        while let Ok(Some(_)) = stream.message().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    let (before, started) = (cpu_ticks(pid), Instant::now());
+    tokio::time::sleep(window / 3).await;
+    let watched_for = started.elapsed();
+    let cpu_watched = (cpu_ticks(pid) - before) as f64 / hz / watched_for.as_secs_f64() * 100.0;
+    drain.abort();
+    let updates = updates.load(std::sync::atomic::Ordering::Relaxed);
+
     let shims = shims_of(daemon);
     let pss: Vec<u64> = shims.iter().filter_map(|p| pss_kb(*p)).collect();
     let threads = shims.iter().filter_map(|p| status_field(*p, "Threads:")).max().unwrap_or(0);
@@ -664,6 +683,16 @@ pub async fn scale_and_recovery(daemon: &mut Daemon, burst: usize, live: usize, 
             rss_max < 64 * 1024 && cpu < 3.0,
         )
         .headline(cpu, "%"),
+        Figure::new(
+            &format!(
+                "scale, one of the {live} jobs watched (a WatchJob stream open), over {:.0} s",
+                watched_for.as_secs_f64()
+            ),
+            format!("trainerd CPU {cpu_watched:.2}% of one core ({updates} updates streamed)"),
+            "figure reported",
+            true,
+        )
+        .headline(cpu_watched, "%"),
         Figure::new(
             "the per-job shim",
             format!("PSS {pss_mean:.0} kB mean, {pss_max} kB max, {threads} thread(s) (n={})", shims.len()),

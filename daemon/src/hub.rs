@@ -6,7 +6,8 @@
 
 use crate::store::records::{ExitStatus, JobRecord};
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::broadcast;
 use trainerd_proto::state::is_terminal;
 use trainerd_proto::trainer::Progress;
@@ -40,6 +41,9 @@ pub struct Hub {
     jobs: Mutex<HashMap<u64, Live>>,
     /// The queue; the supervisor replaces it on every change.
     queue: Mutex<QueueView>,
+    /// How many jobs have a channel of updates: someone watches them (or did, until their next
+    /// update finds no one left). See [`Hub::streams`].
+    channels: Arc<AtomicUsize>,
 }
 
 struct Live {
@@ -54,11 +58,17 @@ struct Live {
 }
 
 impl Live {
-    /// Sends the view as it now is to its watchers, if it has any.
-    fn send(&mut self, kind: &str, point: Option<pb::MetricValues>) {
+    /// Drops the channel when its last watcher has left.
+    fn prune(&mut self, channels: &AtomicUsize) {
         if self.tx.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
             self.tx = None;
+            channels.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+
+    /// Sends the view as it now is to its watchers, if it has any.
+    fn send(&mut self, kind: &str, point: Option<pb::MetricValues>, channels: &AtomicUsize) {
+        self.prune(channels);
         if let Some(tx) = &self.tx {
             let _ = tx.send(pb::JobUpdate { job: Some(self.latest.clone()), kind: kind.into(), point });
         }
@@ -91,9 +101,7 @@ impl Hub {
             return;
         };
         live.version = version;
-        if live.tx.as_ref().is_some_and(|tx| tx.receiver_count() == 0) {
-            live.tx = None;
-        }
+        live.prune(&self.channels);
         match &live.tx {
             Some(tx) => {
                 live.latest = job.clone();
@@ -101,8 +109,8 @@ impl Hub {
             }
             None => live.latest = job,
         }
-        if terminal {
-            jobs.remove(&id);
+        if terminal && jobs.remove(&id).is_some_and(|l| l.tx.is_some()) {
+            self.channels.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -128,7 +136,7 @@ impl Hub {
         if live.latest.waiting_for != waiting {
             live.latest.waiting_for = waiting.to_string();
         }
-        live.send(kind, point);
+        live.send(kind, point, &self.channels);
         Ok(())
     }
 
@@ -152,7 +160,7 @@ impl Hub {
         if message_changed {
             live.latest.message = report.message.as_ref().or(record.message.as_ref()).cloned().unwrap_or_default();
         }
-        live.send("progress", point);
+        live.send("progress", point, &self.channels);
         Ok(())
     }
 
@@ -170,11 +178,18 @@ impl Hub {
                 None => {
                     let (tx, rx) = broadcast::channel(BACKLOG);
                     l.tx = Some(tx);
+                    self.channels.fetch_add(1, Ordering::Relaxed);
                     rx
                 }
             };
             (l.latest.clone(), rx)
         })
+    }
+
+    /// A count of the jobs someone watches (it may still count one whose last watcher left, until
+    /// its next update): what tells the progress watcher that a report's delay is someone's wait.
+    pub fn streams(&self) -> Arc<AtomicUsize> {
+        self.channels.clone()
     }
 
     /// Replaces the queue.
@@ -447,18 +462,25 @@ mod tests {
         assert!(hub.subscribe(7).is_none(), "not live before its first view");
         hub.publish(job(7, pb::JobState::Queued, 0), "state");
         assert!(lock(&hub.jobs)[&7].tx.is_none(), "no channel until someone watches");
+        let streams = hub.streams();
+        assert_eq!(streams.load(Ordering::Relaxed), 0);
         let (seen, mut rx) = hub.subscribe(7).expect("live");
+        let (_, second) = hub.subscribe(7).expect("live");
+        drop(second);
+        assert_eq!(streams.load(Ordering::Relaxed), 1, "one job watched");
         assert_eq!(seen.state(), pb::JobState::Queued);
         hub.publish(job(7, pb::JobState::Running, 3), "progress");
         assert_eq!(rx.try_recv().unwrap().job.unwrap().step, 3);
         drop(rx);
         hub.publish(job(7, pb::JobState::Running, 4), "progress");
         assert!(lock(&hub.jobs)[&7].tx.is_none(), "dropped with its last watcher");
+        assert_eq!(streams.load(Ordering::Relaxed), 0, "no job watched");
         assert_eq!(hub.latest(7).unwrap().step, 4, "the view stays current without watchers");
         let (_, mut rx) = hub.subscribe(7).expect("live");
         hub.publish(job(7, pb::JobState::Completed, 5), "state");
         assert_eq!(rx.try_recv().unwrap().job.unwrap().state(), pb::JobState::Completed);
         assert!(matches!(rx.try_recv(), Err(broadcast::error::TryRecvError::Closed)), "the last view ends the watch");
         assert!(hub.latest(7).is_none());
+        assert_eq!(streams.load(Ordering::Relaxed), 0, "an ended job is watched no more");
     }
 }

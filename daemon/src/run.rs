@@ -52,14 +52,16 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     };
     let config = Arc::new(config);
     let notifier = crate::systemd::Notifier::from_env();
+    let hub = Arc::new(Hub::default());
     let shared = Arc::new(Shared {
         metrics: crate::metrics::Metrics::default(),
         notifier,
         store: store.clone(),
-        hub: Arc::new(Hub::default()),
+        hub: hub.clone(),
         config: std::sync::RwLock::new(config.clone()),
         last_reconcile: std::sync::Mutex::new(Default::default()),
-        progress_watch: crate::job::watch::ProgressWatch::new().context("cannot start the inotify watcher")?,
+        progress_watch: crate::job::watch::ProgressWatch::new(hub.streams())
+            .context("cannot start the inotify watcher")?,
         removing: Default::default(),
         slurm: crate::job::executor::slurm::Cluster::new(config.slurm.poll_interval),
         shim,

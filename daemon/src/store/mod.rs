@@ -103,13 +103,20 @@ struct Trees {
 
 impl Trees {
     fn open(dir: &Path) -> Result<Trees, StoreError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // sled's default page cache is 1 GiB; the records trainerd reads often are a few MB, and the
             // daemon's RSS is a published figure (docs/benchmarks.md).
-            .cache_capacity(CACHE_BYTES)
-            .open()
-            .map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?;
+            .cache_capacity(CACHE_BYTES);
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Err(e) if lock_held(&e) && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5))
+                }
+                other => break other.map_err(|source| StoreError::Open { path: dir.to_path_buf(), source })?,
+            }
+        };
         let (jobs, meta) = (db.open_tree("jobs")?, db.open_tree("meta")?);
         let stored = meta.get(b"next_job")?.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes);
         let after_newest =
@@ -253,6 +260,18 @@ fn out_of_space(e: &sled::Error) -> bool {
 
 /// sled's page cache.
 const CACHE_BYTES: u64 = 16 << 20;
+
+/// How long opening waits for the directory's lock. sled lets go of it only when its background
+/// threads drop their last handle of a closed database, a moment after the close: a store reopened
+/// in the same process (after a failure, or a test's reopen) would otherwise find its own lock held
+/// and give up. Another process's lock is waited for as long, then refused.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether opening failed only because the directory's lock is held.
+fn lock_held(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock
+        || io.to_string().contains("could not acquire lock"))
+}
 
 impl Store {
     /// Opens (or creates) the store in `dir`. A second process cannot open the same store.

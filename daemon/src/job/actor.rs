@@ -198,11 +198,9 @@ pub struct State {
     last_point: Option<(u64, Vec<(String, f64)>)>,
     /// Where this job's blocking file work runs (see `crate::blocking`).
     lane: Lane,
-    /// The trainer's directory held open when it is on a local disk: its progress file is read
-    /// inline from it instead of on the lane (`None`: on the lane).
-    progress_dir: Option<Arc<crate::untrusted::LocalDir>>,
     /// The cell through which the watcher applies steady reports without this actor (see
-    /// `super::report`).
+    /// `super::report`); it holds the trainer's directory when that is on a local disk (the progress
+    /// file is then read inline from it, else on the lane).
     reports: Arc<super::report::Reports>,
     /// The job's own directory held open when it is on a local disk: the log sizes are looked at
     /// inline from it (`None`: on the lane).
@@ -310,16 +308,16 @@ impl Actor for JobActor {
                 None
             })
         };
-        let (progress_dir, job_dir) = (held(&paths.trainer).map(Arc::new), held(&paths.dir));
-        let reports = Arc::new(super::report::Reports::new(args.id, args.shared.clone(), progress_dir.clone()));
+        let (progress_dir, job_dir) = (held(&paths.trainer), held(&paths.dir));
         let me = myself.clone();
         let progress_pending = Arc::new(AtomicBool::new(false));
-        let (pending, cell) = (progress_pending.clone(), reports.clone());
-        let watcher = match args.shared.progress_watch.watch(&paths.trainer, move || {
-            if !cell.apply() && !pending.swap(true, Ordering::AcqRel) {
+        let pending = progress_pending.clone();
+        let reports = Arc::new(super::report::Reports::new(args.id, args.shared.clone(), progress_dir, move || {
+            if !pending.swap(true, Ordering::AcqRel) {
                 let _ = me.cast(JobMsg::ProgressChanged);
             }
-        }) {
+        }));
+        let watcher = match args.shared.progress_watch.watch(&paths.trainer, reports.clone()) {
             Ok(w) => Some(w),
             Err(e) => {
                 // Without inotify the heartbeat deadline's re-read still sees progress, only later.
@@ -367,7 +365,6 @@ impl Actor for JobActor {
             _watcher: watcher,
             progress_pending,
             lane: Lane::default(),
-            progress_dir,
             reports,
             job_dir,
             metric_names: Default::default(),
@@ -753,7 +750,7 @@ impl State {
         let steady = self.awaiting_exit
             && self.ended.is_none()
             && self.record.state() == JobState::Running
-            && self.progress_dir.is_some()
+            && self.reports.dir().is_some()
             && self.live.waiting_for.is_none()
             && !self.live.stalled
             && self.run.clock.has_beaten()
@@ -1278,7 +1275,7 @@ impl State {
     /// The progress file: read inline from the trainer's directory on a local disk, else on the
     /// job's lane under the file deadline.
     async fn read_progress(&self) -> Result<Progress, ReadError> {
-        match &self.progress_dir {
+        match self.reports.dir() {
             Some(dir) => super::read_progress_in(dir),
             None => read_progress_bounded(&self.lane, &self.paths.progress).await,
         }

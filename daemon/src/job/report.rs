@@ -82,20 +82,35 @@ pub struct Leave<'a> {
     pub step: u64,
 }
 
-/// The job's cell shared by its actor and the watcher.
+/// The job's cell shared by its actor and the watcher, which holds it as the job's wake-up (see
+/// [`Reports::wake`]): what a report needs is in this one allocation (the directory, the steady view),
+/// a pointer from the watcher's entry, not three.
 pub struct Reports {
     id: JobId,
     shared: Arc<Shared>,
     /// The trainer's directory held open; without it (not a local disk) every report goes to the
     /// actor, which reads it off the runtime.
-    dir: Option<Arc<LocalDir>>,
+    dir: Option<LocalDir>,
     steady: Mutex<Option<Steady>>,
+    /// Tells the actor that the progress file changed (a report the watcher leaves to it).
+    tell: Box<dyn Fn() + Send + Sync>,
 }
 
 impl Reports {
-    /// The cell of job `id`, whose trainer's directory is `dir` when it is read inline.
-    pub fn new(id: JobId, shared: Arc<Shared>, dir: Option<Arc<LocalDir>>) -> Reports {
-        Reports { id, shared, dir, steady: Mutex::new(None) }
+    /// The cell of job `id`, whose trainer's directory is `dir` when it is read inline; `tell` hands
+    /// a report to the job's actor.
+    pub fn new(
+        id: JobId,
+        shared: Arc<Shared>,
+        dir: Option<LocalDir>,
+        tell: impl Fn() + Send + Sync + 'static,
+    ) -> Reports {
+        Reports { id, shared, dir, steady: Mutex::new(None), tell: Box::new(tell) }
+    }
+
+    /// The trainer's directory, when it is read inline.
+    pub fn dir(&self) -> Option<&LocalDir> {
+        self.dir.as_ref()
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<Steady>> {
@@ -165,9 +180,9 @@ impl Reports {
         true
     }
 
-    /// Called by the watcher for a new progress file: applies it when the job is steady and the
-    /// report needs nothing of the actor. False when the actor must handle it.
-    pub fn apply(&self) -> bool {
+    /// Applies a report when the job is steady and the report needs nothing of the actor. False
+    /// when the actor must handle it.
+    fn apply(&self) -> bool {
         let Some(dir) = &self.dir else { return false };
         let mut held = self.lock();
         let Some(steady) = held.as_mut().filter(|s| s.open) else { return false };
@@ -218,6 +233,15 @@ impl Reports {
             self.shared.metrics.progress_propagation.observe(Duration::from_secs_f64(lag));
         }
         true
+    }
+}
+
+impl super::watch::Wake for Reports {
+    /// A new progress file: applied here, or handed to the actor.
+    fn wake(&self) {
+        if !self.apply() {
+            (self.tell)();
+        }
     }
 }
 

@@ -21,11 +21,23 @@ use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-type Wake = Arc<dyn Fn() + Send + Sync>;
+/// What a watched directory's event wakes.
+pub trait Wake: Send + Sync {
+    /// Runs on the watcher's task for each event that names a watched file: must not block.
+    fn wake(&self);
+}
+
+impl<F: Fn() + Send + Sync> Wake for F {
+    fn wake(&self) {
+        self()
+    }
+}
+
+type Waker = Arc<dyn Wake>;
 /// Watch descriptor → the wake-ups of its directory, by guard, with the names that wake them. inotify
 /// gives a directory watched twice (a job actor re-created while the old one's guard lives) the same
 /// descriptor.
-type Wakers = HashMap<i32, Vec<(u64, &'static [&'static str], Wake)>>;
+type Wakers = HashMap<i32, Vec<(u64, &'static [&'static str], Waker)>>;
 
 /// The names whose growth a log watch reports.
 const LOG_NAMES: &[&str] = &["stdout.log", "stderr.log"];
@@ -97,7 +109,7 @@ impl ProgressWatch {
     }
 
     /// Watches `dir`; `wake` runs for each new progress file in it, until the guard is dropped.
-    pub fn watch(self: &Arc<Self>, dir: &Path, wake: impl Fn() + Send + Sync + 'static) -> std::io::Result<WatchGuard> {
+    pub fn watch(self: &Arc<Self>, dir: &Path, wake: Arc<impl Wake + 'static>) -> std::io::Result<WatchGuard> {
         // IN_CREATE too: a progress file may appear by link or symlink (refused, but seen).
         let mask = libc::IN_MOVED_TO | libc::IN_CLOSE_WRITE | libc::IN_CREATE | libc::IN_ONLYDIR;
         self.add(dir, mask, PROGRESS_NAMES, wake)
@@ -111,7 +123,7 @@ impl ProgressWatch {
         dir: &Path,
         wake: impl Fn() + Send + Sync + 'static,
     ) -> std::io::Result<WatchGuard> {
-        self.add(dir, libc::IN_MODIFY | libc::IN_ONLYDIR, LOG_NAMES, wake)
+        self.add(dir, libc::IN_MODIFY | libc::IN_ONLYDIR, LOG_NAMES, Arc::new(wake))
     }
 
     fn add(
@@ -119,7 +131,7 @@ impl ProgressWatch {
         dir: &Path,
         mask: u32,
         names: &'static [&'static str],
-        wake: impl Fn() + Send + Sync + 'static,
+        wake: Waker,
     ) -> std::io::Result<WatchGuard> {
         let path = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
         // SAFETY: a valid descriptor and a NUL-terminated path.
@@ -128,7 +140,7 @@ impl ProgressWatch {
             return Err(std::io::Error::last_os_error());
         }
         let id = self.next_guard.fetch_add(1, Ordering::Relaxed);
-        lock(&self.wakers).entry(wd).or_default().push((id, names, Arc::new(wake)));
+        lock(&self.wakers).entry(wd).or_default().push((id, names, wake));
         Ok(WatchGuard { wd, id, watch: self.clone() })
     }
 
@@ -183,10 +195,10 @@ impl ProgressWatch {
             let wakers = lock(&self.wakers);
             for (wd, mask, name) in events(&buf[..n as usize]) {
                 if mask & libc::IN_Q_OVERFLOW != 0 {
-                    wakers.values().flatten().for_each(|(_, _, wake)| wake());
+                    wakers.values().flatten().for_each(|(_, _, w)| w.wake());
                 } else {
                     let named = |names: &&[&str]| names.iter().any(|n| n.as_bytes() == name);
-                    wakers.get(&wd).into_iter().flatten().filter(|(_, n, _)| named(n)).for_each(|(_, _, w)| w());
+                    wakers.get(&wd).into_iter().flatten().filter(|(_, n, _)| named(n)).for_each(|(_, _, w)| w.wake());
                 }
             }
             gathering = wakers.len() >= BUSY_WATCHES;
@@ -269,10 +281,13 @@ mod tests {
             .map(|(i, dir)| {
                 let (counts, tx) = (counts.clone(), tx.clone());
                 watch
-                    .watch(dir, move || {
-                        counts[i].fetch_add(1, Ordering::SeqCst);
-                        let _ = tx.send(i);
-                    })
+                    .watch(
+                        dir,
+                        Arc::new(move || {
+                            counts[i].fetch_add(1, Ordering::SeqCst);
+                            let _ = tx.send(i);
+                        }),
+                    )
                     .unwrap()
             })
             .collect();
@@ -288,7 +303,7 @@ mod tests {
         woken(&mut rx, 1).await;
         assert_eq!(counts[0].load(Ordering::SeqCst), 2, "a plain write is a creation and a close");
         // A second guard on the same directory keeps it watched when the first goes.
-        let again = watch.watch(&b, || {}).unwrap();
+        let again = watch.watch(&b, Arc::new(|| {})).unwrap();
         drop(guards);
         assert_eq!(lock(&watch.wakers).len(), 1);
         drop(again);
@@ -316,9 +331,12 @@ mod tests {
                 std::fs::create_dir_all(dir).unwrap();
                 let tx = tx.clone();
                 watch
-                    .watch(dir, move || {
-                        let _ = tx.send(i);
-                    })
+                    .watch(
+                        dir,
+                        Arc::new(move || {
+                            let _ = tx.send(i);
+                        }),
+                    )
                     .unwrap()
             })
             .collect();

@@ -141,22 +141,25 @@ impl Hub {
     }
 
     /// [`Hub::patch_live`] for a steady progress report (see `job::report`), whose view's other live
-    /// facts are the ones it was last built or patched with: only the report's own fields are set,
-    /// and its message only when `message_changed`. At a thousand reports a second, comparing every
-    /// live field of each view (each a cold cache line by the time its next report comes) was half
-    /// the cost of a patch.
+    /// facts are the ones it was last built or patched with: only the report's own fields are set
+    /// (with `fallback`, the record's, where it has none), and its message only when
+    /// `message_changed` (the record is read only then). At a thousand reports a second, comparing
+    /// every live field of each view (each a cold cache line by the time its next report comes) was
+    /// half the cost of a patch.
+    #[allow(clippy::too_many_arguments)]
     pub fn patch_report(
         &self,
         id: u64,
         version: u64,
         record: &JobRecord,
+        fallback: &Fallback,
         report: &Progress,
         message_changed: bool,
         point: Option<pb::MetricValues>,
     ) -> Result<(), Option<pb::MetricValues>> {
         let mut jobs = lock(&self.jobs);
         let Some(live) = jobs.get_mut(&id).filter(|l| version != 0 && l.version == version) else { return Err(point) };
-        show_report(&mut live.latest, record, Some(report));
+        show_report(&mut live.latest, fallback, Some(report));
         if message_changed {
             live.latest.message = report.message.as_ref().or(record.message.as_ref()).cloned().unwrap_or_default();
         }
@@ -324,7 +327,7 @@ pub fn job_view(record: &JobRecord, live: &LiveFacts, queue: (u32, String)) -> p
 /// Sets every field of a view that the live facts decide (with the record's value where the facts
 /// say nothing): the one place both a new view and [`Hub::patch_live`] take them from.
 fn apply_live(job: &mut pb::Job, record: &JobRecord, live: &LiveFacts) {
-    show_report(job, record, live.progress.as_ref());
+    show_report(job, &Fallback::of(record), live.progress.as_ref());
     job.stalled = live.stalled;
     // Reused in place: a report that keeps the message allocates nothing.
     let message = live.message.as_ref().or(record.message.as_ref());
@@ -342,8 +345,35 @@ fn apply_live(job: &mut pb::Job, record: &JobRecord, live: &LiveFacts) {
     }
 }
 
+/// What a view shows from its record where a progress report says nothing: a copy kept with a job's
+/// steady view (`job::report`), because at a thousand reports a second each record is a cold cache
+/// line, and the report's own fields are not.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fallback {
+    step: u64,
+    total_steps: u64,
+    epoch: u64,
+    total_epochs: u64,
+    loss: Option<f64>,
+    val_loss: Option<f64>,
+}
+
+impl Fallback {
+    /// The record's values.
+    pub fn of(record: &JobRecord) -> Fallback {
+        Fallback {
+            step: record.step,
+            total_steps: record.total_steps,
+            epoch: record.epoch,
+            total_epochs: record.total_epochs,
+            loss: record.loss,
+            val_loss: record.val_loss,
+        }
+    }
+}
+
 /// Sets the fields of a view that a progress report decides (the record's where there is none).
-fn show_report(job: &mut pb::Job, record: &JobRecord, p: Option<&Progress>) {
+fn show_report(job: &mut pb::Job, record: &Fallback, p: Option<&Progress>) {
     job.step = p.map(|p| p.step).unwrap_or(record.step);
     job.total_steps = p.map(|p| p.total_steps).filter(|t| *t > 0).unwrap_or(record.total_steps);
     job.epoch = p.map(|p| p.epoch).unwrap_or(record.epoch);
@@ -420,13 +450,18 @@ mod tests {
             None,
         );
         let (_, mut rx) = hub.subscribe(id).unwrap();
-        assert_eq!(hub.patch_report(id, 6, &record, &report(2, None), true, None), Err(None), "another version");
+        let fallback = Fallback::of(&record);
+        assert_eq!(
+            hub.patch_report(id, 6, &record, &fallback, &report(2, None), true, None),
+            Err(None),
+            "another version"
+        );
         // Each report after the last: whether its message differs from the last one's.
         for (step, message, changed) in
             [(2, Some("epoch 0"), false), (3, None, true), (4, None, false), (5, Some("e"), true)]
         {
             let p = report(step, message);
-            hub.patch_report(id, 5, &record, &p, changed, None).unwrap();
+            hub.patch_report(id, 5, &record, &fallback, &p, changed, None).unwrap();
             let built = job_view(&record, &facts(p), (0, String::new()));
             assert_eq!(hub.latest(id), Some(built.clone()), "after step {step}");
             assert_eq!(rx.recv().await.unwrap().job, Some(built), "watchers get the patched view");

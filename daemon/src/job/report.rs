@@ -13,7 +13,7 @@
 
 use super::stall::Phase;
 use super::ReadError;
-use crate::hub::LiveFacts;
+use crate::hub::{Fallback, LiveFacts};
 use crate::shared::Shared;
 use crate::store::metrics;
 use crate::store::records::{JobId, JobRecord};
@@ -37,6 +37,8 @@ struct Steady {
     /// The record the hub's view was built from, and its version: a patch applies only to that view.
     version: u64,
     record: Arc<JobRecord>,
+    /// What the view shows from that record where a report says nothing.
+    fallback: Fallback,
     /// The live facts of that view; each applied report sets their progress and message. Their
     /// progress is the actor's own while nothing was applied ([`Reports::give`]).
     facts: LiveFacts,
@@ -166,6 +168,7 @@ impl Reports {
             attempt: l.attempt,
             version: l.version,
             record: l.record.clone(),
+            fallback: Fallback::of(l.record),
             // The message the view shows: a report's is shown only when it differs (see
             // `Hub::patch_report`). The progress is each report's.
             facts: LiveFacts { progress: None, ..l.facts.clone() },
@@ -217,7 +220,15 @@ impl Reports {
         let written_at = progress.updated_at;
         let message_changed = steady.facts.message != progress.message;
         let hub = &self.shared.hub;
-        let patched = hub.patch_report(self.id.0, steady.version, &steady.record, &progress, message_changed, point);
+        let patched = hub.patch_report(
+            self.id.0,
+            steady.version,
+            &steady.record,
+            &steady.fallback,
+            &progress,
+            message_changed,
+            point,
+        );
         if message_changed {
             steady.facts.message.clone_from(&progress.message);
         }

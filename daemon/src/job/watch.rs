@@ -37,7 +37,41 @@ type Waker = Arc<dyn Wake>;
 /// Watch descriptor → the wake-ups of its directory, by guard, with the names that wake them. inotify
 /// gives a directory watched twice (a job actor re-created while the old one's guard lives) the same
 /// descriptor.
-type Wakers = HashMap<i32, Vec<(u64, &'static [&'static str], Waker)>>;
+type Wakers = HashMap<i32, Entries>;
+
+/// One wake-up of a watched directory: its guard's id, the names it is for, what it wakes.
+type Entry = (u64, &'static [&'static str], Waker);
+
+/// A directory's wake-ups. Nearly always one, held in the map's own slot: at a thousand jobs each
+/// event's lookup is a cache miss, and a vector's buffer would be a second.
+#[derive(Default)]
+struct Entries {
+    first: Option<Entry>,
+    more: Vec<Entry>,
+}
+
+impl Entries {
+    fn push(&mut self, entry: Entry) {
+        match self.first {
+            None => self.first = Some(entry),
+            Some(_) => self.more.push(entry),
+        }
+    }
+
+    /// Removes guard `id`'s; whether none is left.
+    fn remove(&mut self, id: u64) -> bool {
+        if self.first.as_ref().is_some_and(|(first, _, _)| *first == id) {
+            self.first = self.more.pop();
+        } else {
+            self.more.retain(|(other, _, _)| *other != id);
+        }
+        self.first.is_none()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Entry> {
+        self.first.iter().chain(&self.more)
+    }
+}
 
 /// The names whose growth a log watch reports.
 const LOG_NAMES: &[&str] = &["stdout.log", "stderr.log"];
@@ -195,10 +229,11 @@ impl ProgressWatch {
             let wakers = lock(&self.wakers);
             for (wd, mask, name) in events(&buf[..n as usize]) {
                 if mask & libc::IN_Q_OVERFLOW != 0 {
-                    wakers.values().flatten().for_each(|(_, _, w)| w.wake());
+                    wakers.values().flat_map(Entries::iter).for_each(|(_, _, w)| w.wake());
                 } else {
                     let named = |names: &&[&str]| names.iter().any(|n| n.as_bytes() == name);
-                    wakers.get(&wd).into_iter().flatten().filter(|(_, n, _)| named(n)).for_each(|(_, _, w)| w.wake());
+                    let entries = wakers.get(&wd).into_iter().flat_map(Entries::iter);
+                    entries.filter(|(_, n, _)| named(n)).for_each(|(_, _, w)| w.wake());
                 }
             }
             gathering = wakers.len() >= BUSY_WATCHES;
@@ -234,13 +269,7 @@ fn events(mut buf: &[u8]) -> impl Iterator<Item = (i32, u32, &[u8])> {
 impl Drop for WatchGuard {
     fn drop(&mut self) {
         let mut wakers = lock(&self.watch.wakers);
-        let last = match wakers.get_mut(&self.wd) {
-            Some(guards) => {
-                guards.retain(|(id, _, _)| *id != self.id);
-                guards.is_empty()
-            }
-            None => false,
-        };
+        let last = wakers.get_mut(&self.wd).is_some_and(|entries| entries.remove(self.id));
         if last {
             wakers.remove(&self.wd);
             // SAFETY: removing our own watch; EINVAL when the directory is already gone, which is fine.
@@ -302,10 +331,19 @@ mod tests {
         trainerd_proto::atomic::write_atomic(&b.join(PROGRESS_NAME), b"{}").unwrap();
         woken(&mut rx, 1).await;
         assert_eq!(counts[0].load(Ordering::SeqCst), 2, "a plain write is a creation and a close");
-        // A second guard on the same directory keeps it watched when the first goes.
-        let again = watch.watch(&b, Arc::new(|| {})).unwrap();
+        // A second guard on the same directory keeps it watched, and woken, when the first goes.
+        let again = watch
+            .watch(
+                &b,
+                Arc::new(move || {
+                    let _ = tx.send(2);
+                }),
+            )
+            .unwrap();
         drop(guards);
         assert_eq!(lock(&watch.wakers).len(), 1);
+        trainerd_proto::atomic::write_atomic(&b.join(PROGRESS_NAME), b"{}").unwrap();
+        woken(&mut rx, 2).await;
         drop(again);
         assert!(lock(&watch.wakers).is_empty());
     }

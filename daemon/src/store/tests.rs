@@ -142,6 +142,20 @@ fn a_second_store_on_the_same_dir_is_refused_with_a_hint() {
 }
 
 #[test]
+fn a_store_opened_while_its_lock_is_still_held_waits_for_it() {
+    // What a reopen in the same process meets: the closed database's lock is let go a moment later.
+    let dir = tempfile::tempdir().unwrap();
+    let first = Store::open(dir.path()).unwrap();
+    let closer = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(first);
+    });
+    let second = Store::open(dir.path());
+    closer.join().unwrap();
+    assert!(second.is_ok(), "{}", second.err().map(|e| e.to_string()).unwrap_or_default());
+}
+
+#[test]
 fn the_envelope_refuses_unknown_formats() {
     let bytes = codec::encode(&42u32).unwrap();
     assert_eq!(codec::decode::<u32>(&bytes).unwrap(), 42);

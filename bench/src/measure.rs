@@ -530,7 +530,9 @@ async fn start_jobs(daemon: &Daemon, count: usize, name: &str) -> (Duration, Dur
     let mut client = daemon.client().await;
     let started = Instant::now();
     for _ in 0..count {
-        submit(&mut client, fake(name, 1000, &[])).await;
+        // A loss and one metric in every report, as a real trainer's: each is a point of the job's
+        // metric history.
+        submit(&mut client, fake(name, 1000, &[("FAKE_LOSS", "1")])).await;
     }
     let submitted = started.elapsed();
     loop {
@@ -677,7 +679,10 @@ pub async fn scale_and_recovery(daemon: &mut Daemon, burst: usize, live: usize, 
         )
         .headline((daemon_kb + shims_kb) as f64 / 1024.0, "MiB"),
         Figure::new(
-            &format!("scale: {live} jobs, progress once a second each, over {:.0} s", window.as_secs_f64()),
+            &format!(
+                "scale: {live} jobs, progress with a loss and a metric once a second each, over {:.0} s",
+                window.as_secs_f64()
+            ),
             format!("trainerd RSS {:.1} MiB (max), CPU {cpu:.2}% of one core", rss_max as f64 / 1024.0),
             "RSS < 64 MiB, CPU < 3%",
             rss_max < 64 * 1024 && cpu < 3.0,

@@ -68,9 +68,14 @@ impl Live {
 
     /// Sends the view as it now is to its watchers, if it has any.
     fn send(&mut self, kind: &str, point: Option<pb::MetricValues>, channels: &AtomicUsize) {
+        self.send_with(kind, || point, channels)
+    }
+
+    /// [`Live::send`] with a point made only when the view has watchers.
+    fn send_with(&mut self, kind: &str, point: impl FnOnce() -> Option<pb::MetricValues>, channels: &AtomicUsize) {
         self.prune(channels);
         if let Some(tx) = &self.tx {
-            let _ = tx.send(pb::JobUpdate { job: Some(self.latest.clone()), kind: kind.into(), point });
+            let _ = tx.send(pb::JobUpdate { job: Some(self.latest.clone()), kind: kind.into(), point: point() });
         }
     }
 }
@@ -145,7 +150,8 @@ impl Hub {
     /// (with `fallback`, the record's, where it has none), and its message only when
     /// `message_changed` (the record is read only then). At a thousand reports a second, comparing
     /// every live field of each view (each a cold cache line by the time its next report comes) was
-    /// half the cost of a patch.
+    /// half the cost of a patch. `point` makes the report's metric point, called only when the job
+    /// has watchers. False when the view is another version's (nothing was patched).
     #[allow(clippy::too_many_arguments)]
     pub fn patch_report(
         &self,
@@ -155,16 +161,16 @@ impl Hub {
         fallback: &Fallback,
         report: &Progress,
         message_changed: bool,
-        point: Option<pb::MetricValues>,
-    ) -> Result<(), Option<pb::MetricValues>> {
+        point: impl FnOnce() -> Option<pb::MetricValues>,
+    ) -> bool {
         let mut jobs = lock(&self.jobs);
-        let Some(live) = jobs.get_mut(&id).filter(|l| version != 0 && l.version == version) else { return Err(point) };
+        let Some(live) = jobs.get_mut(&id).filter(|l| version != 0 && l.version == version) else { return false };
         show_report(&mut live.latest, fallback, Some(report));
         if message_changed {
             live.latest.message = report.message.as_ref().or(record.message.as_ref()).cloned().unwrap_or_default();
         }
-        live.send("progress", point, &self.channels);
-        Ok(())
+        live.send_with("progress", point, &self.channels);
+        true
     }
 
     /// The latest live view, if the job is live.
@@ -449,22 +455,28 @@ mod tests {
             "state",
             None,
         );
-        let (_, mut rx) = hub.subscribe(id).unwrap();
         let fallback = Fallback::of(&record);
-        assert_eq!(
-            hub.patch_report(id, 6, &record, &fallback, &report(2, None), true, None),
-            Err(None),
-            "another version"
+        let unwatched = hub.patch_report(id, 5, &record, &fallback, &report(1, Some("epoch 0")), false, || {
+            panic!("a point is made only for a job someone watches")
+        });
+        assert!(unwatched);
+        let (_, mut rx) = hub.subscribe(id).unwrap();
+        assert!(
+            !hub.patch_report(id, 6, &record, &fallback, &report(2, None), true, || None),
+            "another version's view is not patched"
         );
         // Each report after the last: whether its message differs from the last one's.
         for (step, message, changed) in
             [(2, Some("epoch 0"), false), (3, None, true), (4, None, false), (5, Some("e"), true)]
         {
             let p = report(step, message);
-            hub.patch_report(id, 5, &record, &fallback, &p, changed, None).unwrap();
+            let point = pb::MetricValues { step, ..Default::default() };
+            assert!(hub.patch_report(id, 5, &record, &fallback, &p, changed, || Some(point.clone())));
             let built = job_view(&record, &facts(p), (0, String::new()));
             assert_eq!(hub.latest(id), Some(built.clone()), "after step {step}");
-            assert_eq!(rx.recv().await.unwrap().job, Some(built), "watchers get the patched view");
+            let update = rx.recv().await.unwrap();
+            assert_eq!(update.job, Some(built), "watchers get the patched view");
+            assert_eq!(update.point, Some(point), "and the report's point");
         }
     }
 

@@ -153,7 +153,11 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     if tokio::time::timeout(SHUTDOWN_GRACE, supervisor_done).await.is_err() {
         tracing::warn!("the supervisor did not stop within {SHUTDOWN_GRACE:?}; exiting anyway");
     }
-    // Every transition was flushed when it was made; this flush is belt and braces.
+    // Metric points are written behind (store::history); a stop writes the rest of them. Every
+    // transition was flushed when it was made; for those this flush is belt and braces.
+    if let Err(e) = store.write_metric_tails() {
+        tracing::warn!("the last metric points could not be written: {e}");
+    }
     if let Err(e) = store.flush() {
         tracing::error!("the final flush of the store failed: {e}; every acknowledged transition was flushed already");
     }

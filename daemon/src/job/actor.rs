@@ -195,7 +195,7 @@ pub struct State {
     metric_names: std::collections::HashSet<String>,
     names_refused: bool,
     /// The last metric point recorded: a report that repeats it is not recorded again.
-    last_point: Option<(u64, Vec<(String, f64)>)>,
+    last_point: super::report::LastPoint,
     /// Where this job's blocking file work runs (see `crate::blocking`).
     lane: Lane,
     /// The cell through which the watcher applies steady reports without this actor (see
@@ -369,7 +369,7 @@ impl Actor for JobActor {
             job_dir,
             metric_names: Default::default(),
             names_refused: false,
-            last_point: None,
+            last_point: Default::default(),
             ended: None,
             held: Vec::new(),
             refused_checkpoint: None,
@@ -638,8 +638,9 @@ impl State {
             if !self.run.file_progress {
                 self.run.clock.advance(step, super::stall::Phase::Running, now);
                 // Without a progress file, the lines' values are the job's metrics.
-                let values = m.loss.map(|loss| ("loss".to_string(), loss)).into_iter().chain(m.metrics.iter().cloned());
-                point = self.record_point(step, values.collect());
+                let values = m.loss.map(|loss| ("loss", loss)).into_iter();
+                let values: Vec<(&str, f64)> = values.chain(m.metrics.iter().map(|(n, v)| (n.as_str(), *v))).collect();
+                point = self.record_point(step, &values);
             }
         }
         if self.record.state() == JobState::Starting && self.ended.is_none() {
@@ -806,13 +807,13 @@ impl State {
     /// Records one report's metric values in the job's history (when they differ from the last one
     /// recorded), and returns them for the watchers. Names that are not metric names, and names past
     /// the job's [`NAMES_MAX`], are not recorded (said once).
-    fn record_point(&mut self, step: u64, values: Vec<(String, f64)>) -> Option<pb::MetricValues> {
+    fn record_point(&mut self, step: u64, values: &[(&str, f64)]) -> Option<pb::MetricValues> {
         let mut kept = Vec::with_capacity(values.len());
-        for (name, value) in values {
-            let known = self.metric_names.contains(&name);
-            if known || (metrics::valid_name(&name) && self.metric_names.len() < metrics::NAMES_MAX) {
+        for &(name, value) in values {
+            let known = self.metric_names.contains(name);
+            if known || (metrics::valid_name(name) && self.metric_names.len() < metrics::NAMES_MAX) {
                 if !known {
-                    self.metric_names.insert(name.clone());
+                    self.metric_names.insert(name.to_string());
                 }
                 kept.push((name, value));
             } else if !self.names_refused {
@@ -828,14 +829,9 @@ impl State {
                 );
             }
         }
-        super::report::record_point(
-            &self.shared.store,
-            self.id,
-            self.current_attempt(),
-            step,
-            kept,
-            &mut self.last_point,
-        )
+        let attempt = self.current_attempt();
+        let at = super::report::record_point(&self.shared.store, self.id, attempt, step, &kept, &mut self.last_point)?;
+        Some(super::report::point_update(step, at, attempt, &kept))
     }
 
     fn event(&self, kind: &str, message: String) {
@@ -1369,7 +1365,7 @@ impl State {
             TrainerState::Starting => None,
             _ => {
                 self.note_first_step(step);
-                self.record_point(step, super::report::reported_values(&progress))
+                self.record_point(step, &super::report::reported_values(&progress))
             }
         };
         let written_at = progress.updated_at;

@@ -52,6 +52,53 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     }
 }
 
+/// Values encoded one at a time and stored together: what [`Sequence::value`] makes decodes with
+/// [`decode`] as a `Vec<T>` (a length, then the values back to back: bincode's layout of a sequence).
+/// A writer that gathers values over time keeps them encoded, a few bytes each, not as `T`.
+#[derive(Debug, Default)]
+pub struct Sequence {
+    count: u64,
+    bytes: Vec<u8>,
+}
+
+impl Sequence {
+    /// Adds `value` at the end.
+    pub fn push<T: Serialize>(&mut self, value: &T) -> Result<(), CodecError> {
+        bincode::serde::encode_into_std_write(value, &mut self.bytes, bincode::config::standard())?;
+        self.count += 1;
+        Ok(())
+    }
+
+    /// How many values it holds.
+    pub fn len(&self) -> usize {
+        usize::try_from(self.count).unwrap_or(usize::MAX)
+    }
+
+    /// Whether it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The stored value: the current format, the count, the values.
+    pub fn value(&self) -> Result<Vec<u8>, CodecError> {
+        let mut value = vec![FORMAT];
+        bincode::serde::encode_into_std_write(self.count, &mut value, bincode::config::standard())?;
+        value.extend_from_slice(&self.bytes);
+        Ok(value)
+    }
+
+    /// Its values, decoded.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<Vec<T>, CodecError> {
+        decode(&self.value()?)
+    }
+}
+
+/// The count of a stored sequence, read without decoding its values.
+pub fn sequence_len(bytes: &[u8]) -> Result<usize, CodecError> {
+    let count: u64 = decode(bytes)?;
+    Ok(usize::try_from(count).unwrap_or(usize::MAX))
+}
+
 /// A stored job record in format 2's layout: a format-1 record gets its `run_as: None` byte.
 pub fn upgrade_job(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     match bytes.first() {
@@ -61,5 +108,24 @@ pub fn upgrade_job(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
             std::borrow::Cow::Owned(upgraded)
         }
         _ => std::borrow::Cow::Borrowed(bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sequence_is_stored_as_a_vec_of_its_values_and_its_count_reads_alone() {
+        let mut sequence = Sequence::default();
+        let values: Vec<(u64, String)> = (0..300).map(|i| (i * 1_000, format!("v{i}"))).collect();
+        for value in &values {
+            sequence.push(value).unwrap();
+        }
+        let stored = sequence.value().unwrap();
+        assert_eq!(stored, encode(&values).unwrap(), "the layout of a Vec");
+        assert_eq!(decode::<Vec<(u64, String)>>(&stored).unwrap(), values);
+        assert_eq!(sequence_len(&stored).unwrap(), 300);
+        assert_eq!(sequence_len(&Sequence::default().value().unwrap()).unwrap(), 0);
     }
 }

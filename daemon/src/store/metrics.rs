@@ -1,18 +1,18 @@
 //! Each job's metric history: the named scalars its trainer reported with its progress, keyed by
 //! step, kept across attempts, pauses and restarts of trainerd.
 //!
-//! Two sled trees: `points` (JobId ++ step → [`Point`], full resolution) and `buckets`
-//! (JobId ++ first step → [`Bucket`], min/mean/max/last of a span of older points). The bound per job
-//! is [`RAW_MAX`] points at full resolution plus [`BUCKETS_MAX`] buckets, each holding at most
-//! [`NAMES_MAX`] names: when the points pass `RAW_MAX`, the oldest half is folded into buckets, and
-//! when the buckets pass `BUCKETS_MAX`, neighbours are merged pairwise (a bucket's span doubles). The
-//! newest points are never folded, so the last value is never lost; an extreme is never lost either
-//! (a bucket keeps its min and max).
+//! Points at full resolution ([`Point`], written behind in chunks of several: see `store::history`)
+//! and `buckets` (JobId ++ first step → [`Bucket`], min/mean/max/last of a span of older points). The
+//! bound per job is [`RAW_MAX`] points at full resolution plus [`BUCKETS_MAX`] buckets, each holding
+//! at most [`NAMES_MAX`] names: when the points pass `RAW_MAX`, the oldest chunks holding at least
+//! half of them are folded into buckets, and when the buckets pass `BUCKETS_MAX`, neighbours are
+//! merged pairwise (a bucket's span doubles). The newest points are never folded, so the last value
+//! is never lost; an extreme is never lost either (a bucket keeps its min and max).
 //!
 //! An attempt that continues from a checkpoint at step S rewinds the history: points after S (and
 //! buckets that begin after S) are removed, so the curve shows what the final model went through.
 //! Points are written without a flush of their own: the next flush (every transition, every event
-//! that matters) carries them.
+//! that matters) carries what was written of them.
 
 use super::records::JobId;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,17 @@ pub struct Point {
     pub at: f64,
     pub attempt: u32,
     pub values: Vec<(String, f64)>,
+}
+
+/// A [`Point`] borrowed from the report it comes from, stored as the `Point` it decodes to (a
+/// recorded report allocates no name).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct PointRef<'a> {
+    pub step: u64,
+    /// Unix seconds.
+    pub at: f64,
+    pub attempt: u32,
+    pub values: &'a [(&'a str, f64)],
 }
 
 /// The aggregate of one name over a bucket's span.
@@ -205,6 +216,18 @@ mod tests {
 
     fn point(step: u64, loss: f64) -> Point {
         Point { step, at: step as f64, attempt: 1, values: vec![("loss".into(), loss)] }
+    }
+
+    #[test]
+    fn a_borrowed_point_is_stored_as_the_point_it_decodes_to() {
+        let values = [("loss", 0.25), ("acc", f64::NAN)];
+        let borrowed = PointRef { step: 7, at: 1.5, attempt: 2, values: &values };
+        let owned =
+            Point { step: 7, at: 1.5, attempt: 2, values: vec![("loss".into(), 0.25), ("acc".into(), f64::NAN)] };
+        let stored = super::super::codec::encode(&borrowed).unwrap();
+        assert_eq!(stored, super::super::codec::encode(&owned).unwrap());
+        let back: Point = super::super::codec::decode(&stored).unwrap();
+        assert_eq!((back.step, back.values[0].clone()), (7, ("loss".to_string(), 0.25)));
     }
 
     #[test]

@@ -6,10 +6,12 @@
 //! never be started again whatever path a request takes.
 //!
 //! Trees: `jobs` (JobId → JobRecord), `events` (JobId ++ sequence → Event), `idempotency`
-//! (key → JobId), `meta` (counters), `points` and `buckets` (each job's metric history, see
-//! [`metrics`]). Values go through [`codec`]'s versioned envelope.
+//! (key → JobId), `meta` (counters), `chunks`, `buckets` and the older layout's `points` (each job's
+//! metric history, see [`metrics`] and `history`, which writes it behind). Values go through
+//! [`codec`]'s versioned envelope.
 
 pub mod codec;
+mod history;
 pub mod legacy;
 pub mod metrics;
 pub mod records;
@@ -92,8 +94,10 @@ struct Trees {
     idempotency: sled::Tree,
     /// Counters: `next_job` (the next JobId).
     meta: sled::Tree,
-    /// Metric history at full resolution, and folded (see [`metrics`]).
+    /// Metric history at full resolution (`chunks`; `points` in stores written before chunks), and
+    /// folded (see [`metrics`]).
     points: sled::Tree,
+    chunks: sled::Tree,
     buckets: sled::Tree,
     /// The next JobId: `meta`'s `next_job`, or one past the newest job if that is further (a crash
     /// may keep a job whose counter write was lost). Kept here so that a submission needs no
@@ -128,6 +132,7 @@ impl Trees {
             idempotency: db.open_tree("idempotency")?,
             meta,
             points: db.open_tree("points")?,
+            chunks: db.open_tree("chunks")?,
             buckets: db.open_tree("buckets")?,
             next_id,
             db,
@@ -180,8 +185,8 @@ pub struct Store {
     failed: tokio::sync::Notify,
     /// How long flushes take.
     flushes: crate::metrics::Histogram,
-    /// Each job's count of full-resolution metric points, once counted (a scan at the first append).
-    point_counts: Mutex<std::collections::HashMap<JobId, usize>>,
+    /// Each job's metric points not written yet, and its count of those written (see `history`).
+    histories: Mutex<history::Histories>,
 }
 
 fn abort<T>(e: StoreError) -> Result<T, ConflictableTransactionError<StoreError>> {
@@ -282,7 +287,7 @@ impl Store {
             failure: Mutex::new(None),
             failed: tokio::sync::Notify::new(),
             flushes: crate::metrics::Histogram::default(),
-            point_counts: Mutex::default(),
+            histories: Mutex::default(),
         })
     }
 
@@ -521,6 +526,7 @@ impl Store {
         edit: impl Fn(&mut JobRecord),
     ) -> Result<JobRecord, StoreError> {
         let t = self.writable()?;
+        self.write_tail_of(&t, id);
         let record = (&t.jobs, &t.events)
             .transaction(|(jobs, events)| {
                 let mut record = read_job(jobs, id)?;
@@ -619,14 +625,7 @@ impl Store {
             batch.remove(self.note(key.map_err(StoreError::from))?);
         }
         self.note(t.events.apply_batch(batch).map_err(StoreError::from))?;
-        for tree in [&t.points, &t.buckets] {
-            let mut batch = sled::Batch::default();
-            for key in tree.scan_prefix(id.0.to_be_bytes()).keys() {
-                batch.remove(self.note(key.map_err(StoreError::from))?);
-            }
-            self.note(tree.apply_batch(batch).map_err(StoreError::from))?;
-        }
-        self.point_counts.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.forget_history(&t, id)?;
         // Its submission key, and the retry keys (the only other entries that name a job).
         let mut keys = sled::Batch::default();
         if let Some(key) = &record.spec.idempotency_key {
@@ -689,144 +688,6 @@ impl Store {
             .values()
             .map(|v| codec::decode(&v?).map_err(|source| StoreError::Codec { what: "event".into(), source }))
             .collect()
-    }
-
-    /// Records one metric point of job `id` (its values at `point.step`, replacing any at that step),
-    /// and folds the oldest points into buckets once there are more than [`metrics::RAW_MAX`]. Not
-    /// flushed by itself.
-    pub fn append_point(&self, id: JobId, point: &metrics::Point) -> Result<(), StoreError> {
-        let t = self.writable()?;
-        let value = encode("metric point", point)?;
-        let replaced = self.note(t.points.insert(metrics::key(id, point.step), value).map_err(StoreError::from))?;
-        let count = {
-            let mut counts = self.point_counts.lock().unwrap_or_else(|p| p.into_inner());
-            let count = match counts.get(&id) {
-                Some(n) => n + usize::from(replaced.is_none()),
-                None => t.points.scan_prefix(id.0.to_be_bytes()).count(),
-            };
-            counts.insert(id, count);
-            count
-        };
-        if count > metrics::RAW_MAX {
-            self.fold_points(&t, id)?;
-        }
-        Ok(())
-    }
-
-    /// Folds the oldest half of job `id`'s points into buckets (32 points each), and merges buckets
-    /// pairwise past [`metrics::BUCKETS_MAX`].
-    fn fold_points(&self, t: &Trees, id: JobId) -> Result<(), StoreError> {
-        let oldest: Vec<(sled::IVec, metrics::Point)> = t
-            .points
-            .scan_prefix(id.0.to_be_bytes())
-            .take(metrics::RAW_MAX / 2)
-            .map(|entry| {
-                let (key, value) = entry?;
-                Ok((key, decode("metric point", &value)?))
-            })
-            .collect::<Result<_, StoreError>>()?;
-        let points: Vec<metrics::Point> = oldest.iter().map(|(_, p)| p.clone()).collect();
-        let mut buckets = sled::Batch::default();
-        let folded = metrics::fold(&points, 32);
-        let existing = t.buckets.scan_prefix(id.0.to_be_bytes()).count();
-        if existing + folded.len() > metrics::BUCKETS_MAX {
-            let mut all: Vec<metrics::Bucket> = t
-                .buckets
-                .scan_prefix(id.0.to_be_bytes())
-                .values()
-                .map(|v| decode("metric bucket", &v?))
-                .collect::<Result<_, StoreError>>()?;
-            for key in t.buckets.scan_prefix(id.0.to_be_bytes()).keys() {
-                buckets.remove(key?);
-            }
-            all.extend(folded);
-            for bucket in metrics::merge_pairs(all, metrics::BUCKETS_MAX / 2) {
-                buckets.insert(&metrics::key(id, bucket.first_step), encode("metric bucket", &bucket)?);
-            }
-        } else {
-            for bucket in folded {
-                buckets.insert(&metrics::key(id, bucket.first_step), encode("metric bucket", &bucket)?);
-            }
-        }
-        self.note(t.buckets.apply_batch(buckets).map_err(StoreError::from))?;
-        let mut gone = sled::Batch::default();
-        for (key, _) in &oldest {
-            gone.remove(key);
-        }
-        self.note(t.points.apply_batch(gone).map_err(StoreError::from))?;
-        let mut counts = self.point_counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = counts.get_mut(&id) {
-            *count = count.saturating_sub(oldest.len());
-        }
-        Ok(())
-    }
-
-    /// Removes job `id`'s metric history after `step` (points, and buckets that begin after it): an
-    /// attempt continues from a checkpoint at `step`. Returns the points removed.
-    pub fn rewind_metrics(&self, id: JobId, step: u64) -> Result<usize, StoreError> {
-        let t = self.writable()?;
-        let from = metrics::key(id, step.saturating_add(1));
-        let to = metrics::key(id, u64::MAX);
-        let mut removed = 0;
-        for tree in [&t.points, &t.buckets] {
-            let mut batch = sled::Batch::default();
-            let mut n = 0;
-            for key in tree.range(from..=to).keys() {
-                batch.remove(self.note(key.map_err(StoreError::from))?);
-                n += 1;
-            }
-            self.note(tree.apply_batch(batch).map_err(StoreError::from))?;
-            if std::ptr::eq(tree, &t.points) {
-                removed = n;
-            }
-        }
-        if let Some(count) = self.point_counts.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
-            *count = count.saturating_sub(removed);
-        }
-        Ok(removed)
-    }
-
-    /// Job `id`'s metric history from step `from` to step `to`, by name, in step order: the folded
-    /// spans (their mean, with their extremes) and then the points.
-    pub fn metrics(
-        &self,
-        id: JobId,
-        from: u64,
-        to: u64,
-    ) -> Result<std::collections::BTreeMap<String, Vec<metrics::Sample>>, StoreError> {
-        let t = self.trees()?;
-        let mut series: std::collections::BTreeMap<String, Vec<metrics::Sample>> = Default::default();
-        let (lo, hi) = (metrics::key(id, 0), metrics::key(id, to));
-        for value in t.buckets.range(lo..=hi).values() {
-            let bucket: metrics::Bucket = decode("metric bucket", &value?)?;
-            if bucket.last_step < from {
-                continue;
-            }
-            for (name, agg) in bucket.values {
-                series.entry(name).or_default().push(metrics::Sample {
-                    step: bucket.last_step,
-                    at: bucket.at,
-                    attempt: 0,
-                    value: agg.mean(),
-                    min: Some(agg.min),
-                    max: Some(agg.max),
-                });
-            }
-        }
-        for value in t.points.range(metrics::key(id, from)..=hi).values() {
-            let point: metrics::Point = decode("metric point", &value?)?;
-            for (name, value) in point.values {
-                series.entry(name).or_default().push(metrics::Sample {
-                    step: point.step,
-                    at: point.at,
-                    attempt: point.attempt,
-                    value,
-                    min: None,
-                    max: None,
-                });
-            }
-        }
-        Ok(series)
     }
 
     /// Writes everything to disk.

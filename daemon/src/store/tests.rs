@@ -435,11 +435,12 @@ fn a_long_metric_history_stays_bounded_keeps_its_extremes_and_its_last_value_and
         } else {
             1.0 / step as f64
         };
-        let point = metrics::Point { step, at: step as f64, attempt: 1, values: vec![("loss".into(), loss)] };
+        let point = metrics::PointRef { step, at: step as f64, attempt: 1, values: &[("loss", loss)] };
         store.append_point(job.id, &point).unwrap();
     }
     let t = store.trees().unwrap();
-    let raw = t.points.scan_prefix(job.id.0.to_be_bytes()).count();
+    let raw: usize =
+        t.chunks.scan_prefix(job.id.0.to_be_bytes()).values().map(|v| codec::sequence_len(&v.unwrap()).unwrap()).sum();
     let buckets = t.buckets.scan_prefix(job.id.0.to_be_bytes()).count();
     assert!(raw <= metrics::RAW_MAX && buckets <= metrics::BUCKETS_MAX, "{raw} points, {buckets} buckets");
     let all = store.metrics(job.id, 0, u64::MAX).unwrap();

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 pub const CHUNK_POINTS: usize = 64;
 /// A tail whose oldest point is this old is written (at the job's next point, or at the next
 /// point of any job for a job that has gone quiet).
-pub const CHUNK_AGE: Duration = Duration::from_secs(10);
+pub const CHUNK_AGE: Duration = Duration::from_secs(30);
 
 /// Every job's history bookkeeping that is not on disk.
 #[derive(Default)]
@@ -88,6 +88,10 @@ impl Store {
         let Histories { jobs, swept } = &mut *histories;
         let history = self.history(&t, jobs, id)?;
         history.tail.push(point).map_err(codec_error("metric point"))?;
+        if history.tail.len() == 1 {
+            // A trainer reporting once a second fills the tail in one allocation.
+            history.tail.reserve_like(CHUNK_AGE.as_secs() as usize);
+        }
         history.since.get_or_insert(now);
         if history.tail.len() >= CHUNK_POINTS || history.stale(now) {
             self.write_tail(&t, id, history)?;

@@ -14,6 +14,17 @@ pub fn start_ticks(pid: u32) -> io::Result<u64> {
     stat_fields(pid)?.start_ticks.ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat has no start time")))
 }
 
+/// Whether the process `pid` that started at `ticks` still runs: `Some(false)` when `pid` is gone, a
+/// zombie, or another process now; `None` when that cannot be told. One read of its stat (a
+/// reconciliation asks it of every shim).
+pub fn runs(pid: u32, ticks: u64) -> Option<bool> {
+    match stat_fields(pid) {
+        Ok(s) => s.start_ticks.map(|t| t == ticks && s.state != 'Z' && s.state != 'X'),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(false),
+        Err(_) => None,
+    }
+}
+
 /// Whether `pid` is a zombie (exited, not yet reaped). A missing process is not a zombie.
 pub fn is_zombie(pid: u32) -> bool {
     stat_fields(pid).is_ok_and(|s| s.state == 'Z' || s.state == 'X')

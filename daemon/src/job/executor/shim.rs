@@ -247,11 +247,7 @@ pub fn adopt(identity: &Identity) -> Found {
 /// Whether the process `pid` with start time `ticks` is alive: `Some(false)` only when the kernel
 /// says it is gone or that pid is another process; `None` when it could not be told.
 pub fn is_alive(pid: u32, ticks: u64) -> Option<bool> {
-    match process::start_ticks(pid) {
-        Ok(t) => Some(t == ticks && !process::is_zombie(pid)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(false),
-        Err(_) => None,
-    }
+    process::runs(pid, ticks)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    limit_malloc_arenas();
     let flags = trainerd::config::Flags::parse();
     let command = flags.command.clone();
     let merged = match flags.clone().with_file() {
@@ -47,5 +48,18 @@ fn main() -> std::process::ExitCode {
             eprintln!("trainerd: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// glibc gives each thread that allocates its own malloc arena, up to eight per core, and memory
+/// freed in one arena is reused only by the threads on it: the runtime's workers, the blocking pool
+/// and sled's threads each kept an arena's worth of free memory, most of trainerd's RSS
+/// (docs/benchmarks.md). Two arenas hold it, before any thread starts; on two cores the threads
+/// sharing one contend no more than they already do for the cores.
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
     }
 }

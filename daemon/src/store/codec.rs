@@ -69,12 +69,6 @@ impl Sequence {
         Ok(())
     }
 
-    /// Room for `values` more values as long as those it holds (one growth instead of several).
-    pub fn reserve_like(&mut self, values: usize) {
-        let each = self.bytes.len() / self.len().max(1);
-        self.bytes.reserve(each.saturating_mul(values));
-    }
-
     /// How many values it holds.
     pub fn len(&self) -> usize {
         usize::try_from(self.count).unwrap_or(usize::MAX)
@@ -133,9 +127,5 @@ mod tests {
         assert_eq!(decode::<Vec<(u64, String)>>(&stored).unwrap(), values);
         assert_eq!(sequence_len(&stored).unwrap(), 300);
         assert_eq!(sequence_len(&Sequence::default().value().unwrap()).unwrap(), 0);
-        let mut one = Sequence::default();
-        one.push(&values[0]).unwrap();
-        one.reserve_like(30);
-        assert!(one.bytes.capacity() >= 31 * one.bytes.len(), "room for 30 more like it");
     }
 }

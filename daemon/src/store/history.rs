@@ -88,10 +88,6 @@ impl Store {
         let Histories { jobs, swept } = &mut *histories;
         let history = self.history(&t, jobs, id)?;
         history.tail.push(point).map_err(codec_error("metric point"))?;
-        if history.tail.len() == 1 {
-            // A trainer reporting once a second fills the tail in one allocation.
-            history.tail.reserve_like(CHUNK_AGE.as_secs() as usize);
-        }
         history.since.get_or_insert(now);
         if history.tail.len() >= CHUNK_POINTS || history.stale(now) {
             self.write_tail(&t, id, history)?;

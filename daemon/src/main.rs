@@ -54,8 +54,9 @@ fn main() -> std::process::ExitCode {
 /// glibc gives each thread that allocates its own malloc arena, up to eight per core, and memory
 /// freed in one arena is reused only by the threads on it: the runtime's workers, the blocking pool
 /// and sled's threads each kept an arena's worth of free memory, most of trainerd's RSS
-/// (docs/benchmarks.md). Two arenas hold it, before any thread starts; on two cores the threads
-/// sharing one contend no more than they already do for the cores.
+/// (docs/benchmarks.md). Two arenas hold it, set before any thread starts: trainerd allocates little
+/// (a few blocks a report) and its threads seldom at the same moment, so sharing an arena costs no
+/// waiting that shows (the scale row's CPU was the same side by side).
 fn limit_malloc_arenas() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.

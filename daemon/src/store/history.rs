@@ -172,11 +172,15 @@ impl Store {
     }
 
     /// Writes job `id`'s tail now: its transition is about to be flushed, and takes its last points
-    /// with it.
-    pub(super) fn write_tail_of(&self, t: &Trees, id: JobId) {
+    /// with it. A job that `ends` records no more points: its bookkeeping goes (counted again from
+    /// the disk should a retry record more), so finished jobs hold no memory here.
+    pub(super) fn write_tail_of(&self, t: &Trees, id: JobId, ends: bool) {
         let mut histories = lock(&self.histories);
         if let Some(history) = histories.jobs.get_mut(&id) {
             let _ = self.write_tail(t, id, history);
+            if ends {
+                histories.jobs.remove(&id);
+            }
         }
     }
 
@@ -422,6 +426,10 @@ mod tests {
         assert!(chunks(&store, ending.id).is_empty());
         store.transition(ending.id, JobState::Cancelled, Reason::Cancelled, 2.0, "", |_| {}).unwrap();
         assert_eq!(chunks(&store, ending.id), [vec![7]], "on disk with the transition");
+        assert!(!lock(&store.histories).jobs.contains_key(&ending.id), "a finished job holds no memory");
+        assert_eq!(losses(&store, ending.id), [(7, 7.0)]);
+        add(&store, ending.id, 8, 8.0, t0 + CHUNK_AGE * 4);
+        assert_eq!(lock(&store.histories).jobs[&ending.id].stored, 1, "counted again from the disk");
     }
 
     #[test]

@@ -526,7 +526,7 @@ impl Store {
         edit: impl Fn(&mut JobRecord),
     ) -> Result<JobRecord, StoreError> {
         let t = self.writable()?;
-        self.write_tail_of(&t, id);
+        self.write_tail_of(&t, id, trainerd_proto::state::is_terminal(to));
         let record = (&t.jobs, &t.events)
             .transaction(|(jobs, events)| {
                 let mut record = read_job(jobs, id)?;

@@ -14,18 +14,23 @@ pub fn start_ticks(pid: u32) -> io::Result<u64> {
     stat_fields(pid)?.start_ticks.ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat has no start time")))
 }
 
-/// Whether the process `pid` that started at `ticks` still runs: `Some(false)` when `pid` is gone, a
-/// zombie, or another process now; `None` when that cannot be told. One read of its stat (a
-/// reconciliation asks it of every shim).
-pub fn runs(pid: u32, ticks: u64) -> Option<bool> {
+/// Whether the process `pid` that started at `ticks` still runs: false when `pid` is gone, a zombie
+/// (exited, its parent has not reaped it yet), or another process now; an error when that cannot be
+/// told. One read of its stat (a reconciliation asks it of every shim, a restart adopts every shim).
+pub fn runs(pid: u32, ticks: u64) -> io::Result<bool> {
     match stat_fields(pid) {
-        Ok(s) => s.start_ticks.map(|t| t == ticks && s.state != 'Z' && s.state != 'X'),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Some(false),
-        Err(_) => None,
+        Ok(s) => {
+            let start = s.start_ticks.ok_or_else(|| io::Error::other(format!("/proc/{pid}/stat has no start time")))?;
+            Ok(start == ticks && s.state != 'Z' && s.state != 'X')
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 
-/// Whether `pid` is a zombie (exited, not yet reaped). A missing process is not a zombie.
+/// Whether `pid` is a zombie (exited, not yet reaped). A missing process is not a zombie. The
+/// tests' way to wait for one; trainerd itself asks [`runs`].
+#[cfg(test)]
 pub fn is_zombie(pid: u32) -> bool {
     stat_fields(pid).is_ok_and(|s| s.state == 'Z' || s.state == 'X')
 }

@@ -229,12 +229,9 @@ pub fn adopt(identity: &Identity) -> Found {
     }
     // SAFETY: a descriptor pidfd_open just returned, owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    match process::start_ticks(identity.shim_pid) {
-        // A zombie has exited; only its parent (init, or a subreaper) has not reaped it yet.
-        Ok(ticks) if ticks == identity.shim_start_ticks && process::is_zombie(identity.shim_pid) => return Found::Gone,
-        Ok(ticks) if ticks == identity.shim_start_ticks => {}
-        Ok(_) => return Found::Gone,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Found::Gone,
+    match process::runs(identity.shim_pid, identity.shim_start_ticks) {
+        Ok(true) => {}
+        Ok(false) => return Found::Gone,
         Err(e) => return Found::Unknown(e),
     }
     // SAFETY: the AsyncFd owns the descriptor, so it stays open until the registration is dropped.
@@ -247,7 +244,7 @@ pub fn adopt(identity: &Identity) -> Found {
 /// Whether the process `pid` with start time `ticks` is alive: `Some(false)` only when the kernel
 /// says it is gone or that pid is another process; `None` when it could not be told.
 pub fn is_alive(pid: u32, ticks: u64) -> Option<bool> {
-    process::runs(pid, ticks)
+    process::runs(pid, ticks).ok()
 }
 
 #[cfg(test)]

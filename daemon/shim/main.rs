@@ -16,18 +16,22 @@
 //! user and those groups before exec; the shim itself stays root, so the trainer can neither signal
 //! it nor write its records. PROGRAM without a slash is looked up on PATH.
 //!
-//! 1. Writes `JOB_DIR/shim.json` (its own pid and start time, for a later trainerd to find it), then
-//!    leaves trainerd's session (`setsid`) and becomes a child subreaper, so the trainer's orphaned
+//! 1. Leaves trainerd's session (`setsid`) and becomes a child subreaper, so the trainer's orphaned
 //!    grandchildren are reparented to it rather than to init.
-//! 2. Starts PROGRAM as the leader of its own process group (trainerd signals that group), stdin
-//!    from /dev/null, stdout appended to STDOUT_LOG (refused unless a regular file: opened without
-//!    following a link or blocking on a FIFO), stderr inherited (trainerd passes the job's stderr
-//!    log), all signals unblocked and SIGPIPE at its default. The environment passes through.
-//! 3. Writes `started PID START_TICKS` on stdout (a pipe to trainerd) and `JOB_DIR/shim.json` again
-//!    with the trainer's identity; on failure to start, `error MESSAGE` and exit 127. It also writes
-//!    `JOB_DIR/exit.json.tmp` full of spaces now, so that the exit record's blocks are allocated
-//!    before the disk can fill up.
-//! 4. Reaps children until the trainer itself exits, writes `JOB_DIR/exit.json` atomically (attempt,
+//! 2. Forks the trainer's process, which waits until step 3 is done before it runs PROGRAM.
+//! 3. Writes `JOB_DIR/shim.json`: its own pid and start time and the trainer's, for a later trainerd
+//!    to find both. Written once, before PROGRAM runs, so no trainer ever runs unnamed, and a start
+//!    replaces no file (on an ext4 without a journal every file freed in the last minute slows each
+//!    file creation after it in its block group, and a burst of starts would free one per start).
+//! 4. Lets the trainer run PROGRAM as the leader of its own process group (trainerd signals that
+//!    group), stdin from /dev/null, stdout appended to STDOUT_LOG (refused unless a regular file:
+//!    opened without following a link or blocking on a FIFO), stderr inherited (trainerd passes the
+//!    job's stderr log), all signals unblocked and SIGPIPE at its default. The environment passes
+//!    through. A shim that dies before it lets the trainer go takes the trainer with it.
+//! 5. Writes `started PID START_TICKS` on stdout (a pipe to trainerd); on failure to start,
+//!    `error MESSAGE` and exit 127. It also writes `JOB_DIR/exit.json.tmp` full of spaces now, so that
+//!    the exit record's blocks are allocated before the disk can fill up.
+//! 6. Reaps children until the trainer itself exits, writes `JOB_DIR/exit.json` atomically (attempt,
 //!    pid, code or signal, time) over the reserved blocks, and says the same on stdout
 //!    (`exited CODE` or `killed SIGNAL`) for a trainerd that is still listening: when the record
 //!    could not be written (a full disk), that line is trainerd's word of the end. Then it SIGKILLs
@@ -117,23 +121,18 @@ fn run(args: &[CStr], envp: *const CStr) -> usize {
     }
     let pid = sys::getpid();
     let me = (pid, start_ticks(pid).unwrap_or(0));
-    // Written before anything else, so a trainerd that dies before it learns our pid can still find us.
-    write_identity(dir, args.attempt, me, None);
     // setsid fails only for a group leader, which trainerd does not make us; then we stay in its
     // session, which is harmless.
     sys::setsid();
     sys::prctl(sys::PR_SET_CHILD_SUBREAPER, 1);
 
-    let trainer = match spawn(&args, envp) {
-        Ok(pid) => pid,
+    let (trainer, ticks) = match spawn(&args, envp, |trainer| write_identity(dir, args.attempt, me, trainer)) {
+        Ok(started) => started,
         Err(message) => {
             sys::write_all(1, message.bytes());
             return 127;
         }
     };
-    // The trainer cannot be reaped before we wait, so its pid and start time still name it here.
-    let ticks = start_ticks(trainer).unwrap_or(0);
-    write_identity(dir, args.attempt, me, Some((trainer, ticks)));
     let mut line = Text::<64>::new();
     line.push(b"started ").num(trainer as u64).push(b" ").num(ticks).push(b"\n");
     sys::write_all(1, line.bytes());
@@ -223,9 +222,11 @@ fn parse_user(spec: &[u8]) -> Option<RunAs> {
     Some(user)
 }
 
-/// Starts the trainer; its pid, or the `error ...` line to report. The child tells an exec failure
-/// through a close-on-exec pipe: nothing read means the exec happened.
-fn spawn(args: &Args, envp: *const CStr) -> Result<isize, Text<600>> {
+/// Starts the trainer: forks it, calls `named` with its pid and start time while it waits, then lets
+/// it exec. Returns its pid and start time, or the `error ...` line to report. The child waits on a
+/// pipe whose write end only we hold (our death closes it: the child then exits unexecuted), and
+/// tells an exec failure through a close-on-exec pipe: nothing read means the exec happened.
+fn spawn(args: &Args, envp: *const CStr, named: impl FnOnce((isize, u64))) -> Result<(isize, u64), Text<600>> {
     let refuse = |what: &[u8], errno: isize| {
         let mut line = Text::<600>::new();
         line.push(b"error ").push(what).push(b": ").errno(errno).push(b"\n");
@@ -237,19 +238,39 @@ fn spawn(args: &Args, envp: *const CStr) -> Result<isize, Text<600>> {
         return Err(refuse(b"cannot open /dev/null", null));
     }
     let (report_read, report_write) = sys::pipe_cloexec().map_err(|e| refuse(b"cannot make a pipe", e))?;
+    let (go_read, go_write) = sys::pipe_cloexec().map_err(|e| refuse(b"cannot make a pipe", e))?;
     let pid = sys::fork();
     if pid == 0 {
+        sys::close(go_write);
+        let mut go = [0u8; 1];
+        let n = loop {
+            match sys::read(go_read, &mut go) {
+                n if n == -sys::EINTR => {}
+                n => break n,
+            }
+        };
+        if n != 1 {
+            sys::exit(127);
+        }
         let errno = exec_trainer(args, envp, null, log);
         sys::write_all(report_write, &(errno as i32).to_ne_bytes());
         sys::exit(127);
     }
     sys::close(report_write);
+    sys::close(go_read);
     sys::close(null);
     sys::close(log);
     if pid < 0 {
+        sys::close(go_write);
         sys::close(report_read);
         return Err(refuse(b"cannot fork", pid));
     }
+    // The child cannot be reaped before we wait, so its pid and start time (the fork's; exec keeps
+    // them) name it from here on.
+    let ticks = start_ticks(pid).unwrap_or(0);
+    named((pid, ticks));
+    sys::write_all(go_write, b"g");
+    sys::close(go_write);
     let mut word = [0u8; 4];
     let n = loop {
         match sys::read(report_read, &mut word) {
@@ -265,7 +286,7 @@ fn spawn(args: &Args, envp: *const CStr) -> Result<isize, Text<600>> {
         what.push(b"cannot start ").push_c(args.command[0]);
         return Err(refuse(what.bytes(), i32::from_ne_bytes(word) as isize));
     }
-    Ok(pid)
+    Ok((pid, ticks))
 }
 
 /// In the child: becomes its own process group with the standard descriptors and signals, drops to
@@ -370,20 +391,13 @@ fn kind_words(kind: u16) -> &'static [u8] {
     }
 }
 
-/// `shim.json`, written atomically in the job directory.
-/// `shim` is our pid and start time, read once.
-fn write_identity(dir: isize, attempt: u64, (shim, ticks): (isize, u64), trainer: Option<(isize, u64)>) {
+/// `shim.json`, written atomically in the job directory: `shim` is our pid and start time, read
+/// once, `trainer` the trainer's.
+fn write_identity(dir: isize, attempt: u64, (shim, ticks): (isize, u64), trainer: (isize, u64)) {
     let mut text = Text::<256>::new();
     text.push(b"{\"format\":1,\"attempt\":").num(attempt).push(b",\"shim_pid\":").num(shim as u64);
     text.push(b",\"shim_start_ticks\":").num(ticks);
-    match trainer {
-        Some((pid, ticks)) => {
-            text.push(b",\"trainer_pid\":").num(pid as u64).push(b",\"trainer_start_ticks\":").num(ticks);
-        }
-        None => {
-            text.push(b",\"trainer_pid\":null,\"trainer_start_ticks\":null");
-        }
-    }
+    text.push(b",\"trainer_pid\":").num(trainer.0 as u64).push(b",\"trainer_start_ticks\":").num(trainer.1);
     text.push(b"}\n");
     write_atomic(dir, c"shim.json", text.bytes());
 }

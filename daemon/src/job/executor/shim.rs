@@ -283,6 +283,57 @@ mod tests {
         assert_eq!(is_alive(pid, ticks), Some(false), "a reaped pid is gone");
     }
 
+    /// The trainer's program already finds itself named in `shim.json` (a trainerd that dies at any
+    /// moment of a start can find the trainer again), which is written once (a start frees no file)
+    /// and leaves no temporary.
+    #[tokio::test]
+    async fn shim_json_names_the_trainer_before_its_program_runs_and_is_written_once() {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let dir = tempfile::tempdir().unwrap();
+        let shim = crate::builtin_shim::Executable::builtin(dir.path()).unwrap();
+        // SAFETY: inotify_init1 returns a new descriptor we own, or -1.
+        let inotify = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+        assert!(inotify >= 0);
+        // SAFETY: as above; the descriptor is owned by `events` from here on.
+        let mut events = unsafe { std::fs::File::from_raw_fd(inotify) };
+        let path = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid descriptor and a NUL-terminated path.
+        assert!(
+            unsafe { libc::inotify_add_watch(events.as_raw_fd(), path.as_ptr(), libc::IN_CREATE | libc::IN_MOVED_TO) }
+                >= 0
+        );
+        let mut cmd = tokio::process::Command::new(shim.path());
+        cmd.current_dir(dir.path()).stderr(std::process::Stdio::null());
+        // `$$` is the shell's pid, which is the trainer's: the shim execs the shell in its place.
+        let check = r#"grep -q "\"trainer_pid\":$$," shim.json"#;
+        let command = ["sh".to_string(), "-c".to_string(), check.to_string()];
+        let started = start(cmd, dir.path(), 1, &dir.path().join("stdout.log"), None, &command).await.unwrap();
+        let identity = read_identity(dir.path(), 1).expect("shim.json");
+        assert_eq!(identity.trainer_pid, started.identity.trainer_pid);
+        assert_eq!(identity.trainer_start_ticks, started.identity.trainer_start_ticks);
+        let end = Waiter::Child(Box::new((started.shim, started.report))).wait().await.unwrap();
+        assert_eq!(end.said, Some(ExitStatus::Code(0)), "the trainer did not find its pid in shim.json");
+        let mut names: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["exit.json", "shim.json", "stdout.log"]);
+        // Creations as well as renames: inotify merges an event into an identical one just before it.
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = std::io::Read::read(&mut events, &mut buf).unwrap();
+        let (mut at, mut seen) = (0, Vec::new());
+        while at + 16 <= n {
+            let mask = u32::from_ne_bytes(buf[at + 4..at + 8].try_into().unwrap());
+            let len = u32::from_ne_bytes(buf[at + 12..at + 16].try_into().unwrap()) as usize;
+            let name = String::from_utf8_lossy(&buf[at + 16..at + 16 + len]).trim_end_matches('\0').to_string();
+            if name.starts_with("shim.json") {
+                seen.push((if mask & libc::IN_CREATE != 0 { "created" } else { "renamed" }, name));
+            }
+            at += 16 + len;
+        }
+        let once = [("created", "shim.json.tmp".to_string()), ("renamed", "shim.json".to_string())];
+        assert_eq!(seen, once, "shim.json is written once");
+    }
+
     #[test]
     fn the_shims_report_of_the_end_is_read_exactly() {
         assert_eq!(parse_report("exited 0"), Some(ExitStatus::Code(0)));

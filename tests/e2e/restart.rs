@@ -225,6 +225,10 @@ async fn sigkill_with_jobs_queued_starting_running_pausing_backing_off_and_compl
     let after: HashMap<String, pb::Job> = list(&mut client).await.into_iter().map(|j| (j.id.clone(), j)).collect();
     assert_eq!(after.len(), before.len(), "no job lost or added");
     assert_eq!(after[&running.id].pid, before[&running.id].pid, "the running trainer was adopted");
+    // A starting trainer's pid is found again through its shim.json (the record's copy is not
+    // flushed on its own).
+    assert!(before[&starting.id].pid.is_some());
+    assert_eq!(after[&starting.id].pid, before[&starting.id].pid, "the starting trainer was adopted");
     assert_state_is_reality(&daemon, &mut client, Duration::from_secs(10)).await;
     // Everything ends as if trainerd had never gone away.
     let paused = watch_until(&mut client, &pausing.id, LIMIT, |j| j.state() == JobState::Paused).await.pop().unwrap();

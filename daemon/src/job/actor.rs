@@ -633,8 +633,9 @@ impl State {
             m.apply(self.live.progress.get_or_insert_with(|| Progress::starting(unix_now())), unix_now());
         }
         let mut point = None;
+        let then_running = self.record.state() == JobState::Starting && self.ended.is_none();
         if let Some(step) = m.step {
-            self.note_first_step(step);
+            self.note_first_step(step, then_running);
             if !self.run.file_progress {
                 self.run.clock.advance(step, super::stall::Phase::Running, now);
                 // Without a progress file, the lines' values are the job's metrics.
@@ -643,7 +644,7 @@ impl State {
                 point = self.record_point(step, &values);
             }
         }
-        if self.record.state() == JobState::Starting && self.ended.is_none() {
+        if then_running {
             match self.transition(JobState::Running, Reason::Unspecified, "first progress line", |_| {}) {
                 Err(e) if store_unavailable(&e) => self.publish_progress(point),
                 other => other?,
@@ -657,19 +658,26 @@ impl State {
     /// The attempt's first progress: its step is recorded, and an attempt given a checkpoint at step S
     /// that reports an earlier step started over (`resume_ignored`), which the event log, `get` and
     /// `health` say.
-    fn note_first_step(&mut self, step: u64) {
+    /// `then_running`: the caller records the RUNNING transition right after, whose flush makes this
+    /// note durable with it.
+    fn note_first_step(&mut self, step: u64, then_running: bool) {
         if self.run.first_step_noted {
             return;
         }
         self.run.first_step_noted = true;
         let Some(attempt) = self.record.attempts.last().cloned() else { return };
         let ignored = attempt.resumed_step.is_some_and(|given| step < given);
-        let updated = self.shared.store.update(self.id, |r| {
+        let edit = |r: &mut JobRecord| {
             if let Some(a) = r.attempts.last_mut() {
                 a.first_step = Some(step);
                 a.resume_ignored = ignored;
             }
-        });
+        };
+        let updated = if then_running {
+            self.shared.store.update_unflushed(self.id, edit)
+        } else {
+            self.shared.store.update(self.id, edit)
+        };
         match updated {
             Ok(record) => self.set_record(record),
             Err(e) => tracing::warn!(job = %self.id, "the attempt's first step is not recorded: {e}"),
@@ -1091,7 +1099,7 @@ impl State {
         {
             return;
         }
-        let updated = self.shared.store.update(self.id, |r| {
+        let edit = |r: &mut JobRecord| {
             if let Some(a) = r.attempts.last_mut() {
                 a.pid = pid;
                 a.pid_start_ticks = ticks;
@@ -1099,7 +1107,14 @@ impl State {
                     a.more.handle = handle.clone();
                 }
             }
-        });
+        };
+        // A local attempt's `shim.json` names its shim and trainer before the trainer runs, and is
+        // what a restarted trainerd finds them by: the record's copy need not be flushed on its own
+        // (the Running transition flushes it). A Slurm job's id is known only here.
+        let updated = match running {
+            Running::Local(_) => self.shared.store.update_unflushed(self.id, edit),
+            Running::Slurm(_) => self.shared.store.update(self.id, edit),
+        };
         match updated {
             Ok(record) => self.set_record(record),
             Err(e) => tracing::warn!(job = %self.id, "the attempt's handle is not recorded: {e}"),
@@ -1361,17 +1376,18 @@ impl State {
         };
         // A trainer's first records may say step 0 before it has loaded its checkpoint: neither its
         // first step nor its metrics count until it says it runs.
+        let then_running = self.record.state() == JobState::Starting && beat && self.ended.is_none();
         let point = match progress.state {
             TrainerState::Starting => None,
             _ => {
-                self.note_first_step(step);
+                self.note_first_step(step, then_running);
                 self.record_point(step, &super::report::reported_values(&progress))
             }
         };
         let written_at = progress.updated_at;
         self.live.message = progress.message.clone();
         self.live.progress = Some(progress);
-        if self.record.state() == JobState::Starting && beat && self.ended.is_none() {
+        if then_running {
             match self.transition(JobState::Running, Reason::Unspecified, "first heartbeat", |_| {}) {
                 Err(e) if store_unavailable(&e) => {
                     tracing::warn!(job = %self.id, "RUNNING not recorded yet: {e}");

@@ -653,6 +653,16 @@ impl Store {
     /// Changes a job's record without changing its state (progress, an attempt's pid); flushed
     /// before it returns.
     pub fn update(&self, id: JobId, edit: impl Fn(&mut JobRecord)) -> Result<JobRecord, StoreError> {
+        let record = self.update_unflushed(id, edit)?;
+        self.flush()?;
+        Ok(record)
+    }
+
+    /// [`Store::update`] without its flush, for a change that is either flushed by the caller's next
+    /// write (a transition it makes at once) or held durably elsewhere until then (a local attempt's
+    /// pid, which its `shim.json` names); sled's own background flush makes it durable within half a
+    /// second in any case.
+    pub fn update_unflushed(&self, id: JobId, edit: impl Fn(&mut JobRecord)) -> Result<JobRecord, StoreError> {
         let t = self.writable()?;
         let record = t
             .jobs
@@ -667,9 +677,7 @@ impl Store {
                 Ok(record)
             })
             .map_err(flatten);
-        let record = self.note(record)?;
-        self.flush_trees(&t)?;
-        Ok(record)
+        self.note(record)
     }
 
     /// Appends an event to a job's log.

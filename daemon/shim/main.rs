@@ -265,8 +265,11 @@ fn spawn(args: &Args, envp: *const CStr, named: impl FnOnce((isize, u64))) -> Re
         sys::close(report_read);
         return Err(refuse(b"cannot fork", pid));
     }
-    // The child cannot be reaped before we wait, so its pid and start time (the fork's; exec keeps
-    // them) name it from here on.
+    // Its own group before anyone learns its pid, so a signal to that group (trainerd's) reaches it
+    // from the start; the child makes the same call itself, and whichever comes second changes
+    // nothing. The child cannot be reaped before we wait, so its pid and start time (the fork's;
+    // exec keeps them) name it from here on.
+    sys::setpgid_leader(pid);
     let ticks = start_ticks(pid).unwrap_or(0);
     named((pid, ticks));
     sys::write_all(go_write, b"g");

@@ -279,6 +279,12 @@ pub fn setpgid_self() -> isize {
     unsafe { call(nr::SETPGID, &[0, 0]) }
 }
 
+/// Makes our child `pid` the leader of a process group of its own.
+pub fn setpgid_leader(pid: isize) -> isize {
+    // SAFETY: takes no pointers.
+    unsafe { call(nr::SETPGID, &[pid as usize, pid as usize]) }
+}
+
 pub fn prctl(option: usize, arg: usize) -> isize {
     // SAFETY: the options used (PR_SET_CHILD_SUBREAPER, PR_SET_NAME with a NUL-terminated string)
     // read at most 16 bytes through `arg`.

@@ -242,14 +242,7 @@ fn spawn(args: &Args, envp: *const CStr, named: impl FnOnce((isize, u64))) -> Re
     let pid = sys::fork();
     if pid == 0 {
         sys::close(go_write);
-        let mut go = [0u8; 1];
-        let n = loop {
-            match sys::read(go_read, &mut go) {
-                n if n == -sys::EINTR => {}
-                n => break n,
-            }
-        };
-        if n != 1 {
+        if sys::read_retrying(go_read, &mut [0u8; 1]) != 1 {
             sys::exit(127);
         }
         let errno = exec_trainer(args, envp, null, log);
@@ -275,12 +268,7 @@ fn spawn(args: &Args, envp: *const CStr, named: impl FnOnce((isize, u64))) -> Re
     sys::write_all(go_write, b"g");
     sys::close(go_write);
     let mut word = [0u8; 4];
-    let n = loop {
-        match sys::read(report_read, &mut word) {
-            n if n == -sys::EINTR => {}
-            n => break n,
-        }
-    };
+    let n = sys::read_retrying(report_read, &mut word);
     sys::close(report_read);
     if n == 4 {
         // The child exits at once; reap it so it is not taken for a descendant later.

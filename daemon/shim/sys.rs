@@ -146,6 +146,16 @@ pub fn read(fd: isize, buf: &mut [u8]) -> isize {
     unsafe { call(nr::READ, &[fd as usize, buf.as_mut_ptr() as usize, buf.len()]) }
 }
 
+/// `read`, again while a signal interrupts it.
+pub fn read_retrying(fd: isize, buf: &mut [u8]) -> isize {
+    loop {
+        match read(fd, buf) {
+            n if n == -EINTR => {}
+            n => return n,
+        }
+    }
+}
+
 pub fn write(fd: isize, buf: &[u8]) -> isize {
     // SAFETY: the kernel reads `buf.len()` bytes from `buf`.
     unsafe { call(nr::WRITE, &[fd as usize, buf.as_ptr() as usize, buf.len()]) }

@@ -122,7 +122,14 @@ impl Api {
         if created {
             tracing::info!(target: "trainerd::audit", job = %record.id, run_as = ?record.run_as, "{caller} submitted {}", record.spec.name);
         }
-        Ok(pb::SubmitJobResponse { job: Some(self.view(&record)), created })
+        // A new job is answered as it was created (QUEUED), whatever its actor has done since: the
+        // answer does not race the admission. A known key's job is answered as it is now.
+        let job = if created {
+            job_view(&record, &LiveFacts::default(), self.hub.queue_position(&record))
+        } else {
+            self.view(&record)
+        };
+        Ok(pb::SubmitJobResponse { job: Some(job), created })
     }
 
     /// Refuses a new job while the store cannot write, or while the state dir has less free space than

@@ -463,3 +463,40 @@ fn a_long_metric_history_stays_bounded_keeps_its_extremes_and_its_last_value_and
     store.delete(job.id).unwrap();
     assert!(store.metrics(job.id, 0, u64::MAX).unwrap().is_empty());
 }
+
+/// Writers that change one record at once each see the other's change (compare and swap, read
+/// again on a conflict): no update is lost, and a transition racing updates keeps their edits.
+#[test]
+fn concurrent_changes_of_one_record_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    let (job, _) = store.create(spec("a", None), None, 1.0).unwrap();
+    let barrier = Arc::new(std::sync::Barrier::new(4));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                for _ in 0..50 {
+                    store
+                        .update_unflushed(job.id, |r| {
+                            r.message = Some(format!("{}{w}", r.message.clone().unwrap_or_default()))
+                        })
+                        .unwrap();
+                }
+                if w == 0 {
+                    store.transition(job.id, JobState::Starting, Reason::Unspecified, 2.0, "", |_| {}).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let record = store.get(job.id).unwrap().unwrap();
+    let message = record.message.clone().unwrap_or_default();
+    for w in 0..4 {
+        assert_eq!(message.matches(char::from(b'0' + w)).count(), 50, "writer {w}'s updates in {message:?}");
+    }
+    assert_eq!(record.state(), JobState::Starting);
+}

@@ -124,11 +124,7 @@ impl Api {
         }
         // A new job is answered as it was created (QUEUED), whatever its actor has done since: the
         // answer does not race the admission. A known key's job is answered as it is now.
-        let job = if created {
-            job_view(&record, &LiveFacts::default(), self.hub.queue_position(&record))
-        } else {
-            self.view(&record)
-        };
+        let job = if created { self.stored_view(&record) } else { self.view(&record) };
         Ok(pb::SubmitJobResponse { job: Some(job), created })
     }
 
@@ -466,9 +462,12 @@ impl Api {
     }
 
     fn view(&self, record: &JobRecord) -> pb::Job {
-        self.hub
-            .latest(record.id.0)
-            .unwrap_or_else(|| job_view(record, &LiveFacts::default(), self.hub.queue_position(record)))
+        self.hub.latest(record.id.0).unwrap_or_else(|| self.stored_view(record))
+    }
+
+    /// The job as its record alone says (no live facts of a running attempt).
+    fn stored_view(&self, record: &JobRecord) -> pb::Job {
+        job_view(record, &LiveFacts::default(), self.hub.queue_position(record))
     }
 
     fn record(&self, id: JobId) -> Result<JobRecord, ApiError> {

@@ -673,8 +673,9 @@ impl Store {
     /// Changes a job's record without changing its state (progress, an attempt's pid); flushed
     /// before it returns.
     pub fn update(&self, id: JobId, edit: impl Fn(&mut JobRecord)) -> Result<JobRecord, StoreError> {
-        let record = self.update_unflushed(id, edit)?;
-        self.flush()?;
+        let t = self.writable()?;
+        let record = self.update_in(&t, id, edit)?;
+        self.flush_trees(&t)?;
         Ok(record)
     }
 
@@ -684,7 +685,11 @@ impl Store {
     /// second in any case.
     pub fn update_unflushed(&self, id: JobId, edit: impl Fn(&mut JobRecord)) -> Result<JobRecord, StoreError> {
         let t = self.writable()?;
-        self.swap_job(&t, id, |mut record| {
+        self.update_in(&t, id, edit)
+    }
+
+    fn update_in(&self, t: &Trees, id: JobId, edit: impl Fn(&mut JobRecord)) -> Result<JobRecord, StoreError> {
+        self.swap_job(t, id, |mut record| {
             let state = record.state;
             edit(&mut record);
             if record.state != state {

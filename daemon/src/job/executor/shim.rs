@@ -127,7 +127,9 @@ pub async fn start(
     }
     cmd.arg("--").args(command);
     cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).kill_on_drop(false);
-    let mut shim = cmd.spawn()?;
+    // The spawn holds its thread until the shim's exec is done (the C library's vfork), a
+    // millisecond at times under load: on the blocking pool, not on one of the runtime's workers.
+    let mut shim = tokio::task::spawn_blocking(move || cmd.spawn()).await.map_err(io::Error::other)??;
     let shim_pid = shim.id().ok_or_else(|| io::Error::other("the shim exited at once"))?;
     let shim_start_ticks = process::start_ticks(shim_pid)?;
     let stdout = shim.stdout.take().ok_or_else(|| io::Error::other("the shim has no stdout pipe"))?;

@@ -125,16 +125,19 @@ pub async fn run(config: DaemonConfig, flags: Flags) -> anyhow::Result<()> {
     shared.notifier.notify(&format!("READY=1\nSTATUS=serving; {counts} jobs in the store"));
     println!("trainerd ready: socket {} state dir {}", config.socket.display(), config.state_dir.display());
     tracing::info!(socket = %config.socket.display(), "serving");
-    let server = grpc::serve_unix(api, &health, listener, stopped(stop_rx.clone()));
+    let mut server = grpc::serve_unix(api, &health, listener, stopped(stop_rx.clone()))?;
     // Graceful shutdown waits for open connections, and a `trainctl watch` may never close its own:
     // in-flight requests get a short grace, then the server is dropped.
-    tokio::pin!(server);
     tokio::select! {
-        result = &mut server => result?,
+        result = &mut server => result.context("the gRPC server's task ended abnormally")??,
         _ = async {
             stopped(stop_rx).await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
-        } => tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; closing their connections"),
+        } => {
+            tracing::warn!("clients still connected after {SHUTDOWN_GRACE:?}; closing their connections");
+            server.abort();
+            let _ = server.await;
+        }
     }
     control_task.abort();
     let policy = shared.config().shutdown_policy;

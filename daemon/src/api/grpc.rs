@@ -65,18 +65,23 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves every route on the unix socket until `stop` resolves.
-pub async fn serve_unix(
+/// Serves every route on the unix socket until `stop` resolves, in a task of its own. On a runtime
+/// worker the accept loop spawns each connection's task onto the worker it runs on; from the thread
+/// that blocks on the runtime (trainerd's main), every new client cost two thread wake-ups first:
+/// the main thread woken for the accept, a worker woken for the connection (`trainctl get` is one
+/// connection per call).
+pub fn serve_unix(
     api: Arc<Api>,
     health: &Health,
     listener: tokio::net::UnixListener,
-    stop: impl std::future::Future<Output = ()>,
-) -> Result<(), ServeError> {
-    tonic::transport::Server::builder()
-        .add_routes(routes(api, health)?)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), stop)
-        .await?;
-    Ok(())
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<Result<(), ServeError>>, ServeError> {
+    let router = tonic::transport::Server::builder().add_routes(routes(api, health)?);
+    Ok(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        router.serve_with_incoming_shutdown(incoming, stop).await?;
+        Ok(())
+    }))
 }
 
 /// Serves every route on TCP (with TLS when `tls` is given) until `stop` resolves, in a task of its

@@ -887,6 +887,11 @@ impl State {
     async fn resume_point(&self) -> Result<Option<(PathBuf, Option<CheckpointRef>)>, String> {
         let candidates = [&self.record.latest_checkpoint, &self.record.previous_checkpoint];
         let recorded: Vec<PathBuf> = candidates.iter().filter_map(|c| c.as_ref().map(|c| c.path.clone())).collect();
+        // Before the first attempt no trainer of this job has run, so its checkpoint directory (made
+        // by that attempt's start) holds nothing of its own: no look, no hop to the blocking pool.
+        if recorded.is_empty() && self.record.attempts.is_empty() {
+            return Ok(None);
+        }
         // Newer than the latest recorded one, and than the one the last attempt was given (which may
         // have just failed to load: 65 falls back to the checkpoint before it, never forward again).
         let given = self.record.attempts.last().and_then(|a| a.resumed_step);
@@ -1017,12 +1022,17 @@ impl State {
             rollbacks: self.record.rollbacks(),
             abort_after_submit: self.hooks.abort_after_sbatch == Some(number) && hooks::once(&self.paths.dir, "abort"),
         };
-        let paths = self.paths.clone();
-        let reclaimed = self
-            .lane
-            .run("checking the logs", FILE_DEADLINE, move || super::logfiles::reclaim_logs(&paths))
-            .await
-            .unwrap_or_default();
+        // Two lstat calls in trainerd's own directory, as `prepare` makes: inline. Only a removal
+        // (whatever a trainer put in a log's place may be a large tree) goes to the blocking pool.
+        let reclaimed = if super::logfiles::logs_usable(&self.paths) {
+            Vec::new()
+        } else {
+            let paths = self.paths.clone();
+            self.lane
+                .run("checking the logs", FILE_DEADLINE, move || super::logfiles::reclaim_logs(&paths))
+                .await
+                .unwrap_or_default()
+        };
         for line in reclaimed {
             self.event("log_reclaimed", line);
         }

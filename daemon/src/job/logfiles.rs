@@ -12,6 +12,14 @@ use super::JobPaths;
 /// The longest wait between two looks at a job's log sizes.
 const EVERY_MAX: Duration = Duration::from_secs(10);
 
+/// Whether both log paths are usable as they are: a regular file, or nothing yet. When not,
+/// [`reclaim_logs`] makes them so.
+pub fn logs_usable(paths: &JobPaths) -> bool {
+    [&paths.stdout, &paths.stderr]
+        .into_iter()
+        .all(|path| matches!(untrusted::kind(path), Ok(untrusted::Kind::Regular) | Err(untrusted::Refused::Missing(_))))
+}
+
 /// Makes the job's log paths usable again when something other than a regular file (a FIFO, a link,
 /// a socket a trainer put there) took their place: the logs are trainerd's, so whatever is there is
 /// removed, and the next attempt's logs start afresh. Returns one line per path reclaimed.
@@ -151,6 +159,24 @@ impl LogCaps {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn logs_are_usable_as_regular_files_or_absent_and_a_fifo_in_their_place_is_reclaimed() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = JobPaths::new(dir.path(), crate::store::records::JobId(7));
+        std::fs::create_dir_all(&paths.dir).unwrap();
+        assert!(logs_usable(&paths), "no logs yet");
+        std::fs::write(&paths.stdout, b"earlier attempt\n").unwrap();
+        assert!(logs_usable(&paths), "a regular log and a missing one");
+        let fifo = std::ffi::CString::new(paths.stderr.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo(3) with a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        assert!(!logs_usable(&paths), "a FIFO where stderr.log belongs");
+        let reclaimed = reclaim_logs(&paths);
+        assert_eq!(reclaimed.len(), 1, "{reclaimed:?}");
+        assert!(logs_usable(&paths));
+        assert_eq!(std::fs::read(&paths.stdout).unwrap(), b"earlier attempt\n", "the regular log is kept");
+    }
 
     #[test]
     fn a_log_over_its_cap_keeps_its_newest_half_and_the_writer_goes_on() {

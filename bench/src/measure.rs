@@ -667,9 +667,11 @@ pub async fn scale_and_recovery(daemon: &mut Daemon, burst: usize, live: usize, 
         Figure::new(
             &format!("{burst} jobs submitted → all running"),
             format!(
-                "{} (the last submitted after {}; all cores {busy:.0}% busy meanwhile)",
+                "{} (the last submitted after {}; all cores {busy:.0}% busy meanwhile; the disk's floor in this run, \
+                 the same files made alone: {})",
                 show(burst_time),
-                show(burst_submitted)
+                show(burst_submitted),
+                disk.as_ref().map_or_else(|e| format!("not measured: {e}"), |took| show(*took))
             ),
             "< 1 s",
             burst_time < Duration::from_secs(1),

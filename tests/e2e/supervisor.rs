@@ -93,6 +93,37 @@ async fn a_loop_stuck_while_its_heartbeat_thread_beats_is_stopped_by_the_progres
     assert!(all.iter().any(|(_, m)| m.contains("step-000000000021")), "{all:?}");
 }
 
+#[tokio::test]
+async fn a_checkpoint_completed_but_never_reported_is_found_in_the_checkpoint_directory_and_resumed_from() {
+    let daemon = Daemon::start(&["--gpus", "none"]);
+    let mut client = daemon.client().await;
+    // Attempt 1 renames a checkpoint into place and dies before any progress write names it (exit 75:
+    // retry me from my latest checkpoint); attempt 2 prints what it was handed.
+    let script = "if [ \"$TRAINERD_ATTEMPT\" = 1 ]; then \
+                  echo 7 > \"$TRAINERD_CHECKPOINT_DIR/step-7.tmp\"; \
+                  mv \"$TRAINERD_CHECKPOINT_DIR/step-7.tmp\" \"$TRAINERD_CHECKPOINT_DIR/step-7\"; exit 75; fi; \
+                  echo \"RESUME=${TRAINERD_RESUME_FROM:-none}\"; exit 0";
+    let req = pb::SubmitJobRequest {
+        name: "unreported".into(),
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        backoff_base_ms: Some(0),
+        ..Default::default()
+    };
+    let job = submit(&mut client, req).await;
+    let seen = watch_until(&mut client, &job.id, LIMIT, ended).await;
+    let last = seen.last().unwrap();
+    assert_eq!((last.state(), last.attempt), (JobState::Completed, 2), "{last:?}");
+    let found = daemon.job_dir(&job.id).join("trainer/checkpoints/step-7");
+    let stdout = std::fs::read_to_string(daemon.job_dir(&job.id).join("stdout.log")).unwrap();
+    assert_eq!(stdout.trim(), format!("RESUME={}", found.display()), "attempt 2 was not handed the checkpoint");
+    let all = events(&mut client, &job.id).await;
+    assert!(
+        all.iter()
+            .any(|(_, m)| m.contains("attempt 2, resuming from") && m.contains("found in the checkpoint directory")),
+        "{all:?}"
+    );
+}
+
 /// The silence, in seconds, that the `stalled` event says trainerd measured.
 fn stalled_after(events: &[(String, String)]) -> f64 {
     let (_, message) = events.iter().find(|(k, _)| k == "stalled").expect("a stalled event");
